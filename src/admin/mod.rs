@@ -1,0 +1,171 @@
+//! The admin listener (contract §6): health, readiness, Prometheus metrics, the route
+//! table, upstreams, reload, and a small dashboard page for people.
+
+use crate::gateway::Gateway;
+use crate::routing::Target;
+use axum::Json;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(dashboard))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/routes", get(routes))
+        .route("/admin/upstreams", get(upstreams))
+        .route("/admin/reload", post(reload))
+        .with_state(gateway)
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.ready.load(Ordering::Acquire) {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting" })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::prometheus().render(),
+    )
+        .into_response()
+}
+
+async fn routes(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    let table = gateway.table();
+    let routes: Vec<_> = table
+        .routes
+        .iter()
+        .map(|route| {
+            let mut entry = json!({
+                "name": route.name,
+                "method": route.method.as_str(),
+                "path": route.template.text,
+                "source": route.location.to_string(),
+            });
+            match &route.target {
+                Target::Grpc(grpc) => {
+                    entry["target"] = json!({
+                        "kind": if grpc.server_streaming { "grpc-server-stream" } else { "grpc" },
+                        "upstream": grpc.upstream.name,
+                        "method": grpc.method.full_name(),
+                        "timeout_ms": grpc.timeout.as_millis() as u64,
+                    });
+                }
+                Target::Static(s) => {
+                    entry["target"] = json!({ "kind": "static", "status": s.status.as_u16() })
+                }
+                Target::Amqp(amqp) => {
+                    entry["target"] = json!({
+                        "kind": if amqp.reply { "amqp-rpc" } else { "amqp-publish" },
+                        "upstream": amqp.upstream.name,
+                        "exchange": amqp.exchange.as_str(),
+                        "routing_key": amqp.routing_key.text,
+                        "timeout_ms": amqp.timeout.as_millis() as u64,
+                    });
+                }
+                Target::WebSocket(ws) => {
+                    let ws = ws.describe();
+                    entry["target"] = json!({
+                        "kind": ws.kind,
+                        "upstream": ws.upstream,
+                        "method": ws.method,
+                    });
+                }
+            }
+            entry
+        })
+        .collect();
+    let last_error = gateway
+        .last_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let loaded_at = gateway
+        .loaded_at
+        .lock()
+        .map(|t| *t)
+        .unwrap_or_else(|e| *e.into_inner())
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Json(json!({
+        "config": gateway.config_path().display().to_string(),
+        "loaded_at_unix": loaded_at,
+        "reloads": gateway.reloads.load(Ordering::Relaxed),
+        "reload_failures": gateway.reload_failures.load(Ordering::Relaxed),
+        "last_reload_error": last_error,
+        "routes": routes,
+    }))
+}
+
+async fn upstreams(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    let table = gateway.table();
+    let mut names: Vec<_> = table.upstreams.grpc.keys().collect();
+    names.sort();
+    let mut upstreams: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let upstream = &table.upstreams.grpc[name];
+            json!({
+                "name": name,
+                "protocol": "grpc",
+                "endpoints": upstream.endpoints,
+                "health": upstream
+                    .health
+                    .snapshot()
+                    .into_iter()
+                    .map(|(endpoint, healthy)| json!({ "endpoint": endpoint, "healthy": healthy }))
+                    .collect::<Vec<_>>(),
+                "health_check": upstream.health.config.is_some(),
+                "reflection": upstream.config.reflection,
+                "circuit": upstream.breaker.as_ref().map(|b| b.state().as_str()),
+                "retry_attempts": upstream.retry.as_ref().map(|r| r.config.attempts),
+            })
+        })
+        .collect();
+    let mut amqp: Vec<_> = table.upstreams.amqp.values().collect();
+    amqp.sort_by(|a, b| a.name.cmp(&b.name));
+    upstreams.extend(amqp.into_iter().map(|upstream| {
+        json!({
+            "name": upstream.name,
+            "protocol": "amqp",
+            "url": upstream.display_url,
+            "connected": upstream.connected(),
+            "in_flight": upstream.in_flight(),
+            "reconnects": upstream.reconnects(),
+        })
+    }));
+    Json(json!({ "upstreams": upstreams }))
+}
+
+async fn reload(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.reload().await {
+        Ok(()) => Json(json!({ "ok": true, "routes": gateway.table().routes.len() })).into_response(),
+        Err(errors) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ok": false, "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

@@ -1,0 +1,340 @@
+//! The gateway configuration file (`switchboard.yaml`, contract §3) and the route files
+//! it points to (contract §4): their serde shapes and how they are read. Nothing here
+//! knows about descriptors; `routing::compile` turns these into a route table.
+
+mod amqp;
+mod load;
+pub mod mapping;
+mod units;
+
+pub use amqp::{AmqpBinding, AmqpDeclare, AmqpExchange, AmqpTarget, AmqpUpstreamConfig};
+pub(crate) use load::collect_files;
+pub use load::{LoadError, LoadErrors, Location, SourceText, expand_env, load_gateway_config};
+pub use units::{ByteSize, ConfigDuration};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default per-call deadline when neither route nor upstream sets one (contract §9).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `switchboard.yaml`, after `${ENV}` expansion and with relative paths resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    #[serde(default)]
+    pub descriptors: Vec<PathBuf>,
+    #[serde(default)]
+    pub mappings: Vec<PathBuf>,
+    #[serde(default)]
+    pub json: JsonConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, serde_saphyr::Spanned<UpstreamConfig>>,
+    /// How long SIGINT/SIGTERM waits for in-flight requests before exiting.
+    #[serde(default)]
+    pub shutdown_grace: Option<ConfigDuration>,
+
+    // Sections of the contract that this build does not implement yet. They are parsed so
+    // that `check` can name them precisely instead of failing on "unknown field".
+    #[serde(default)]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsConfig>,
+    #[serde(default)]
+    pub cache: Option<serde_json::Value>,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or single addresses).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+
+    /// The folder of the config file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The config file itself, for error messages and reload.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+impl GatewayConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30))
+    }
+}
+
+/// Proto3 JSON mapping options (contract §3 `json:`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonConfig {
+    /// Emit fields that hold their default value (0, "", false, empty lists).
+    pub emit_defaults: bool,
+    /// Emit proto field names (`page_size`) instead of lowerCamelCase (`pageSize`).
+    pub use_proto_names: bool,
+    /// Emit enums as numbers instead of names.
+    pub enums_as_ints: bool,
+    /// Accept (and drop) request fields the message type does not have. Off: 400.
+    pub ignore_unknown_fields: bool,
+}
+
+impl Default for JsonConfig {
+    fn default() -> Self {
+        Self {
+            emit_defaults: true,
+            use_proto_names: false,
+            enums_as_ints: false,
+            ignore_unknown_fields: false,
+        }
+    }
+}
+
+/// Request size limits (contract §3 `limits:`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body: ByteSize,
+    pub max_ws_frame: ByteSize,
+    pub max_ws_connections: usize,
+    /// Longest request path + query accepted; longer is 414.
+    pub max_uri: ByteSize,
+    /// A WebSocket with no data frame either way for this long is closed (1001); 0 = never.
+    pub ws_idle_timeout: ConfigDuration,
+    /// The gateway pings every WebSocket this often and drops a client that has not
+    /// answered a ping one interval later; 0 = no pings.
+    pub ws_ping_interval: ConfigDuration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize(4 << 20),
+            max_ws_frame: ByteSize(256 << 10),
+            max_ws_connections: 10_000,
+            max_uri: ByteSize(8 << 10),
+            ws_idle_timeout: ConfigDuration(Duration::from_secs(300)),
+            ws_ping_interval: ConfigDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// One named backend (contract §3 `upstreams:`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub grpc: Option<GrpcUpstreamConfig>,
+    #[serde(default)]
+    pub amqp: Option<AmqpUpstreamConfig>,
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcUpstreamConfig {
+    /// `http://host:port` URIs, balanced round-robin.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `host:port` resolved by DNS at connect time (alternative to `endpoints`).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// Fetch descriptors from the server's reflection service at start-up.
+    #[serde(default)]
+    pub reflection: bool,
+    /// HTTP/2 connections opened to each endpoint (requests are spread over them).
+    #[serde(default = "default_connections")]
+    pub connections_per_endpoint: usize,
+}
+
+fn default_connections() -> usize {
+    1
+}
+
+/// `auth:` — how tokens are verified.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt: JwtConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The token's `aud` must name one of these, when set.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accepted algorithms (pinned: a token naming another is refused).
+    pub algorithms: Vec<String>,
+    /// JWKS for asymmetric algorithms: a file path, or an http(s) URL (cached, refreshed).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Shared secret for HS256/384/512.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 0s).
+    #[serde(default)]
+    pub leeway: Option<ConfigDuration>,
+    /// Claim name → header/metadata name set from a verified token.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// A JWKS URL is fetched again after this long (default 5m), and at most once per
+    /// `jwks_min_refresh` (default 30s) when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_ttl: Option<ConfigDuration>,
+    #[serde(default)]
+    pub jwks_min_refresh: Option<ConfigDuration>,
+}
+
+/// `rate_limits:` — named policies and where their counters live.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// `memory` (default) or a `redis://` URL shared by every gateway instance.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Deadline of one Redis decision (default 100ms).
+    #[serde(default)]
+    pub store_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, RateLimitPolicyConfig>,
+}
+
+fn default_store() -> String {
+    "memory".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAlgorithm {
+    TokenBucket,
+    LeakyBucket,
+    FixedWindow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicyConfig {
+    pub algorithm: RateLimitAlgorithm,
+    /// Requests per `per`.
+    pub rate: u64,
+    pub per: ConfigDuration,
+    /// Bucket capacity (token and leaky bucket; default `rate`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `client_ip`, `claims.<name>` or `header.<name>`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+fn default_key() -> String {
+    "client_ip".into()
+}
+
+/// `cors:` — browsers on these origins may call the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://shop.example`), or `*` for any.
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Default: the methods of the route table for the requested path.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default)]
+    pub max_age: Option<ConfigDuration>,
+}
+
+/// `retry:` on an upstream — idempotent calls only, UNAVAILABLE / connect errors only.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts after the first.
+    pub attempts: u32,
+    /// First backoff; doubles each retry, with jitter.
+    #[serde(default = "default_backoff")]
+    pub backoff: ConfigDuration,
+    /// Retries may add at most this share of extra load (default 0.2).
+    #[serde(default = "default_budget")]
+    pub budget: f64,
+}
+
+fn default_backoff() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(25))
+}
+
+fn default_budget() -> f64 {
+    0.2
+}
+
+/// `circuit_breaker:` on an upstream.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub failure_ratio: f64,
+    pub min_requests: u64,
+    pub window: ConfigDuration,
+    pub open_for: ConfigDuration,
+    #[serde(default = "default_half_open")]
+    pub half_open_requests: u32,
+    /// Count INTERNAL answers as failures too (default false).
+    #[serde(default)]
+    pub trip_on_internal: bool,
+}
+
+fn default_half_open() -> u32 {
+    1
+}
+
+/// `health_check:` on a gRPC upstream: grpc.health.v1 `Check` per endpoint every
+/// `interval`; endpoints that are not SERVING leave the balancer until they are again.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub interval: ConfigDuration,
+    /// Deadline of one check (default: the interval, at most 2s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
+    /// Service name to check (default "": the whole server).
+    #[serde(default)]
+    pub service: String,
+}

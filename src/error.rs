@@ -1,0 +1,195 @@
+//! The one error type of the gateway. Every failure — made by the gateway or returned
+//! by a backend — becomes a `google.rpc.Status` JSON body with the HTTP status of the
+//! standard gRPC → HTTP table (contract §5).
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use tonic::Code;
+
+/// A failure on its way to the client, shaped like `google.rpc.Status`.
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub code: Code,
+    pub message: String,
+    /// `details` as already-rendered JSON values (`{"@type": …, …}`).
+    pub details: Vec<serde_json::Value>,
+    /// Overrides the status derived from `code` (413, 414, 405, …).
+    pub http_status: Option<StatusCode>,
+    /// Extra response headers (`Allow`, `Retry-After`, `WWW-Authenticate`, …). Boxed:
+    /// errors travel by value through every `Result`, and most have none.
+    pub headers: Option<Box<HeaderMap>>,
+}
+
+impl GatewayError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            http_status: None,
+            headers: None,
+        }
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+
+    pub fn deadline_exceeded(message: impl Into<String>) -> Self {
+        Self::new(Code::DeadlineExceeded, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers_mut().insert(name, value);
+        self
+    }
+
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.headers.get_or_insert_with(Default::default)
+    }
+
+    pub fn with_details(mut self, details: Vec<serde_json::Value>) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Body too large: 413 with INVALID_ARGUMENT (contract §5).
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::invalid_argument(format!("request body exceeds the limit of {limit} bytes"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        self.http_status
+            .unwrap_or_else(|| http_status_for_code(self.code))
+    }
+
+    /// The `google.rpc.Status` JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "code": self.code as i32,
+            "message": self.message,
+            "details": self.details,
+        })
+    }
+
+    pub fn body_bytes(&self) -> Bytes {
+        // Serializing a `Value` of strings and numbers cannot fail.
+        Bytes::from(serde_json::to_vec(&self.to_json()).unwrap_or_default())
+    }
+
+    pub fn into_response(self) -> http::Response<axum::body::Body> {
+        let status = self.http_status();
+        let body = self.body_bytes();
+        let mut response = http::Response::new(axum::body::Body::from(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(extra) = self.headers {
+            headers.extend(*extra);
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl axum::response::IntoResponse for GatewayError {
+    fn into_response(self) -> axum::response::Response {
+        GatewayError::into_response(self)
+    }
+}
+
+/// The standard gRPC → HTTP table (google.rpc.Code / grpc-gateway), contract §5 and §9.
+pub fn http_status_for_code(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A gRPC status code from its number; numbers outside the enum are UNKNOWN (→ 500).
+pub fn code_from_i32(n: i32) -> Code {
+    match n {
+        0..=16 => Code::from_i32(n),
+        _ => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_matches_the_contract() {
+        let table = [
+            (Code::InvalidArgument, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::Aborted, 409),
+            (Code::FailedPrecondition, 400),
+            (Code::ResourceExhausted, 429),
+            (Code::Cancelled, 499),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::OutOfRange, 400),
+            (Code::Unknown, 500),
+            (Code::Internal, 500),
+            (Code::DataLoss, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(http_status_for_code(code).as_u16(), status, "{code:?}");
+        }
+        assert_eq!(code_from_i32(99), Code::Unknown);
+    }
+
+    #[test]
+    fn body_is_a_google_rpc_status() {
+        let err = GatewayError::not_found("no route");
+        let json: serde_json::Value = serde_json::from_slice(&err.body_bytes()).unwrap();
+        assert_eq!(json["code"], 5);
+        assert_eq!(json["message"], "no route");
+        assert!(json["details"].as_array().unwrap().is_empty());
+    }
+}

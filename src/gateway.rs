@@ -1,0 +1,145 @@
+//! The running gateway's state: the current route table behind an `ArcSwap`, and reload.
+//! A reload compiles a whole new table first; only a table that compiled is swapped in,
+//! so a bad config is refused and the old one keeps serving (contract §7).
+
+use crate::config::{LoadErrors, Location, load_gateway_config};
+use crate::middleware::Middleware;
+use crate::routing::{RouteTable, compile};
+use crate::schema::{Schema, reflection};
+use crate::upstream::Upstreams;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+pub struct Gateway {
+    table: ArcSwap<RouteTable>,
+    config_path: PathBuf,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// The errors of the last failed reload (cleared by a good one).
+    pub last_error: Mutex<Option<Vec<String>>>,
+    pub loaded_at: Mutex<SystemTime>,
+    /// Listeners are up and serving.
+    pub ready: AtomicBool,
+    /// Open WebSockets (counted against `limits.max_ws_connections`) and their
+    /// shutdown signal; shared by every table, so it outlives reloads.
+    pub ws: Arc<crate::ws::Hub>,
+}
+
+impl Gateway {
+    /// Loads and compiles the configuration at `config_path`.
+    pub async fn load(config_path: &Path) -> Result<Self, LoadErrors> {
+        let table = build_table(config_path, None).await?;
+        Ok(Self {
+            table: ArcSwap::from_pointee(table),
+            config_path: config_path.to_path_buf(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            loaded_at: Mutex::new(SystemTime::now()),
+            ready: AtomicBool::new(false),
+            ws: Arc::default(),
+        })
+    }
+
+    /// The table new requests are served with.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Recompiles everything from disk and swaps the table in when it compiled.
+    pub async fn reload(&self) -> Result<(), LoadErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let previous = self.table();
+        let result = build_table(&self.config_path, Some(&previous)).await;
+        crate::telemetry::record_reload(result.is_ok());
+        match result {
+            Ok(table) => {
+                if table.config.listen != previous.config.listen
+                    || table.config.admin != previous.config.admin
+                {
+                    tracing::warn!(
+                        "listen/admin addresses changed: they take effect after a restart"
+                    );
+                }
+                let routes = table.routes.len();
+                self.table.store(Arc::new(table));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
+                tracing::info!(routes, "configuration reloaded");
+                Ok(())
+            }
+            Err(errors) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                for error in &errors.0 {
+                    tracing::error!(%error, "reload refused; the previous configuration keeps serving");
+                }
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(errors.0.iter().map(ToString::to_string).collect());
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Config → upstreams → descriptors (files and reflection) → route table.
+pub async fn build_table(
+    config_path: &Path,
+    previous: Option<&RouteTable>,
+) -> Result<RouteTable, LoadErrors> {
+    let path = config_path.to_path_buf();
+    let config = tokio::task::spawn_blocking(move || load_gateway_config(&path))
+        .await
+        .map_err(|e| {
+            LoadErrors::from(crate::config::LoadError::new(
+                Location::new(config_path, 0),
+                e.to_string(),
+            ))
+        })??;
+    let upstreams = Upstreams::build(&config, previous.map(|t| &*t.upstreams))?;
+    let middleware = Middleware::build(&config, previous.map(|t| &*t.middleware))?;
+
+    let mut reflected = Vec::new();
+    let mut errors = LoadErrors::default();
+    for (name, spanned) in &config.upstreams {
+        let wants_reflection = spanned.value.grpc.as_ref().is_some_and(|g| g.reflection);
+        if let (true, Some(upstream)) = (wants_reflection, upstreams.grpc.get(name)) {
+            match reflection::fetch_descriptors(upstream.channel()).await {
+                Ok(files) => reflected.extend(files),
+                Err(e) => errors.push(
+                    Location::new(&config.path, spanned.referenced.line()),
+                    format!("upstream `{name}`: {e}"),
+                ),
+            }
+        }
+    }
+    errors.into_result(())?;
+
+    tokio::task::spawn_blocking(move || {
+        let schema = Schema::load(&config.descriptors, &reflected)?;
+        compile(
+            Arc::new(config),
+            schema,
+            Arc::new(upstreams),
+            Arc::new(middleware),
+        )
+    })
+    .await
+    .map_err(|e| {
+        LoadErrors::from(crate::config::LoadError::new(
+            Location::new(config_path, 0),
+            e.to_string(),
+        ))
+    })?
+}

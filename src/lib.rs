@@ -1,0 +1,26 @@
+//! Switchboard: a protocol-translating API gateway. HTTP/JSON in front, gRPC behind.
+//!
+//! A request goes `server` → `proxy::handle` → `routing::RouteTable::lookup` → a target
+//! (`upstream::grpc`, static) with `transcode` doing JSON ↔ protobuf on the way. The
+//! table is compiled by `routing::compile` from `config` + `schema`, and swapped whole
+//! on reload by `gateway::Gateway`.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod middleware;
+pub mod openapi;
+pub mod proxy;
+pub mod routing;
+pub mod schema;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod transcode;
+pub mod upstream;
+pub mod ws;
+
+pub use error::GatewayError;
+pub use gateway::Gateway;
+pub use server::Server;

@@ -1,0 +1,162 @@
+//! The `switchboard` command line (contract §2).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use switchboard::routing::Target;
+use switchboard::telemetry::{self, LogFormat};
+use switchboard::{Gateway, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Protocol-translating API gateway: REST/JSON in front, gRPC behind"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Gateway configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "switchboard.yaml",
+        env = "SWITCHBOARD_CONFIG"
+    )]
+    config: PathBuf,
+    /// Log format (filtering with RUST_LOG, default `info`).
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (default).
+    Serve,
+    /// Validate config, descriptors and mappings; print `path:line: message` per error.
+    Check,
+    /// Print the compiled route table.
+    Routes,
+    /// Print an OpenAPI 3.1 document (JSON).
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.common.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let config = cli.common.config;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve) {
+        telemetry::prometheus();
+    }
+    let gateway = match Gateway::load(&config).await {
+        Ok(gateway) => Arc::new(gateway),
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::Check => {
+            println!(
+                "{}: ok, {} routes",
+                config.display(),
+                gateway.table().routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Routes => {
+            print_routes(&gateway);
+            ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            let document = switchboard::openapi::document(&gateway.table());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(gateway).await,
+    }
+}
+
+async fn serve(gateway: Arc<Gateway>) -> ExitCode {
+    let server = match Server::bind(gateway.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Ok(addr) = server.local_addr() {
+        tracing::info!(%addr, routes = gateway.table().routes.len(), "listening");
+    }
+    if let Some(addr) = server.admin_addr() {
+        tracing::info!(%addr, "admin listening");
+    }
+    switchboard::server::spawn_sighup_reload(gateway);
+    match server.run(switchboard::server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_routes(gateway: &Gateway) {
+    let table = gateway.table();
+    for route in &table.routes {
+        let target = match &route.target {
+            Target::Grpc(grpc) => format!(
+                "grpc{} {} {}",
+                if grpc.server_streaming { "-stream" } else { "" },
+                grpc.upstream.name,
+                grpc.method.full_name()
+            ),
+            Target::Static(s) => format!("static {}", s.status.as_u16()),
+            Target::Amqp(amqp) => format!(
+                "amqp-{} {} {}",
+                if amqp.reply { "rpc" } else { "publish" },
+                amqp.upstream.name,
+                amqp.routing_key.text
+            ),
+            Target::WebSocket(ws) => {
+                let ws = ws.describe();
+                format!("{} {} {}", ws.kind, ws.upstream, ws.method)
+            }
+        };
+        println!(
+            "{:<7} {:<48} {:<60} {}",
+            route.method.as_str(),
+            route.template.text,
+            target,
+            route.location
+        );
+    }
+}

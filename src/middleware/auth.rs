@@ -1,0 +1,471 @@
+//! JWT bearer authentication (`auth.jwt`): algorithms pinned by config, keys from a JWKS
+//! file or URL (cached; refetched on an unknown `kid`, at most once per
+//! `jwks_min_refresh`) or a shared secret for HS*, `iss`/`aud`/`exp`/`nbf` with leeway.
+//!
+//! Key confusion cannot happen: an HS* token is only ever checked against the secret,
+//! an asymmetric one only against JWKS keys of its own family, and only configured
+//! algorithms are accepted (`alg: none` does not even parse).
+
+use crate::config::JwtConfig;
+use crate::error::GatewayError;
+use http::{HeaderName, HeaderValue, header};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// How long fetching a JWKS URL may take.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The verified claims of a request's token.
+pub type Claims = Arc<Map<String, Value>>;
+
+pub struct JwtVerifier {
+    /// One validation per accepted algorithm: jsonwebtoken wants every algorithm of a
+    /// `Validation` to belong to the key's family.
+    validations: Vec<(Algorithm, Validation)>,
+    secret: Option<DecodingKey>,
+    keys: KeySource,
+    /// Claim → header name set for the backend; the same names from clients are stripped.
+    pub forward_claims: Vec<(String, HeaderName)>,
+}
+
+enum KeySource {
+    None,
+    /// Keys loaded once from a file at config load.
+    Static(
+        HashMap<String, (Algorithm, DecodingKey)>,
+        Vec<(Algorithm, DecodingKey)>,
+    ),
+    Remote(Arc<RemoteJwks>),
+}
+
+impl JwtVerifier {
+    /// Builds a verifier; reads a JWKS file now (a URL is fetched on first use).
+    pub fn new(config: &JwtConfig, base_dir: &Path) -> Result<Self, String> {
+        let mut algorithms = Vec::new();
+        for name in &config.algorithms {
+            let algorithm =
+                Algorithm::from_str(name).map_err(|_| format!("unknown JWT algorithm `{name}`"))?;
+            algorithms.push(algorithm);
+        }
+        if algorithms.is_empty() {
+            return Err("auth.jwt.algorithms must name at least one algorithm".into());
+        }
+        let wants_secret = algorithms
+            .iter()
+            .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let wants_keys = algorithms
+            .iter()
+            .any(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let secret = match (&config.secret, wants_secret) {
+            (Some(secret), true) if !secret.is_empty() => {
+                Some(DecodingKey::from_secret(secret.as_bytes()))
+            }
+            (_, true) => return Err("HS* algorithms need `secret`".into()),
+            (_, false) => None,
+        };
+        let keys = match (&config.jwks, wants_keys) {
+            (Some(source), true)
+                if source.starts_with("http://") || source.starts_with("https://") =>
+            {
+                KeySource::Remote(Arc::new(RemoteJwks::new(
+                    source.clone(),
+                    config
+                        .jwks_ttl
+                        .map(|d| d.0)
+                        .unwrap_or(Duration::from_secs(300)),
+                    config
+                        .jwks_min_refresh
+                        .map(|d| d.0)
+                        .unwrap_or(Duration::from_secs(30)),
+                )))
+            }
+            (Some(path), true) => {
+                let path = if Path::new(path).is_absolute() {
+                    path.into()
+                } else {
+                    base_dir.join(path)
+                };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))?;
+                let (by_kid, without_kid) = parse_jwks(&text)?;
+                KeySource::Static(by_kid, without_kid)
+            }
+            (None, true) => {
+                return Err("asymmetric algorithms need `jwks` (a file or an https URL)".into());
+            }
+            (_, false) => KeySource::None,
+        };
+
+        let mut validation = Validation::new(algorithms[0]);
+        validation.leeway = config.leeway.map(|d| d.0.as_secs()).unwrap_or(0);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        if config.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&config.audiences);
+        }
+        let mut forward_claims = Vec::new();
+        for (claim, name) in &config.forward_claims {
+            let name = HeaderName::from_str(&name.to_ascii_lowercase())
+                .map_err(|_| format!("forward_claims: `{name}` is not a valid header name"))?;
+            forward_claims.push((claim.clone(), name));
+        }
+        let validations = algorithms
+            .into_iter()
+            .map(|algorithm| {
+                let mut v = validation.clone();
+                v.algorithms = vec![algorithm];
+                (algorithm, v)
+            })
+            .collect();
+        Ok(Self {
+            validations,
+            secret,
+            keys,
+            forward_claims,
+        })
+    }
+
+    /// Verifies a bearer token: signature, algorithm, `exp`/`nbf`, `iss`, `aud`.
+    pub async fn verify(&self, token: &str) -> Result<Claims, GatewayError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| invalid(format!("malformed token: {e}")))?;
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        };
+        let key = match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self
+                .secret
+                .clone()
+                .ok_or_else(|| invalid("no secret for HS* tokens"))?,
+            alg => self.asymmetric_key(alg, header.kid.as_deref()).await?,
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation)
+            .map_err(|e| invalid(format!("token rejected: {e}")))?;
+        Ok(Arc::new(data.claims))
+    }
+
+    async fn asymmetric_key(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<DecodingKey, GatewayError> {
+        match &self.keys {
+            KeySource::None => Err(invalid("no keys configured for this algorithm")),
+            KeySource::Static(by_kid, without_kid) => pick(by_kid, without_kid, alg, kid),
+            KeySource::Remote(remote) => remote.key(alg, kid).await,
+        }
+    }
+}
+
+/// 401 UNAUTHENTICATED with the RFC 6750 challenge.
+pub fn invalid(reason: impl Into<String>) -> GatewayError {
+    let reason = reason.into();
+    let description = reason.replace(['"', '\\'], "'");
+    GatewayError::new(Code::Unauthenticated, reason).with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&format!(
+            "Bearer realm=\"switchboard\", error=\"invalid_token\", error_description=\"{description}\""
+        ))
+        .unwrap_or(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+    )
+}
+
+type KeyMaps = (
+    HashMap<String, (Algorithm, DecodingKey)>,
+    Vec<(Algorithm, DecodingKey)>,
+);
+
+/// Usable keys of a JWKS document, by `kid` (keys without one are tried in order).
+fn parse_jwks(text: &str) -> Result<KeyMaps, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
+    let mut by_kid = HashMap::new();
+    let mut without_kid = Vec::new();
+    for jwk in &set.keys {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| Algorithm::from_str(&a.to_string()).ok())
+            .unwrap_or(match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                _ => Algorithm::RS256,
+            });
+        match &jwk.common.key_id {
+            Some(kid) => {
+                by_kid.insert(kid.clone(), (alg, key));
+            }
+            None => without_kid.push((alg, key)),
+        }
+    }
+    Ok((by_kid, without_kid))
+}
+
+/// The key for `kid` (or the first key-id-less key of the right family).
+fn pick(
+    by_kid: &HashMap<String, (Algorithm, DecodingKey)>,
+    without_kid: &[(Algorithm, DecodingKey)],
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<DecodingKey, GatewayError> {
+    let same_family = |a: &Algorithm| family(*a) == family(alg);
+    let found = match kid {
+        Some(kid) => by_kid
+            .get(kid)
+            .filter(|(a, _)| same_family(a))
+            .map(|(_, k)| k.clone()),
+        None => without_kid
+            .iter()
+            .find(|(a, _)| same_family(a))
+            .map(|(_, k)| k.clone()),
+    };
+    found.ok_or_else(|| invalid(format!("no key for kid {kid:?}")))
+}
+
+fn family(alg: Algorithm) -> u8 {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => 0,
+        Algorithm::ES256 | Algorithm::ES384 => 1,
+        Algorithm::EdDSA => 2,
+        _ => 3,
+    }
+}
+
+/// A JWKS fetched over HTTP(S), kept for `ttl`, refetched early (rate-limited) when a
+/// token names a key it does not have.
+struct RemoteJwks {
+    url: String,
+    ttl: Duration,
+    min_refresh: Duration,
+    state: RwLock<Option<RemoteState>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+}
+
+struct RemoteState {
+    keys: KeyMaps,
+    fetched: Instant,
+}
+
+impl RemoteJwks {
+    fn new(url: String, ttl: Duration, min_refresh: Duration) -> Self {
+        Self {
+            url,
+            ttl,
+            min_refresh,
+            state: RwLock::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn key(&self, alg: Algorithm, kid: Option<&str>) -> Result<DecodingKey, GatewayError> {
+        let (cached, age) = self.lookup(alg, kid);
+        if let Some(key) = cached
+            .as_ref()
+            .filter(|_| age.is_some_and(|a| a < self.ttl))
+        {
+            return Ok(key.clone());
+        }
+        // Unknown key, stale set, or nothing yet: refetch, unless a fetch happened very
+        // recently (so unknown-kid tokens cannot make us hammer the JWKS endpoint).
+        let _one_fetch = self.fetch_lock.lock().await;
+        let (cached_now, age) = self.lookup(alg, kid);
+        let recently = age.is_some_and(|a| a < self.min_refresh);
+        if recently {
+            return cached_now.ok_or_else(|| invalid(format!("no key for kid {kid:?}")));
+        }
+        match self.fetch().await {
+            Ok(keys) => {
+                let found = pick(&keys.0, &keys.1, alg, kid);
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = Some(RemoteState {
+                    keys,
+                    fetched: Instant::now(),
+                });
+                found
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the keys we have");
+                cached_now.or(cached).ok_or_else(|| {
+                    GatewayError::unavailable(format!("cannot fetch signing keys: {e}"))
+                })
+            }
+        }
+    }
+
+    /// The cached key (if any) and the age of the cached set.
+    fn lookup(&self, alg: Algorithm, kid: Option<&str>) -> (Option<DecodingKey>, Option<Duration>) {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        match state.as_ref() {
+            Some(s) => (
+                pick(&s.keys.0, &s.keys.1, alg, kid).ok(),
+                Some(s.fetched.elapsed()),
+            ),
+            None => (None, None),
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeyMaps, String> {
+        crate::tls::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        parse_jwks(&text)
+    }
+}
+
+/// The scopes a token carries: `scope` (space-separated) and/or `scp` (array or string).
+pub fn scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => out.extend(s.split_whitespace()),
+            Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A claim as a header value: strings as they are, scope arrays space-joined, numbers
+/// and booleans as text.
+pub fn claim_header_value(value: &Value) -> Option<HeaderValue> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn config(algorithms: &[&str]) -> JwtConfig {
+        JwtConfig {
+            issuer: Some("https://auth.test".into()),
+            audiences: vec!["api".into()],
+            algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+            jwks: None,
+            secret: Some("s3cret-s3cret-s3cret-s3cret-s3cret".into()),
+            leeway: None,
+            forward_claims: Default::default(),
+            jwks_ttl: None,
+            jwks_min_refresh: None,
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs256(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hs256_checks_claims() {
+        let verifier = JwtVerifier::new(&config(&["HS256"]), Path::new(".")).unwrap();
+        let good =
+            json!({"sub": "u1", "iss": "https://auth.test", "aud": "api", "exp": now() + 60});
+        assert_eq!(
+            verifier.verify(&hs256(good.clone())).await.unwrap()["sub"],
+            "u1"
+        );
+        let mut expired = good.clone();
+        expired["exp"] = json!(now() - 120);
+        assert!(verifier.verify(&hs256(expired)).await.is_err());
+        let mut early = good.clone();
+        early["nbf"] = json!(now() + 120);
+        assert!(verifier.verify(&hs256(early)).await.is_err());
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = json!("https://evil");
+        assert!(verifier.verify(&hs256(wrong_iss)).await.is_err());
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = json!("other");
+        assert!(verifier.verify(&hs256(wrong_aud)).await.is_err());
+        let mut no_exp = good;
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(verifier.verify(&hs256(no_exp)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_unlisted_algorithms_are_refused() {
+        let verifier = JwtVerifier::new(&config(&["HS256"]), Path::new(".")).unwrap();
+        let b64 = |v: Value| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                v.to_string(),
+            )
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(json!({"sub": "x", "exp": now() + 60}))
+        );
+        let err = verifier.verify(&none).await.unwrap_err();
+        assert_eq!(err.code, Code::Unauthenticated);
+        assert!(
+            err.headers.as_ref().unwrap()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &json!({"exp": now() + 60}),
+            &EncodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret"),
+        )
+        .unwrap();
+        assert!(verifier.verify(&hs512).await.is_err());
+    }
+
+    #[test]
+    fn scopes_from_scope_and_scp() {
+        let claims = json!({"scope": "a b", "scp": ["c"]});
+        assert_eq!(scopes(claims.as_object().unwrap()), vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,239 @@
+//! The shared middleware of every route, in the order a request meets it:
+//! CORS (preflight answered here) → authentication → scopes → rate limit → the target,
+//! whose upstream applies circuit breaking, retries and the deadline
+//! (`upstream::breaker`, `upstream::retry`).
+//!
+//! `Middleware` holds what one configuration shares (token verifier, limiters, CORS,
+//! trusted proxies) and is reused across reloads where its config did not change, so
+//! counters and key caches survive. `RoutePolicy` is what one route asks of it.
+
+pub mod auth;
+pub mod client_ip;
+pub mod cors;
+pub mod deadline;
+pub mod ratelimit;
+
+use crate::config::mapping::AuthMode;
+use crate::config::{GatewayConfig, LoadErrors, Location};
+use crate::error::GatewayError;
+use auth::{Claims, JwtVerifier};
+use client_ip::Cidr;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ratelimit::{Decision, LimitKey, RateLimiter};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tonic::Code;
+
+/// What one configuration's routes share.
+#[derive(Default)]
+pub struct Middleware {
+    pub jwt: Option<Arc<JwtVerifier>>,
+    pub limiters: HashMap<String, Arc<RateLimiter>>,
+    pub cors: Option<cors::Cors>,
+    pub trusted_proxies: Vec<Cidr>,
+    /// Header names only the gateway may set (forward_claims targets), also as
+    /// `grpc-metadata-<name>`: stripped from every client request.
+    pub reserved_headers: Vec<HeaderName>,
+    jwt_config: Option<crate::config::JwtConfig>,
+    store: Option<String>,
+}
+
+impl Middleware {
+    pub fn build(
+        config: &GatewayConfig,
+        previous: Option<&Middleware>,
+    ) -> Result<Self, LoadErrors> {
+        let mut errors = LoadErrors::default();
+        let location = Location::new(&config.path, 0);
+        let mut middleware = Middleware::default();
+
+        if let Some(auth) = &config.auth {
+            let reused = previous
+                .filter(|p| p.jwt_config.as_ref() == Some(&auth.jwt))
+                .and_then(|p| p.jwt.clone());
+            match reused
+                .map(Ok)
+                .unwrap_or_else(|| JwtVerifier::new(&auth.jwt, &config.base_dir).map(Arc::new))
+            {
+                Ok(verifier) => {
+                    for (_, name) in &verifier.forward_claims {
+                        middleware.reserved_headers.push(name.clone());
+                        if let Ok(metadata) = HeaderName::try_from(format!("grpc-metadata-{name}"))
+                        {
+                            middleware.reserved_headers.push(metadata);
+                        }
+                    }
+                    middleware.jwt = Some(verifier);
+                    middleware.jwt_config = Some(auth.jwt.clone());
+                }
+                Err(e) => errors.push(location.clone(), format!("auth.jwt: {e}")),
+            }
+        }
+
+        if let Some(limits) = &config.rate_limits {
+            let timeout = limits
+                .store_timeout
+                .map(|d| d.0)
+                .unwrap_or(std::time::Duration::from_millis(100));
+            let same_store =
+                previous.is_some_and(|p| p.store.as_deref() == Some(limits.store.as_str()));
+            match ratelimit::Store::from_config(&limits.store, timeout) {
+                Ok(redis) => {
+                    for (name, policy) in &limits.policies {
+                        let reused = previous
+                            .filter(|_| same_store)
+                            .and_then(|p| p.limiters.get(name))
+                            .filter(|old| old.config == *policy)
+                            .cloned();
+                        match reused.map(Ok).unwrap_or_else(|| {
+                            RateLimiter::new(name, policy, redis.clone()).map(Arc::new)
+                        }) {
+                            Ok(limiter) => {
+                                middleware.limiters.insert(name.clone(), limiter);
+                            }
+                            Err(e) => errors.push(location.clone(), e),
+                        }
+                    }
+                }
+                Err(e) => errors.push(location.clone(), e),
+            }
+            middleware.store = Some(limits.store.clone());
+        }
+
+        if let Some(cors) = &config.cors {
+            match cors::Cors::new(cors) {
+                Ok(cors) => middleware.cors = Some(cors),
+                Err(e) => errors.push(location.clone(), format!("cors: {e}")),
+            }
+        }
+        for text in &config.trusted_proxies {
+            match Cidr::parse(text) {
+                Ok(cidr) => middleware.trusted_proxies.push(cidr),
+                Err(e) => errors.push(location.clone(), format!("trusted_proxies: {e}")),
+            }
+        }
+        errors.into_result(middleware)
+    }
+
+    /// The client address of a request (the peer, or X-Forwarded-For via trusted proxies).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip::client_ip(peer, headers, &self.trusted_proxies)
+    }
+}
+
+/// What one route asks of the middleware.
+#[derive(Default)]
+pub struct RoutePolicy {
+    pub auth: AuthMode,
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
+}
+
+/// Who the caller is, for the backend: set in the request extensions after admission.
+#[derive(Clone, Default)]
+pub struct Identity {
+    pub claims: Option<Claims>,
+    /// Headers / metadata to send to the backend (from `forward_claims`).
+    pub forwarded: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A request that passed admission.
+pub struct Admitted {
+    pub identity: Identity,
+    /// Counters to report in `RateLimit-*` headers.
+    pub rate_limit: Option<Decision>,
+}
+
+impl RoutePolicy {
+    /// Authenticates and rate-limits a request. Reserved headers are stripped from it
+    /// first, whatever the route's auth mode.
+    pub async fn admit(
+        &self,
+        middleware: &Middleware,
+        headers: &mut HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Admitted, GatewayError> {
+        for name in &middleware.reserved_headers {
+            headers.remove(name);
+        }
+        let identity = self.authenticate(middleware, headers).await?;
+        let rate_limit = match &self.rate_limit {
+            Some(limiter) => {
+                let key = limit_key(&limiter.key, identity.claims.as_deref(), headers)
+                    .unwrap_or_else(|| middleware.client_ip(peer, headers).to_string());
+                Some(limiter.check(&key).await?)
+            }
+            None => None,
+        };
+        Ok(Admitted {
+            identity,
+            rate_limit,
+        })
+    }
+
+    async fn authenticate(
+        &self,
+        middleware: &Middleware,
+        headers: &HeaderMap,
+    ) -> Result<Identity, GatewayError> {
+        if self.auth == AuthMode::None {
+            return Ok(Identity::default());
+        }
+        let Some(verifier) = &middleware.jwt else {
+            return Err(GatewayError::internal(
+                "route needs auth but no auth is configured",
+            ));
+        };
+        let token = match bearer_token(headers) {
+            Some(token) => token,
+            None if self.auth == AuthMode::Optional => return Ok(Identity::default()),
+            None => return Err(auth::invalid("missing bearer token")),
+        };
+        let claims = verifier.verify(token).await?;
+        let granted = auth::scopes(&claims);
+        if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
+            return Err(GatewayError::new(
+                Code::PermissionDenied,
+                format!("token lacks scope `{missing}`"),
+            ));
+        }
+        let forwarded = verifier
+            .forward_claims
+            .iter()
+            .filter_map(|(claim, name)| {
+                Some((name.clone(), auth::claim_header_value(claims.get(claim)?)?))
+            })
+            .collect();
+        Ok(Identity {
+            claims: Some(claims),
+            forwarded,
+        })
+    }
+}
+
+/// `Authorization: Bearer <token>`.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// The rate-limit key of a request; `None` falls back to the client address.
+fn limit_key(
+    key: &LimitKey,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    match key {
+        LimitKey::ClientIp => None,
+        LimitKey::Claim(name) => match claims?.get(name)? {
+            serde_json::Value::String(s) => Some(format!("claim:{s}")),
+            other => Some(format!("claim:{other}")),
+        },
+        LimitKey::Header(name) => headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("header:{v}")),
+    }
+}

@@ -1,0 +1,92 @@
+//! In-process counters: a sharded map of per-key states. Every state carries the time at
+//! which it equals a fresh key; a shard sweeps those out when it has grown, so many
+//! distinct keys (one per client IP…) cannot grow memory without bound.
+
+use super::algorithm::{Decision, Params, State, decide};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+const SHARDS: usize = 32;
+
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Box<str>, (State, i64)>,
+    /// Sweep when the shard holds more than this many keys.
+    sweep_above: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        sweep_above: 1024,
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn decide(&self, params: &Params, key: &str, now: i64) -> Decision {
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = shard
+            .entries
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(s, _)| *s);
+        let (decision, state, expires) = decide(params, previous, now);
+        match shard.entries.get_mut(key) {
+            Some(slot) => *slot = (state, expires),
+            None => {
+                shard.entries.insert(key.into(), (state, expires));
+            }
+        }
+        if shard.entries.len() > shard.sweep_above {
+            shard.entries.retain(|_, (_, expires)| *expires > now);
+            shard.sweep_above = (shard.entries.len() * 2).max(1024);
+        }
+        decision
+    }
+
+    /// Keys currently held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateLimitAlgorithm;
+
+    #[test]
+    fn many_keys_do_not_accumulate() {
+        let store = MemoryStore::default();
+        let params = Params {
+            kind: RateLimitAlgorithm::FixedWindow,
+            rate: 5,
+            per_micros: 1_000,
+            burst: 5,
+        };
+        for i in 0..200_000i64 {
+            // Each key is used once; time moves on, so old keys expire.
+            store.decide(&params, &format!("client-{i}"), i * 10);
+        }
+        assert!(store.len() < 100_000, "{} keys kept", store.len());
+    }
+}

@@ -1,0 +1,38 @@
+//! Reading request bodies whole, within `max_body` and a deadline.
+
+use crate::error::GatewayError;
+use axum::body::Body;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::time::Duration;
+
+/// The whole body, or 413 when it is (or announces to be) larger than `limit`.
+pub async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    deadline: Duration,
+) -> Result<Bytes, GatewayError> {
+    let announced = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit) {
+        return Err(GatewayError::body_too_large(limit));
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(deadline, limited.collect()).await {
+        Err(_) => Err(
+            GatewayError::deadline_exceeded("timed out reading the request body")
+                .with_status(http::StatusCode::REQUEST_TIMEOUT),
+        ),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::body_too_large(limit))
+        }
+        Ok(Err(e)) => Err(GatewayError::invalid_argument(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,283 @@
+//! HTTP/JSON → gRPC: build the request message from path, query and body, call the
+//! backend with a deadline, and turn the answer (or the stream) back into HTTP/JSON.
+
+use super::body::read_limited;
+use crate::error::GatewayError;
+use crate::middleware::Identity;
+use crate::middleware::deadline::effective_timeout;
+use crate::routing::{BodyRule, GrpcRoute, RouteTable};
+use crate::telemetry::trace::TraceContext;
+use crate::transcode::set_field_from_str;
+use crate::upstream::grpc::Call;
+use crate::upstream::grpc::status::{
+    append_metadata_headers, metadata_from_headers, status_to_error,
+};
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use prost_reflect::{DynamicMessage, Value};
+use std::sync::Arc;
+use tonic::Streaming;
+use tonic::metadata::MetadataMap;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+pub async fn call(
+    table: &Arc<RouteTable>,
+    route: &GrpcRoute,
+    request: Request<Body>,
+    captures: Vec<String>,
+    trace: &TraceContext,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let message = build_message(table, route, &parts, body, captures).await?;
+
+    let mut metadata = HeaderMap::new();
+    metadata_from_headers(&parts.headers, &mut metadata);
+    metadata.insert("x-trace-id", trace.trace_id.clone());
+    metadata.insert("traceparent", trace.traceparent.clone());
+    if route.forward_authorization
+        && let Some(authorization) = parts.headers.get(header::AUTHORIZATION)
+    {
+        metadata.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    // Claims the middleware verified (`forward_claims`); clients cannot set these names.
+    if let Some(identity) = parts.extensions.get::<Identity>() {
+        for (name, value) in &identity.forwarded {
+            metadata.insert(name.clone(), value.clone());
+        }
+    }
+    let timeout = effective_timeout(route.timeout, &parts.headers);
+    let call = Call {
+        path: route.path.clone(),
+        codec: route.codec.clone(),
+        metadata: MetadataMap::from_headers(metadata),
+        message,
+        timeout,
+        idempotent: route.idempotent,
+    };
+
+    let upstream = &route.upstream;
+    let deadline_error = || {
+        GatewayError::deadline_exceeded(format!(
+            "upstream `{}` did not answer within {timeout:?}",
+            upstream.name
+        ))
+    };
+    let to_error =
+        |status: tonic::Status| status_to_error(&status, &table.schema.pool, &table.json);
+
+    if !route.server_streaming {
+        let response = upstream.unary(call).await.map_err(to_error)?;
+        let (metadata, message, _) = response.into_parts();
+        let body = encode_response(table, route, &message)?;
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+        append_metadata_headers(&metadata.into_headers(), response.headers_mut());
+        return Ok(response);
+    }
+
+    let sse = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let call = upstream.server_streaming(call);
+    // The deadline covers opening the stream and its first message; after that the stream
+    // lives as long as the backend and the client keep it open.
+    let opened = async {
+        let (metadata, mut stream, _) = call.await?.into_parts();
+        let first = stream.message().await?;
+        Ok::<_, tonic::Status>((metadata, stream, first))
+    };
+    let (metadata, stream, first) = tokio::time::timeout(timeout, opened)
+        .await
+        .map_err(|_| deadline_error())?
+        .map_err(to_error)?;
+    let framing = if sse { Framing::Sse } else { Framing::NdJson };
+    let mut response = Response::new(Body::from_stream(stream_body(
+        table.clone(),
+        framing,
+        first,
+        stream,
+    )));
+    let headers = response.headers_mut();
+    match framing {
+        Framing::Sse => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        Framing::NdJson => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+        }
+    }
+    append_metadata_headers(&metadata.into_headers(), headers);
+    Ok(response)
+}
+
+/// Path variables, query parameters and body → the request message.
+async fn build_message(
+    table: &RouteTable,
+    route: &GrpcRoute,
+    parts: &http::request::Parts,
+    body: Body,
+    captures: Vec<String>,
+) -> Result<DynamicMessage, GatewayError> {
+    let input = route.method.input();
+    let mut message = match &route.body {
+        BodyRule::None => DynamicMessage::new(input.clone()),
+        BodyRule::Whole => {
+            let bytes =
+                read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+            table.json.decode(&input, &bytes)?
+        }
+        BodyRule::Field(path) => {
+            let bytes =
+                read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+            let mut message = DynamicMessage::new(input.clone());
+            let field = path.last();
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                let value = match field.kind().as_message() {
+                    Some(desc) if !field.is_list() && !field.is_map() => {
+                        Value::Message(table.json.decode(desc, &bytes)?)
+                    }
+                    _ => {
+                        // Lists, maps and scalars: parse as the field inside its message.
+                        let json: serde_json::Value =
+                            serde_json::from_slice(&bytes).map_err(|e| {
+                                GatewayError::invalid_argument(format!("invalid JSON body: {e}"))
+                            })?;
+                        let wrapped = serde_json::json!({ field.json_name(): json });
+                        table
+                            .json
+                            .decode_value(&input, wrapped)?
+                            .get_field(field)
+                            .into_owned()
+                    }
+                };
+                message.set_field(field, value);
+            }
+            message
+        }
+    };
+    for (path, value) in route.path_fields.iter().zip(captures) {
+        set_field_from_str(&mut message, path, &value).map_err(GatewayError::invalid_argument)?;
+    }
+    if let Some(query) = parts.uri.query() {
+        route.query.apply(&input, &mut message, query)?;
+    }
+    Ok(message)
+}
+
+/// The JSON body of a response: the message, its `response_body` field, or the
+/// backend-for-frontend subset of its fields.
+fn encode_response(
+    table: &RouteTable,
+    route: &GrpcRoute,
+    message: &DynamicMessage,
+) -> Result<Vec<u8>, GatewayError> {
+    if let Some(path) = &route.response_body {
+        let field = path.last();
+        // A singular message field: encode it directly.
+        if !field.is_list()
+            && !field.is_map()
+            && let Value::Message(inner) = message.get_field(field).as_ref()
+        {
+            return table.json.encode(inner);
+        }
+        let mut whole = table.json.to_value(message)?;
+        let key = if table.config.json.use_proto_names {
+            field.name()
+        } else {
+            field.json_name()
+        };
+        let value = whole
+            .get_mut(key)
+            .map(serde_json::Value::take)
+            .unwrap_or(serde_json::Value::Null);
+        return serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()));
+    }
+    if let Some(fields) = &route.response_fields {
+        let mut whole = table.json.to_value(message)?;
+        if let Some(object) = whole.as_object_mut() {
+            object.retain(|key, _| fields.iter().any(|f| f == key));
+        }
+        return serde_json::to_vec(&whole).map_err(|e| GatewayError::internal(e.to_string()));
+    }
+    table.json.encode(message)
+}
+
+#[derive(Clone, Copy)]
+enum Framing {
+    NdJson,
+    Sse,
+}
+
+impl Framing {
+    fn message(self, json: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(json.len() + 8);
+        match self {
+            Framing::NdJson => {
+                out.extend_from_slice(json);
+                out.push(b'\n');
+            }
+            Framing::Sse => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(json);
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// The in-band end of a stream that failed after it started (contract §5).
+    fn error(self, error: &GatewayError) -> Bytes {
+        let status = error.to_json();
+        match self {
+            Framing::NdJson => {
+                let mut line =
+                    serde_json::to_vec(&serde_json::json!({ "error": status })).unwrap_or_default();
+                line.push(b'\n');
+                Bytes::from(line)
+            }
+            Framing::Sse => Bytes::from(format!("event: error\ndata: {status}\n\n")),
+        }
+    }
+}
+
+/// The response body of a server stream. Dropping it (client gone) drops the gRPC
+/// stream, which cancels the call at the backend.
+fn stream_body(
+    table: Arc<RouteTable>,
+    framing: Framing,
+    first: Option<DynamicMessage>,
+    stream: Streaming<DynamicMessage>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    let first = futures_util::stream::iter(first.map(Ok));
+    first.chain(stream).scan(false, move |failed, item| {
+        if *failed {
+            return futures_util::future::ready(None);
+        }
+        let frame = match item {
+            Ok(message) => match table.json.encode(&message) {
+                Ok(json) => framing.message(&json),
+                Err(error) => {
+                    *failed = true;
+                    framing.error(&error)
+                }
+            },
+            Err(status) => {
+                *failed = true;
+                framing.error(&status_to_error(&status, &table.schema.pool, &table.json))
+            }
+        };
+        futures_util::future::ready(Some(Ok(frame)))
+    })
+}

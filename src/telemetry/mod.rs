@@ -1,0 +1,149 @@
+//! Logs, trace ids and metrics. Metric handles are created once per route at load time,
+//! so recording on the hot path is an atomic add, not a registry look-up.
+
+pub mod trace;
+
+use http::StatusCode;
+use metrics::{Counter, Histogram, counter, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Log output format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filtering (default `info`), to stderr.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    // A second init (tests start several gateways in one process) keeps the first.
+    drop(result);
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
+            )
+            .expect("bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; ours then stays unused but valid.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// RED metrics of one route: requests by status class, and latency.
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let class = |c: &'static str| counter!("switchboard_http_requests_total", "route" => route.to_string(), "class" => c);
+        Self {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: histogram!("switchboard_http_request_duration_seconds", "route" => route.to_string()),
+        }
+    }
+
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Requests that matched no route.
+pub fn record_unmatched(status: StatusCode) {
+    static UNMATCHED: OnceLock<RouteMetrics> = OnceLock::new();
+    UNMATCHED
+        .get_or_init(|| RouteMetrics::new("unmatched"))
+        .record(status, Duration::ZERO);
+}
+
+/// Upstream call outcomes by gRPC code, and latency.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    by_code: Vec<Counter>,
+    duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> Self {
+        let by_code = (0..=16)
+            .map(|n| {
+                let code = format!("{:?}", tonic::Code::from_i32(n));
+                counter!("switchboard_upstream_requests_total", "upstream" => upstream.to_string(), "code" => code)
+            })
+            .collect();
+        Self {
+            by_code,
+            duration: histogram!("switchboard_upstream_duration_seconds", "upstream" => upstream.to_string()),
+        }
+    }
+
+    pub fn record(&self, code: tonic::Code, elapsed: Duration) {
+        if let Some(counter) = self.by_code.get(code as usize) {
+            counter.increment(1);
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Reload outcomes (`result` = `ok` | `error`).
+pub fn record_reload(ok: bool) {
+    counter!("switchboard_config_reloads_total", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+    metrics::gauge!("switchboard_config_last_reload_ok").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// WebSocket metrics of one route: open sockets, and data frames each way.
+#[derive(Clone)]
+pub struct WsMetrics {
+    pub connections: metrics::Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+}
+
+impl WsMetrics {
+    pub fn new(route: &str) -> Self {
+        let frames = |direction: &'static str| counter!("switchboard_ws_frames_total", "route" => route.to_string(), "direction" => direction);
+        Self {
+            connections: metrics::gauge!("switchboard_ws_connections", "route" => route.to_string()),
+            frames_in: frames("in"),
+            frames_out: frames("out"),
+        }
+    }
+}

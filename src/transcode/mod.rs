@@ -1,0 +1,157 @@
+//! JSON ↔ protobuf following the proto3 JSON mapping (prost-reflect dynamic messages),
+//! plus the HttpRule bindings that fill request fields from path variables and the query
+//! string. Everything that can be resolved at load time (field paths) is.
+
+mod field_path;
+mod query;
+
+pub use field_path::{FieldPath, set_field_from_str, settable_from_text};
+pub use query::{QueryBinding, parse_query};
+
+use crate::config::JsonConfig;
+use crate::error::GatewayError;
+use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+
+/// The JSON options of one configuration, prepared once.
+#[derive(Clone)]
+pub struct JsonCodec {
+    deserialize: DeserializeOptions,
+    serialize: SerializeOptions,
+}
+
+impl std::fmt::Debug for JsonCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonCodec")
+    }
+}
+
+impl JsonCodec {
+    pub fn new(config: &JsonConfig) -> Self {
+        Self {
+            deserialize: DeserializeOptions::new()
+                .deny_unknown_fields(!config.ignore_unknown_fields),
+            serialize: SerializeOptions::new()
+                .skip_default_fields(!config.emit_defaults)
+                .use_proto_field_name(config.use_proto_names)
+                .use_enum_numbers(config.enums_as_ints)
+                .stringify_64_bit_integers(true),
+        }
+    }
+
+    /// Parses a JSON body into a message of type `desc`. An empty body is the empty
+    /// message. Errors are 400 INVALID_ARGUMENT with the parser's reason.
+    pub fn decode(
+        &self,
+        desc: &MessageDescriptor,
+        body: &[u8],
+    ) -> Result<DynamicMessage, GatewayError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(DynamicMessage::new(desc.clone()));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let message = DynamicMessage::deserialize_with_options(
+            desc.clone(),
+            &mut deserializer,
+            &self.deserialize,
+        )
+        .map_err(|e| GatewayError::invalid_argument(format!("invalid JSON body: {e}")))?;
+        deserializer
+            .end()
+            .map_err(|e| GatewayError::invalid_argument(format!("invalid JSON body: {e}")))?;
+        Ok(message)
+    }
+
+    /// Parses a JSON value into a message of type `desc`.
+    pub fn decode_value(
+        &self,
+        desc: &MessageDescriptor,
+        value: serde_json::Value,
+    ) -> Result<DynamicMessage, GatewayError> {
+        DynamicMessage::deserialize_with_options(desc.clone(), value, &self.deserialize)
+            .map_err(|e| GatewayError::invalid_argument(format!("invalid JSON: {e}")))
+    }
+
+    /// Writes `message` as JSON into `out`.
+    pub fn encode_into(
+        &self,
+        message: &DynamicMessage,
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let mut serializer = serde_json::Serializer::new(out);
+        message
+            .serialize_with_options(&mut serializer, &self.serialize)
+            .map_err(|e| GatewayError::internal(format!("cannot encode response as JSON: {e}")))
+    }
+
+    /// `message` as a JSON `String`, without re-checking UTF-8 (serde_json only writes
+    /// valid UTF-8): for text frames, which must be strings.
+    pub fn encode_string(&self, message: &DynamicMessage) -> Result<String, GatewayError> {
+        struct WithOptions<'a>(&'a DynamicMessage, &'a SerializeOptions);
+        impl serde::Serialize for WithOptions<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize_with_options(serializer, self.1)
+            }
+        }
+        serde_json::to_string(&WithOptions(message, &self.serialize))
+            .map_err(|e| GatewayError::internal(format!("cannot encode response as JSON: {e}")))
+    }
+
+    pub fn encode(&self, message: &DynamicMessage) -> Result<Vec<u8>, GatewayError> {
+        let mut out = Vec::with_capacity(128);
+        self.encode_into(message, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn to_value(&self, message: &DynamicMessage) -> Result<serde_json::Value, GatewayError> {
+        message
+            .serialize_with_options(serde_json::value::Serializer, &self.serialize)
+            .map_err(|e| GatewayError::internal(format!("cannot encode response as JSON: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> JsonCodec {
+        JsonCodec::new(&JsonConfig::default())
+    }
+
+    fn status_desc() -> MessageDescriptor {
+        crate::schema::Schema::builtin().status
+    }
+
+    #[test]
+    fn decodes_and_refuses_garbage() {
+        let desc = status_desc();
+        let msg = codec()
+            .decode(&desc, br#"{"code": 3, "message": "x"}"#)
+            .unwrap();
+        assert_eq!(codec().to_value(&msg).unwrap()["code"], 3);
+        assert!(codec().decode(&desc, br#"{"code": 3} trailing"#).is_err());
+        assert!(codec().decode(&desc, br#"{"code": "three"}"#).is_err());
+        assert!(codec().decode(&desc, br#"{"nope": 1}"#).is_err());
+        assert!(codec().decode(&desc, b"\xff\xfe").is_err());
+        assert!(codec().decode(&desc, b"  ").is_ok());
+        let lenient = JsonCodec::new(&JsonConfig {
+            ignore_unknown_fields: true,
+            ..Default::default()
+        });
+        assert!(lenient.decode(&desc, br#"{"nope": 1}"#).is_ok());
+    }
+
+    #[test]
+    fn emits_defaults_per_config() {
+        let desc = status_desc();
+        let msg = DynamicMessage::new(desc);
+        let with = codec().to_value(&msg).unwrap();
+        assert_eq!(with["code"], 0);
+        let without = JsonCodec::new(&JsonConfig {
+            emit_defaults: false,
+            ..Default::default()
+        })
+        .to_value(&msg)
+        .unwrap();
+        assert!(without.get("code").is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! Query parameters → request fields (HttpRule: "any fields in the request message which
+//! are not bound by the path template or the body become HTTP query parameters").
+//! Keys are field paths (`a.b=…`, proto or JSON names); repeated fields take every
+//! occurrence (`tag=a&tag=b`).
+
+use super::field_path::{FieldPath, set_field_from_str, settable_from_text};
+use crate::error::GatewayError;
+use percent_encoding::percent_decode_str;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use std::borrow::Cow;
+
+/// How one route binds its query string, decided at load time.
+#[derive(Clone, Debug)]
+pub struct QueryBinding {
+    /// Fields already bound by the path or the body; query keys under them are skipped.
+    pub bound: Vec<FieldPath>,
+    /// The body is `*`: no field is left for the query.
+    pub body_is_whole: bool,
+    /// Unknown keys are 400 instead of ignored.
+    pub strict: bool,
+}
+
+/// Splits `a=1&b=x+y` into decoded pairs (`+` is a space). Bad escapes or invalid UTF-8
+/// are 400.
+/// A decoded query parameter.
+pub type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+pub fn parse_query(query: &str) -> Result<Vec<QueryPair<'_>>, GatewayError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
+}
+
+/// One key or value: `+` → space, then percent-decoding.
+fn decode(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
+    check_escapes(raw)?;
+    let invalid = || GatewayError::invalid_argument("query string is not valid UTF-8 once decoded");
+    if raw.contains('+') {
+        let spaced = raw.replace('+', " ");
+        let decoded = percent_decode_str(&spaced)
+            .decode_utf8()
+            .map_err(|_| invalid())?;
+        return Ok(Cow::Owned(decoded.into_owned()));
+    }
+    percent_decode_str(raw).decode_utf8().map_err(|_| invalid())
+}
+
+/// `percent_decode_str` passes malformed escapes through; the contract wants a 400.
+fn check_escapes(text: &str) -> Result<(), GatewayError> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let ok = bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            if !ok {
+                return Err(GatewayError::invalid_argument(
+                    "malformed percent-encoding in query string",
+                ));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+impl QueryBinding {
+    /// Sets the fields named by `query` on `message`.
+    pub fn apply(
+        &self,
+        desc: &MessageDescriptor,
+        message: &mut DynamicMessage,
+        query: &str,
+    ) -> Result<(), GatewayError> {
+        for (key, value) in parse_query(query)? {
+            if self.body_is_whole {
+                if self.strict {
+                    return Err(GatewayError::invalid_argument(format!(
+                        "query parameter `{key}` not allowed: the body carries the whole message"
+                    )));
+                }
+                continue;
+            }
+            let path = match FieldPath::resolve(desc, &key) {
+                Ok(path) => path,
+                Err(reason) if self.strict => {
+                    return Err(GatewayError::invalid_argument(format!(
+                        "unknown query parameter `{key}`: {reason}"
+                    )));
+                }
+                Err(_) => continue,
+            };
+            if self.bound.iter().any(|b| b.covers(&path)) {
+                continue;
+            }
+            if !settable_from_text(path.last()) {
+                return Err(GatewayError::invalid_argument(format!(
+                    "query parameter `{key}` names a field that cannot be set from text"
+                )));
+            }
+            set_field_from_str(message, &path, &value).map_err(GatewayError::invalid_argument)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_decoded() {
+        let pairs = parse_query("a=1&b=x+y&c=%E2%82%AC&d&&e=").unwrap();
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "€".into()),
+                ("d".into(), "".into()),
+                ("e".into(), "".into())
+            ]
+        );
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%ff").is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! gRPC statuses and metadata crossing into HTTP: status → `GatewayError` (details
+//! rendered as JSON from the descriptor pool), metadata ↔ `Grpc-Metadata-*` headers.
+
+use crate::error::{GatewayError, code_from_i32};
+use crate::transcode::JsonCodec;
+use base64::Engine;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+/// `google.rpc.Status` as carried in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// A backend status as the client sees it. Details whose type the pool knows are JSON
+/// objects with `@type`; others keep their bytes in base64 under `value`.
+pub fn status_to_error(
+    status: &tonic::Status,
+    pool: &DescriptorPool,
+    json: &JsonCodec,
+) -> GatewayError {
+    let code = code_from_i32(status.code() as i32);
+    let mut error = GatewayError::new(code, status.message());
+    if !status.details().is_empty()
+        && let Ok(rpc) = RpcStatus::decode(status.details())
+    {
+        error.details = rpc
+            .details
+            .iter()
+            .map(|any| render_any(any, pool, json))
+            .collect();
+    }
+    let metadata = status.metadata().clone().into_headers();
+    if !metadata.is_empty() {
+        append_metadata_headers(&metadata, error.headers_mut());
+    }
+    error
+}
+
+fn render_any(
+    any: &prost_types::Any,
+    pool: &DescriptorPool,
+    json: &JsonCodec,
+) -> serde_json::Value {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let rendered = pool
+        .get_message_by_name(type_name)
+        .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
+        .and_then(|message| json.to_value(&message).ok());
+    match rendered {
+        Some(serde_json::Value::Object(fields)) => {
+            let mut object = serde_json::Map::with_capacity(fields.len() + 1);
+            object.insert("@type".into(), any.type_url.clone().into());
+            object.extend(fields);
+            serde_json::Value::Object(object)
+        }
+        Some(other) => serde_json::json!({ "@type": any.type_url, "value": other }),
+        None => serde_json::json!({
+            "@type": any.type_url,
+            "value": base64::engine::general_purpose::STANDARD.encode(&any.value),
+        }),
+    }
+}
+
+/// Headers that belong to the gRPC protocol itself, never surfaced as metadata.
+fn is_protocol_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-type"
+            | "grpc-status"
+            | "grpc-message"
+            | "grpc-status-details-bin"
+            | "grpc-encoding"
+            | "grpc-accept-encoding"
+            | "te"
+            | "content-length"
+            | "date"
+            | "server"
+    )
+}
+
+/// Response metadata and trailers → `Grpc-Metadata-<name>` headers.
+pub fn append_metadata_headers(metadata: &HeaderMap, out: &mut HeaderMap) {
+    for (name, value) in metadata {
+        if is_protocol_header(name.as_str()) {
+            continue;
+        }
+        if let Ok(header) = HeaderName::try_from(format!("grpc-metadata-{}", name.as_str())) {
+            out.append(header, value.clone());
+        }
+    }
+}
+
+/// `Grpc-Metadata-<name>` request headers → metadata `<name>`.
+pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) {
+    for (name, value) in headers {
+        if let Some(stripped) = name.as_str().strip_prefix("grpc-metadata-")
+            && !stripped.is_empty()
+            && !is_protocol_header(stripped)
+            && let Ok(name) = HeaderName::try_from(stripped)
+        {
+            out.append(name, value.clone());
+        }
+    }
+}
+
+/// A header value that is known to be valid (ASCII we produced ourselves).
+pub fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_render_with_type() {
+        let schema = crate::schema::Schema::builtin();
+        let json = JsonCodec::new(&Default::default());
+        let info = schema
+            .pool
+            .get_message_by_name("google.rpc.ErrorInfo")
+            .unwrap();
+        let mut detail = DynamicMessage::new(info.clone());
+        detail.set_field_by_name("reason", prost_reflect::Value::String("GONE".into()));
+        let rpc = RpcStatus {
+            code: 5,
+            message: "missing".into(),
+            details: vec![
+                prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+                    value: detail.encode_to_vec(),
+                },
+                prost_types::Any {
+                    type_url: "type.googleapis.com/unknown.Thing".into(),
+                    value: vec![1, 2, 3],
+                },
+            ],
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::NotFound,
+            "missing",
+            rpc.encode_to_vec().into(),
+        );
+        let error = status_to_error(&status, &schema.pool, &json);
+        assert_eq!(error.http_status().as_u16(), 404);
+        assert_eq!(
+            error.details[0]["@type"],
+            "type.googleapis.com/google.rpc.ErrorInfo"
+        );
+        assert_eq!(error.details[0]["reason"], "GONE");
+        assert_eq!(error.details[1]["value"], "AQID");
+    }
+
+    #[test]
+    fn metadata_prefixes() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-metadata-tenant", HeaderValue::from_static("acme"));
+        headers.insert("grpc-metadata-grpc-status", HeaderValue::from_static("0"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        let mut metadata = HeaderMap::new();
+        metadata_from_headers(&headers, &mut metadata);
+        assert_eq!(metadata.len(), 1);
+        assert_eq!(metadata["tenant"], "acme");
+        let mut back = HeaderMap::new();
+        append_metadata_headers(&metadata, &mut back);
+        assert_eq!(back["grpc-metadata-tenant"], "acme");
+    }
+}

@@ -1,0 +1,94 @@
+//! `websocket:` route entries → `WsRoute`, checked at load time like every route
+//! (`routing::compile` calls [`compile_route`] and files the result as a GET route, so
+//! websocket routes share lookup and conflict detection).
+
+use super::grpc::{GrpcBridge, LeanCodec};
+use super::{Backend, WsRoute};
+use crate::config::mapping::RouteSpec;
+use crate::routing::template::PathTemplate;
+use crate::schema::Schema;
+use crate::telemetry::WsMetrics;
+use crate::upstream::Upstreams;
+use crate::upstream::grpc::DynamicCodec;
+
+/// Compiles the route `spec` whose `websocket:` key is `path`. The error is one message
+/// for the route's `file:line`.
+pub(crate) fn compile_route(
+    spec: &RouteSpec,
+    path: &str,
+    schema: &Schema,
+    upstreams: &Upstreams,
+) -> Result<(PathTemplate, WsRoute), String> {
+    let template = PathTemplate::parse(path)?;
+    if !template.variables.is_empty() {
+        return Err(format!(
+            "websocket route `{path}`: path variables are not supported on websocket routes"
+        ));
+    }
+    for (present, key) in [
+        (spec.http.is_some(), "http"),
+        (spec.static_response.is_some(), "static"),
+        (spec.grpc_service.is_some(), "grpc_service"),
+        (spec.response.is_some(), "response"),
+        (spec.strict_query, "strict_query"),
+        // A socket lives as long as both ends keep it: see `limits.ws_idle_timeout`.
+        (spec.timeout.is_some(), "timeout"),
+    ] {
+        if present {
+            return Err(format!("`{key}` does not apply to a `websocket:` route"));
+        }
+    }
+    let Some(target) = &spec.grpc else {
+        return Err("a `websocket:` route needs a target: `grpc:`".into());
+    };
+    let upstream = upstreams
+        .grpc
+        .get(&target.upstream)
+        .ok_or_else(|| format!("unknown gRPC upstream `{}`", target.upstream))?
+        .clone();
+    let method = find_method(schema, &target.method)?;
+    if !method.is_client_streaming() && !method.is_server_streaming() {
+        return Err(format!(
+            "`{}` is unary: serve it with an `http:` route (websocket routes take streaming methods)",
+            method.full_name()
+        ));
+    }
+    // The same name `routing::compile` gives the route, for the same metric labels.
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("GET {}", template.text));
+    let bridge = GrpcBridge {
+        upstream,
+        path: format!("/{}/{}", method.parent_service().full_name(), method.name())
+            .parse()
+            .map_err(|e| format!("method `{}`: {e}", method.full_name()))?,
+        codec: LeanCodec(DynamicCodec::new(method.output())),
+        method,
+    };
+    Ok((
+        template,
+        WsRoute {
+            backend: Backend::Grpc(bridge),
+            forward_authorization: spec.forward_authorization,
+            metrics: WsMetrics::new(&name),
+        },
+    ))
+}
+
+/// `package.Service/Method` (or `package.Service.Method`) in the descriptors.
+fn find_method(schema: &Schema, name: &str) -> Result<prost_reflect::MethodDescriptor, String> {
+    let (service, method) = name
+        .rsplit_once('/')
+        .or_else(|| name.rsplit_once('.'))
+        .unwrap_or((name, ""));
+    schema
+        .pool
+        .get_service_by_name(service.trim_start_matches('/'))
+        .and_then(|s| s.methods().find(|m| m.name() == method))
+        .ok_or_else(|| {
+            format!(
+                "unknown gRPC method `{name}` (expected `package.Service/Method` from the descriptors)"
+            )
+        })
+}

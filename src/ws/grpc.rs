@@ -1,0 +1,306 @@
+//! The gRPC backend of a socket: each client frame is one request message (JSON →
+//! protobuf), each response message one text frame. Bidi, client- and server-streaming
+//! methods all go through `Grpc::streaming`; they differ only in where the request
+//! stream comes from:
+//!
+//! - bidi and client streaming: every frame, until `{"end": true}` half-closes;
+//! - server streaming: the first frame that parses; later frames are refused in-band.
+//!
+//! The call opens when the socket does (a bidi server may speak first) and lives as long
+//! as the socket: the route `timeout` does not apply, idle and keep-alive limits do.
+
+use super::{Exchange, Finish, Inbound, Outbound};
+use crate::error::GatewayError;
+use crate::routing::RouteTable;
+use crate::upstream::grpc::status::status_to_error;
+use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
+use bytes::Bytes;
+use futures_util::future::{Either, select};
+use futures_util::stream::Stream;
+use http::uri::PathAndQuery;
+use prost_reflect::{DynamicMessage, MethodDescriptor};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::MetadataMap;
+use tonic::{CancellationHandle, Status, Streaming};
+
+/// Request messages waiting for HTTP/2 flow control toward the backend.
+const REQUEST_BUFFER: usize = 32;
+
+/// tonic's buffers for one call start this small (its default is 8 KiB each way, most of
+/// an idle socket's memory) and grow when messages need it.
+const CALL_BUFFER: usize = 256;
+/// tonic's default: how much encoded request data is sent in one go.
+const YIELD_THRESHOLD: usize = 32 << 10;
+
+/// A websocket route onto a streaming gRPC method.
+pub struct GrpcBridge {
+    pub upstream: Arc<GrpcUpstream>,
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`.
+    pub path: PathAndQuery,
+    pub codec: LeanCodec,
+}
+
+impl GrpcBridge {
+    pub fn kind(&self) -> &'static str {
+        match (
+            self.method.is_client_streaming(),
+            self.method.is_server_streaming(),
+        ) {
+            (true, true) => "websocket-grpc-bidi",
+            (true, false) => "websocket-grpc-client-stream",
+            _ => "websocket-grpc-server-stream",
+        }
+    }
+
+    /// Opens the call (connect + response headers), if the upstream's circuit breaker
+    /// admits it. The opening is what metrics and the breaker count; in-stream errors
+    /// reach the client in-band.
+    async fn open<S>(&self, request: tonic::Request<S>) -> Result<Streaming<DynamicMessage>, Status>
+    where
+        S: Stream<Item = DynamicMessage> + Send + 'static,
+    {
+        let permit = match &self.upstream.breaker {
+            Some(breaker) => Some(
+                breaker
+                    .acquire()
+                    .map_err(|refused| Status::unavailable(refused.message))?,
+            ),
+            None => None,
+        };
+        let started = std::time::Instant::now();
+        let mut grpc = tonic::client::Grpc::new(self.upstream.channel());
+        let result = match grpc.ready().await {
+            Ok(()) => grpc
+                .streaming(request, self.path.clone(), self.codec.clone())
+                .await
+                .map(tonic::Response::into_inner),
+            Err(e) => Err(Status::unavailable(format!(
+                "upstream `{}` not ready: {e}",
+                self.upstream.name
+            ))),
+        };
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.upstream.metrics.record(code, started.elapsed());
+        if let Some(permit) = permit {
+            permit.record(code);
+        }
+        result
+    }
+}
+
+pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
+    let Exchange {
+        table,
+        metadata,
+        mut inbound,
+        outbound,
+    } = exchange;
+    let input = bridge.method.input();
+    let decode = |frame: &Bytes| table.json.decode(&input, frame);
+
+    if bridge.method.is_client_streaming() {
+        let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
+        let mut request = grpc_request(metadata, ReceiverStream::new(receiver));
+        let requests = Requests {
+            cancel: Some(request.cancellation_handle()),
+            sender: Some(sender),
+        };
+        let feeding = Box::pin(feed(inbound, requests, &outbound, decode));
+        relay(Box::pin(bridge.open(request)), &table, &outbound, feeding).await
+    } else {
+        let Some(first) = first_request(&mut inbound, &outbound, decode).await else {
+            return Ok(()); // The client left, or ended, before asking anything.
+        };
+        let call = Box::pin(bridge.open(grpc_request(metadata, tokio_stream::once(first))));
+        relay(
+            call,
+            &table,
+            &outbound,
+            Box::pin(refuse_more(inbound, &outbound)),
+        )
+        .await
+    }
+}
+
+fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> {
+    tonic::Request::from_parts(
+        MetadataMap::from_headers(metadata),
+        tonic::Extensions::default(),
+        requests,
+    )
+}
+
+/// The sending side of a request stream. `{"end": true}` drops the sender: the stream
+/// ends normally (HTTP/2 END_STREAM, a half-close). Dropped before that — the client
+/// left — it cancels first (RST_STREAM CANCEL), so the backend sees a cancelled call
+/// rather than a client that finished sending.
+struct Requests {
+    sender: Option<mpsc::Sender<DynamicMessage>>,
+    cancel: Option<CancellationHandle>,
+}
+
+impl Requests {
+    fn end(&mut self) {
+        self.cancel = None;
+        self.sender = None;
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        // Runs before the fields drop: the cancellation is seen before the end of input.
+        if let Some(cancel) = self.cancel.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// Response messages → `outbound` until the response stream ends, while `input` takes
+/// care of the client's frames. `call` and `input` come boxed, so that the socket's state
+/// holds them once (and the call's opening state is freed once it is open).
+async fn relay(
+    call: impl Future<Output = Result<Streaming<DynamicMessage>, Status>> + Unpin,
+    table: &RouteTable,
+    outbound: &mpsc::Sender<Outbound>,
+    input: impl Future<Output = ()> + Unpin,
+) -> Finish {
+    let to_error = |status: Status| status_to_error(&status, &table.schema.pool, &table.json);
+    let responses = std::pin::pin!(async {
+        let mut stream = call.await.map_err(to_error)?;
+        // The next message is read only once the previous one is queued for the socket:
+        // a slow client leaves the rest in HTTP/2 flow control.
+        while let Some(message) = stream.message().await.map_err(to_error)? {
+            let frame = Outbound::json(table.json.encode_string(&message)?);
+            if outbound.send(frame).await.is_err() {
+                break; // The socket is closing.
+            }
+        }
+        Ok(())
+    });
+    match select(responses, input).await {
+        Either::Left((finish, _)) => finish,
+        // The client's side is over; answers may still come.
+        Either::Right(((), responses)) => responses.await,
+    }
+}
+
+/// Client frames → request messages, until the socket closes. `{"end": true}` ends the
+/// request stream (half-close); a frame that does not parse, or comes after the end, is
+/// refused with an error frame and the socket stays open.
+async fn feed(
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut requests: Requests,
+    outbound: &mpsc::Sender<Outbound>,
+    decode: impl Fn(&Bytes) -> Result<DynamicMessage, GatewayError>,
+) {
+    while let Some(item) = inbound.recv().await {
+        let refusal = match (item, &requests.sender) {
+            (Inbound::End, _) => {
+                requests.end();
+                continue;
+            }
+            (Inbound::Frame(_), None) => ended(),
+            (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
+                Ok(message) => {
+                    // Fails only when the call is over; `relay` is finishing then.
+                    let _ = sender.send(message).await;
+                    continue;
+                }
+                Err(error) => error,
+            },
+        };
+        if outbound.send(Outbound::rejected(refusal)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The first frame that parses; bad ones are refused in-band. `None` when the client
+/// leaves or sends `{"end": true}` first.
+async fn first_request(
+    inbound: &mut mpsc::Receiver<Inbound>,
+    outbound: &mpsc::Sender<Outbound>,
+    decode: impl Fn(&Bytes) -> Result<DynamicMessage, GatewayError>,
+) -> Option<DynamicMessage> {
+    loop {
+        match inbound.recv().await? {
+            Inbound::End => return None,
+            Inbound::Frame(frame) => match decode(&frame) {
+                Ok(message) => return Some(message),
+                Err(error) => outbound.send(Outbound::rejected(error)).await.ok()?,
+            },
+        }
+    }
+}
+
+/// A server-streaming method takes one request: later frames are refused in-band.
+async fn refuse_more(mut inbound: mpsc::Receiver<Inbound>, outbound: &mpsc::Sender<Outbound>) {
+    while let Some(item) = inbound.recv().await {
+        if let Inbound::Frame(_) = item
+            && outbound.send(Outbound::rejected(ended())).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn ended() -> GatewayError {
+    GatewayError::new(
+        tonic::Code::FailedPrecondition,
+        "the request stream has ended: no more messages on this socket",
+    )
+}
+
+/// `DynamicCodec` with [`CALL_BUFFER`]-sized starting buffers.
+#[derive(Clone)]
+pub struct LeanCodec(pub DynamicCodec);
+
+/// An encoder or decoder of `DynamicCodec`, with small starting buffers.
+pub struct Lean<T>(T);
+
+impl Codec for LeanCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = Lean<<DynamicCodec as Codec>::Encoder>;
+    type Decoder = Lean<<DynamicCodec as Codec>::Decoder>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Lean(self.0.encoder())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Lean(self.0.decoder())
+    }
+}
+
+impl<T: Encoder> Encoder for Lean<T> {
+    type Item = T::Item;
+    type Error = T::Error;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        self.0.encode(item, dst)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD)
+    }
+}
+
+impl<T: Decoder> Decoder for Lean<T> {
+    type Item = T::Item;
+    type Error = T::Error;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD)
+    }
+}

@@ -1,0 +1,210 @@
+//! WebSocket bridges: `websocket:` routes (contract §4, §5, §9).
+//!
+//! A socket goes through three parts, each in its own module:
+//!
+//! - [`handshake`]: before the upgrade. Browser tokens into `Authorization` (for the
+//!   route's auth policy, which `proxy::dispatch` runs first), is it a WebSocket
+//!   handshake, may it proceed (shutdown, connection limit), which subprotocol to echo.
+//!   Every refusal is a plain HTTP response with a `google.rpc.Status` body, no socket.
+//! - [`session`]: the open socket, whatever the backend: frame size limit, keep-alive,
+//!   idle timeout, shutdown, metrics, and the close code. It talks to the backend through
+//!   two small bounded channels: [`Inbound`] frames toward it, [`Outbound`] messages back.
+//! - a backend ([`grpc`]; AMQP next): turns inbound frames into calls and answers into
+//!   JSON, and returns how the exchange ended ([`Finish`]). It never sees the socket.
+//!
+//! Adding a backend kind: a variant of [`Backend`], its compile step in [`compile`], and an
+//! `async fn run(&YourBridge, Exchange) -> Finish` in its own module.
+
+mod compile;
+mod grpc;
+mod handshake;
+mod session;
+
+pub(crate) use compile::compile_route;
+pub use handshake::{browser_credentials, upgrade};
+
+use crate::error::GatewayError;
+use crate::routing::RouteTable;
+use crate::telemetry::WsMetrics;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use http::HeaderMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc, watch};
+
+/// A compiled `websocket:` route.
+pub struct WsRoute {
+    pub backend: Backend,
+    /// Forward the client's `authorization` (also one taken from a subprotocol or
+    /// `access_token`) to the backend.
+    pub forward_authorization: bool,
+    pub metrics: WsMetrics,
+}
+
+/// What is behind a socket.
+pub enum Backend {
+    Grpc(grpc::GrpcBridge),
+}
+
+/// How `routes` and `/admin/routes` show a websocket route.
+pub struct Description {
+    /// `websocket-grpc-bidi`, `websocket-grpc-client-stream`, `websocket-grpc-server-stream`.
+    pub kind: &'static str,
+    pub upstream: String,
+    pub method: String,
+}
+
+impl WsRoute {
+    pub fn describe(&self) -> Description {
+        match &self.backend {
+            Backend::Grpc(bridge) => Description {
+                kind: bridge.kind(),
+                upstream: bridge.upstream.name.clone(),
+                method: bridge.method.full_name().to_string(),
+            },
+        }
+    }
+}
+
+impl Backend {
+    /// Runs the exchange of one socket until the backend is done with it. Dropping the
+    /// future (client gone, shutdown, limits) cancels the backend call.
+    async fn run(&self, exchange: Exchange) -> Finish {
+        match self {
+            Backend::Grpc(bridge) => grpc::run(bridge, exchange).await,
+        }
+    }
+}
+
+/// A data frame from the client, on its way to the backend.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The payload of a text frame (or of a binary frame: it must hold JSON too).
+    Frame(Bytes),
+    /// The client sent `{"end": true}`: it has no more messages (gRPC half-close).
+    End,
+}
+
+/// Something for the client, from the backend.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One answer as JSON: one text frame.
+    Message(Utf8Bytes),
+    /// A frame the backend could not use: `{"error": <google.rpc.Status>}` is sent and
+    /// the socket stays open (contract §9). Boxed: channel slots are sized for the
+    /// largest variant.
+    Rejected(Box<GatewayError>),
+}
+
+impl Outbound {
+    pub fn rejected(error: GatewayError) -> Self {
+        Outbound::Rejected(Box::new(error))
+    }
+
+    /// A JSON document as a text frame.
+    pub fn json(json: String) -> Self {
+        Outbound::Message(Utf8Bytes::from(json))
+    }
+}
+
+/// How a backend finished: `Ok` closes with 1000; `Err` sends `{"error": <status>}` and
+/// closes with 1011 (contract §5).
+pub type Finish = Result<(), GatewayError>;
+
+/// Everything a backend gets for one socket.
+pub struct Exchange {
+    /// The table the socket was opened on: JSON options, descriptor pool.
+    pub table: Arc<RouteTable>,
+    /// Headers to pass on: trace ids, `Grpc-Metadata-*` as metadata, `authorization`
+    /// when the route forwards it.
+    pub metadata: HeaderMap,
+    /// Frames from the client. Keep reading until it closes: a backend that stops
+    /// reading stops the socket's reader too (that is the backpressure).
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Messages for the client; `send` waits while the client is slow.
+    pub outbound: mpsc::Sender<Outbound>,
+}
+
+/// Gateway-wide WebSocket state that outlives reloads: the number of open sockets (for
+/// `limits.max_ws_connections`) and the shutdown signal that closes them with 1001.
+pub struct Hub {
+    open: AtomicUsize,
+    shutdown: watch::Sender<bool>,
+    /// Woken when the last socket closes.
+    all_closed: Notify,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            shutdown: watch::Sender::new(false),
+            all_closed: Notify::new(),
+        }
+    }
+}
+
+impl Hub {
+    /// Sockets open (or being opened) right now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Tells every socket to close with 1001, and refuses new ones (server shutdown).
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Completes once no socket is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A place for one more socket, unless `limit` are open.
+    fn try_acquire(self: &Arc<Self>, limit: usize, metrics: &WsMetrics) -> Option<Permit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
+        metrics.connections.increment(1.0);
+        Some(Permit {
+            hub: self.clone(),
+            gauge: metrics.connections.clone(),
+        })
+    }
+}
+
+/// One open socket, counted in the hub and the route's gauge until dropped.
+pub struct Permit {
+    hub: Arc<Hub>,
+    gauge: metrics::Gauge,
+}
+
+impl Permit {
+    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.hub.shutdown.subscribe()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+        if self.hub.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hub.all_closed.notify_waiters();
+        }
+    }
+}

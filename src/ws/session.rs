@@ -1,0 +1,484 @@
+//! One open socket, whatever its backend. Four things run side by side in the socket's
+//! task until one of them decides how it ends:
+//!
+//! - the reader: client frames → `Inbound` channel (bounded: when the backend is slow,
+//!   the reader waits, the kernel buffer fills, and TCP slows the client down);
+//! - the writer: `Outbound` channel → frames, batched per flush, plus keep-alive pings;
+//! - the backend, between the two channels;
+//! - the watchdog: idle timeout, unanswered pings, token expiry; and the shutdown signal.
+//!
+//! Then the close: an error frame if there is something to say, the close code, and a
+//! bounded wait for the client's close reply.
+
+use super::handshake::Admission;
+use super::{Exchange, Finish, Inbound, Outbound, WsRoute};
+use crate::error::GatewayError;
+use crate::routing::{RouteTable, Target};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Client frames waiting for the backend, and backend messages waiting for the client.
+/// Bounded, so a slow side holds back the other; big enough that a busy socket moves
+/// frames in batches (one read, decode and write for many messages).
+const INBOUND_BUFFER: usize = 32;
+const OUTBOUND_BUFFER: usize = 32;
+/// At most this many frames are written per flush.
+const MAX_BATCH: usize = 32;
+/// How long the final frames and the client's close reply may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Close codes (RFC 6455 §7.4.1).
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
+const INTERNAL: u16 = 1011;
+
+/// What `handshake` prepared for the socket.
+pub struct Session {
+    pub table: Arc<RouteTable>,
+    pub index: usize,
+    pub admission: Admission,
+    pub metadata: HeaderMap,
+}
+
+/// How a socket ends.
+#[derive(Debug)]
+enum End {
+    /// The backend finished: `Ok` → 1000, `Err` → error frame + 1011.
+    Backend(Finish),
+    /// A policy refusal after the upgrade: error frame + 1008.
+    Policy(GatewayError),
+    /// A client frame over `limits.max_ws_frame`: 1009.
+    TooBig,
+    /// `limits.ws_idle_timeout` without a data frame either way: 1001.
+    Idle,
+    /// The gateway is shutting down: 1001.
+    Shutdown,
+    /// The client sent a close frame (answered by tungstenite).
+    ClientClosed,
+    /// The connection broke, or pings went unanswered: nobody to talk to.
+    ClientGone,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+pub async fn run(socket: WebSocket, session: Session) {
+    let Session {
+        table,
+        index,
+        admission,
+        metadata,
+    } = session;
+    let route = &table.routes[index];
+    let Target::WebSocket(ws) = &route.target else {
+        return;
+    };
+    let mut shutdown = admission.permit.shutdown_signal();
+    let started = Instant::now();
+    let activity = Activity::new(started);
+    let limits = &table.limits;
+    let idle_timeout = nonzero(limits.ws_idle_timeout.0);
+    let ping_interval = nonzero(limits.ws_ping_interval.0);
+    tracing::debug!("websocket open");
+
+    let (mut sink, mut stream) = socket.split();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
+    let (outbound_tx, mut outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let exchange = Exchange {
+        table: table.clone(),
+        metadata,
+        inbound: inbound_rx,
+        outbound: outbound_tx,
+    };
+
+    // Everything in the `select!` is dropped when it returns: an unfinished backend call
+    // is cancelled then. The backend is boxed: it is the largest part of a socket's state,
+    // and a future moved around unboxed can reserve its size more than once.
+    let end = tokio::select! {
+        _ = shutdown.wait_for(|stopping| *stopping) => End::Shutdown,
+        end = read(&mut stream, inbound_tx, ws, &admission, &activity) => end,
+        end = relay(
+            Box::pin(ws.backend.run(exchange)),
+            write(&mut sink, &mut outbound_rx, ws, ping_interval, &activity),
+        ) => end,
+        end = watchdog(&activity, idle_timeout, ping_interval, admission.expires_at) => end,
+    };
+
+    let code = close(&mut sink, &mut stream, &end, ws).await;
+    tracing::info!(
+        target: "switchboard::access",
+        close = code,
+        end = ?end,
+        seconds = started.elapsed().as_secs_f64(),
+        "websocket closed"
+    );
+}
+
+/// Runs the backend and the writer; ends when the writer has sent everything the
+/// backend produced (→ the backend's result), or cannot write (→ the client is gone).
+async fn relay(
+    mut backend: impl Future<Output = Finish> + Unpin,
+    writer: impl Future<Output = Result<(), axum::Error>>,
+) -> End {
+    tokio::pin!(writer);
+    let mut finished = None;
+    loop {
+        tokio::select! {
+            result = &mut backend, if finished.is_none() => finished = Some(result),
+            written = &mut writer => return match (written, finished) {
+                (Err(_), _) => End::ClientGone,
+                (Ok(()), Some(result)) => End::Backend(result),
+                // The outbound channel only closes when the backend is done.
+                (Ok(()), None) => End::Backend(backend.await),
+            },
+        }
+    }
+}
+
+/// Client frames → `inbound`, until the client closes or breaks a limit.
+async fn read(
+    stream: &mut Stream,
+    inbound: mpsc::Sender<Inbound>,
+    ws: &WsRoute,
+    admission: &Admission,
+    activity: &Activity,
+) -> End {
+    loop {
+        let payload = match stream.next().await {
+            None => return End::ClientGone,
+            Some(Err(error)) if is_too_big(&error) => return End::TooBig,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "websocket read failed");
+                return End::ClientGone;
+            }
+            Some(Ok(Message::Close(_))) => return End::ClientClosed,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                activity.seen();
+                continue;
+            }
+            Some(Ok(Message::Text(text))) => Bytes::from(text),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+        };
+        activity.data_in();
+        ws.metrics.frames_in.increment(1);
+        if let Some(policy) = &admission.frame_policy
+            && let Err(refusal) = policy()
+        {
+            return End::Policy(refusal);
+        }
+        let frame = if is_end_marker(&payload) {
+            Inbound::End
+        } else {
+            Inbound::Frame(payload)
+        };
+        // Waiting here is the backpressure; it is not a silent peer.
+        activity.waiting.store(true, Ordering::Relaxed);
+        let sent = inbound.send(frame).await;
+        activity.waiting.store(false, Ordering::Relaxed);
+        if sent.is_err() {
+            // The backend is done; `relay` is about to end the socket.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `outbound` → frames, batched per flush; pings every `ping_interval`. Returns `Ok`
+/// once the backend is done and everything it sent is written.
+async fn write(
+    sink: &mut Sink,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    ws: &WsRoute,
+    ping_interval: Option<Duration>,
+    activity: &Activity,
+) -> Result<(), axum::Error> {
+    let mut ping = ping_interval.map(|every| {
+        let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    loop {
+        // Pings first: a busy stream must not starve them, or the watchdog would take
+        // a healthy client for dead.
+        let first = tokio::select! {
+            biased;
+            _ = tick(&mut ping) => {
+                activity.pinged();
+                sink.send(Message::Ping(Bytes::new())).await?;
+                continue;
+            }
+            next = outbound.recv() => match next {
+                Some(item) => item,
+                None => return sink.flush().await,
+            },
+        };
+        sink.feed(frame(first)).await?;
+        let mut written = 1;
+        while written < MAX_BATCH {
+            let Ok(item) = outbound.try_recv() else { break };
+            sink.feed(frame(item)).await?;
+            written += 1;
+        }
+        sink.flush().await?;
+        ws.metrics.frames_out.increment(written as u64);
+        activity.data();
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn frame(item: Outbound) -> Message {
+    match item {
+        Outbound::Message(json) => Message::Text(json),
+        Outbound::Rejected(error) => error_frame(&error),
+    }
+}
+
+/// `{"error": <google.rpc.Status>}`.
+fn error_frame(error: &GatewayError) -> Message {
+    let json = serde_json::json!({ "error": error.to_json() }).to_string();
+    Message::Text(Utf8Bytes::from(json))
+}
+
+/// Ends the socket when it is idle, its client stopped answering pings, or its
+/// admission expired.
+async fn watchdog(
+    activity: &Activity,
+    idle_timeout: Option<Duration>,
+    ping_interval: Option<Duration>,
+    expires_at: Option<Instant>,
+) -> End {
+    loop {
+        let now = Instant::now();
+        if expires_at.is_some_and(|at| now >= at) {
+            return End::Policy(
+                GatewayError::new(tonic::Code::Unauthenticated, "the token has expired")
+                    .with_status(http::StatusCode::UNAUTHORIZED),
+            );
+        }
+        let idle_at = idle_timeout.map(|timeout| activity.last_data() + timeout);
+        if idle_at.is_some_and(|at| now >= at) {
+            return End::Idle;
+        }
+        if let Some(interval) = ping_interval
+            && let Some(sent) = activity.unanswered_ping()
+            && now >= sent + interval
+            && !activity.waiting.load(Ordering::Relaxed)
+        {
+            return End::ClientGone;
+        }
+        let next = [idle_at, ping_interval.map(|p| now + p), expires_at]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Sends what is left to say and the close frame, then waits (bounded) for the
+/// client's close reply so that the connection ends cleanly. Returns the close code
+/// (0 when the socket ended without one from us).
+async fn close(sink: &mut Sink, stream: &mut Stream, end: &End, ws: &WsRoute) -> u16 {
+    let (error, code, reason) = match end {
+        End::Backend(Ok(())) => (None, NORMAL, ""),
+        End::Backend(Err(error)) => (Some(error), INTERNAL, "backend error"),
+        End::Policy(error) => (Some(error), POLICY, "policy"),
+        End::TooBig => (None, TOO_BIG, "frame too large"),
+        End::Idle => (None, GOING_AWAY, "idle timeout"),
+        End::Shutdown => (None, GOING_AWAY, "server shutting down"),
+        End::ClientClosed => {
+            // Let tungstenite's close reply go out.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            return 0;
+        }
+        End::ClientGone => return 0,
+    };
+    let goodbye = async {
+        if let Some(error) = error {
+            sink.feed(error_frame(error)).await?;
+            ws.metrics.frames_out.increment(1);
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await?;
+        // Read until the client's close reply, so that unread client data does not
+        // turn our close into a reset.
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    code
+}
+
+/// `{"end": true}`, the client's "no more messages".
+fn is_end_marker(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct EndMarker {
+        end: bool,
+    }
+    payload.len() <= 32
+        && serde_json::from_slice::<EndMarker>(payload).is_ok_and(|marker| marker.end)
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error;
+    matches!(
+        error
+            .source()
+            .and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+/// When the client was last heard from, in milliseconds since the socket opened, shared
+/// by the reader, the writer and the watchdog (all in the socket's one task).
+struct Activity {
+    started: Instant,
+    /// Any frame from the client (pongs included).
+    seen_ms: AtomicU64,
+    /// A data frame either way.
+    data_ms: AtomicU64,
+    /// The last ping sent (0: none yet).
+    ping_ms: AtomicU64,
+    /// The reader waits for the backend: the client's silence is ours.
+    waiting: AtomicBool,
+}
+
+impl Activity {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            seen_ms: AtomicU64::new(0),
+            data_ms: AtomicU64::new(0),
+            ping_ms: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Never 0, so that 0 can mean "never".
+        (self.started.elapsed().as_millis() as u64).max(1)
+    }
+
+    fn seen(&self) {
+        self.seen_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A data frame from the client: seen, and activity (one clock read).
+    fn data_in(&self) {
+        let now = self.now_ms();
+        self.seen_ms.store(now, Ordering::Relaxed);
+        self.data_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn data(&self) {
+        self.data_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn pinged(&self) {
+        self.ping_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn last_data(&self) -> Instant {
+        self.started + Duration::from_millis(self.data_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the oldest ping not followed by any client frame was sent.
+    fn unanswered_ping(&self) -> Option<Instant> {
+        let ping = self.ping_ms.load(Ordering::Relaxed);
+        let seen = self.seen_ms.load(Ordering::Relaxed);
+        (ping > 0 && ping > seen).then(|| self.started + Duration::from_millis(ping))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_marker_is_exact() {
+        assert!(is_end_marker(br#"{"end": true}"#));
+        assert!(is_end_marker(br#" {"end":true} "#));
+        assert!(!is_end_marker(br#"{"end": false}"#));
+        assert!(!is_end_marker(br#"{"end": true, "text": "x"}"#));
+        assert!(!is_end_marker(br#"{"text": "end"}"#));
+        assert!(!is_end_marker(b"not json"));
+    }
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn watchdog_closes_idle_sockets() {
+        let activity = Activity::new(Instant::now());
+        activity.data();
+        let end = tokio::time::timeout(
+            Duration::from_secs(2),
+            watchdog(&activity, Some(SHORT), None, None),
+        )
+        .await;
+        assert!(matches!(end, Ok(End::Idle)));
+    }
+
+    #[tokio::test]
+    async fn watchdog_drops_silent_peers_but_not_backpressured_ones() {
+        let activity = Activity::new(Instant::now());
+        activity.pinged();
+        activity.waiting.store(true, Ordering::Relaxed);
+        let waiting =
+            tokio::time::timeout(SHORT * 6, watchdog(&activity, None, Some(SHORT), None)).await;
+        assert!(waiting.is_err(), "a reader waiting on the backend is alive");
+        activity.waiting.store(false, Ordering::Relaxed);
+        let end = tokio::time::timeout(
+            Duration::from_secs(2),
+            watchdog(&activity, None, Some(SHORT), None),
+        )
+        .await;
+        assert!(matches!(end, Ok(End::ClientGone)));
+        activity.seen();
+        let answered =
+            tokio::time::timeout(SHORT * 4, watchdog(&activity, None, Some(SHORT), None)).await;
+        assert!(answered.is_err(), "a pong answers the ping");
+    }
+
+    #[tokio::test]
+    async fn watchdog_enforces_expiry_with_a_policy_close() {
+        let activity = Activity::new(Instant::now());
+        let at = Instant::now() + SHORT;
+        let end = tokio::time::timeout(
+            Duration::from_secs(2),
+            watchdog(&activity, None, None, Some(at)),
+        )
+        .await;
+        assert!(matches!(end, Ok(End::Policy(e)) if e.code == tonic::Code::Unauthenticated));
+    }
+}

@@ -1,0 +1,1012 @@
+//! HTTP → RabbitMQ end to end: a real gateway, the real broker on 127.0.0.1:5672, and
+//! small in-test lapin workers. Every test uses queue names of its own, so the tests run
+//! in parallel. Without a broker they fail (loudly), they do not skip.
+
+mod support;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use prost::Message as _;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::gateway::{self, TestGateway, client};
+use support::shop::pb::shop::shipping::v1::{Quote, QuoteRequest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const BROKER: &str = "127.0.0.1:5672";
+const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Fails the test when no broker listens: these tests exist to run against one.
+async fn require_broker() {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(BROKER)).await;
+    if !matches!(reachable, Ok(Ok(_))) {
+        panic!(
+            "RabbitMQ not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached` (or scripts/services)"
+        );
+    }
+}
+
+/// A queue or key name no other test (or run) uses.
+fn unique(tag: &str) -> String {
+    format!(
+        "sbtest.{tag}.{}.{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Test workers
+
+/// What a test worker sends back for one request.
+struct Answer {
+    body: Vec<u8>,
+    content_type: &'static str,
+    status: Option<AMQPValue>,
+    delay: Duration,
+}
+
+impl Answer {
+    fn json(value: Value) -> Self {
+        Self {
+            body: value.to_string().into_bytes(),
+            content_type: "application/json",
+            status: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A worker on a connection of its own: it declares `queue` (exclusive, so it goes away
+/// with the test) and answers each request with `respond`. It stops when dropped.
+struct Worker {
+    received: Arc<AtomicUsize>,
+    _connection: Connection,
+}
+
+async fn connect() -> Connection {
+    Connection::connect(BROKER_URL, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+async fn worker(
+    queue: &str,
+    respond: impl Fn(&Delivery) -> Answer + Send + Sync + 'static,
+) -> Worker {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), exclusive, FieldTable::default())
+        .await
+        .expect("declare the worker queue");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            ShortString::default(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let received = Arc::new(AtomicUsize::new(0));
+    let (counter, replies, respond) = (received.clone(), channel.clone(), Arc::new(respond));
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (channel, respond) = (replies.clone(), respond.clone());
+            tokio::spawn(async move {
+                let answer = respond(&delivery);
+                tokio::time::sleep(answer.delay).await;
+                let Some(reply_to) = delivery.properties.reply_to().clone() else {
+                    return;
+                };
+                let mut properties =
+                    BasicProperties::default().with_content_type(answer.content_type.into());
+                if let Some(id) = delivery.properties.correlation_id() {
+                    properties = properties.with_correlation_id(id.clone());
+                }
+                if let Some(status) = answer.status {
+                    let mut headers = FieldTable::default();
+                    headers.insert("x-status".into(), status);
+                    properties = properties.with_headers(headers);
+                }
+                let _ = channel
+                    .basic_publish(
+                        ShortString::default(),
+                        reply_to,
+                        BasicPublishOptions::default(),
+                        &answer.body,
+                        properties,
+                    )
+                    .await;
+            });
+        }
+    });
+    Worker {
+        received,
+        _connection: connection,
+    }
+}
+
+/// Everything the worker saw of a request, as JSON.
+fn describe(delivery: &Delivery) -> Value {
+    let p = &delivery.properties;
+    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.to_string());
+    let headers: serde_json::Map<String, Value> = p
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "body": String::from_utf8_lossy(&delivery.data),
+        "routing_key": delivery.routing_key.as_str(),
+        "correlation_id": text(p.correlation_id()),
+        "reply_to": text(p.reply_to()),
+        "expiration": text(p.expiration()),
+        "content_type": text(p.content_type()),
+        "delivery_mode": p.delivery_mode(),
+        "headers": headers,
+    })
+}
+
+fn amqp_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into(),
+        AMQPValue::ShortString(s) => s.as_str().into(),
+        AMQPValue::FieldArray(items) => items.as_slice().iter().map(amqp_json).collect(),
+        other => format!("{other:?}").into(),
+    }
+}
+
+/// Echoes what it received.
+fn echo(delivery: &Delivery) -> Answer {
+    Answer::json(describe(delivery))
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway
+
+/// A gateway with one AMQP upstream `upstream` at `url` (timeout 3s) and `routes`, once
+/// it is connected to the broker.
+async fn gateway_with(upstream: &str, url: &str, routes: &str) -> TestGateway {
+    require_broker().await;
+    let descriptors = gateway::repo().join("descriptors");
+    let config = format!(
+        "descriptors: [\"{}\"]\nmappings: [mappings/]\nupstreams:\n  {upstream}:\n    amqp: {{ url: \"{url}\" }}\n    timeout: 3s\n",
+        descriptors.display()
+    );
+    let gw = gateway::start(&config, &[("mappings/amqp.yaml", routes)]).await;
+    wait_until(
+        "the gateway connects to RabbitMQ",
+        Duration::from_secs(10),
+        || connected(&gw, upstream),
+    )
+    .await;
+    gw
+}
+
+async fn gateway(routes: &str) -> TestGateway {
+    gateway_with("mq", BROKER_URL, routes).await
+}
+
+fn connected(gw: &TestGateway, upstream: &str) -> bool {
+    gw.gateway.table().upstreams.amqp[upstream].connected()
+}
+
+async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn post(gw: &TestGateway, path: &str, body: &str) -> (u16, String, String) {
+    let response = client()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .header("x-trace-id", "trace-amqp-1")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.expect("body"))
+}
+
+fn parse(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Request-reply
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_round_trip_returns_the_reply_verbatim() {
+    let queue = unique("verbatim");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/v1/shipping/quotes\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: {queue} }}\n"
+    ))
+    .await;
+    let _worker = worker(&queue, |d| Answer {
+        body: format!("got {}", String::from_utf8_lossy(&d.data)).into_bytes(),
+        content_type: "text/plain; charset=utf-8",
+        status: None,
+        delay: Duration::ZERO,
+    })
+    .await;
+    let (status, content_type, body) =
+        post(&gw, "/v1/shipping/quotes", r#"{"productId":"1"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    assert_eq!(body, r#"got {"productId":"1"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_message_carries_trace_path_and_query_headers() {
+    let prefix = unique("headers");
+    let queue = format!("{prefix}.shop");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/v1/things/{{kind}}/{{id}}\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: \"{prefix}.{{kind}}\" }}\n"
+    ))
+    .await;
+    let _worker = worker(&queue, echo).await;
+    let response = client()
+        .post(gw.url("/v1/things/shop/42?color=red&tag=a&tag=b%20c"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("x-trace-id", "trace-headers-7")
+        .header("x-user-id", "mallory")
+        .body(r#"{"x":1}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-trace-id"], "trace-headers-7");
+    let seen = parse(&response.text().await.unwrap());
+    assert_eq!(seen["body"], r#"{"x":1}"#);
+    assert_eq!(seen["routing_key"], queue.as_str());
+    // Sent as `amq.rabbitmq.reply-to`; the broker hands workers its own routable form.
+    assert!(
+        seen["reply_to"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("amq.rabbitmq.reply-to.")),
+        "{seen}"
+    );
+    assert_eq!(seen["expiration"], "3000", "expiration = the timeout in ms");
+    assert_eq!(seen["content_type"], "application/json; charset=utf-8");
+    assert!(
+        seen["correlation_id"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{seen}"
+    );
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-trace-id"], "trace-headers-7");
+    assert!(headers["traceparent"].as_str().is_some(), "{headers}");
+    assert_eq!(headers["x-path-kind"], "shop");
+    assert_eq!(headers["x-path-id"], "42");
+    assert_eq!(headers["x-query-color"], "red");
+    assert_eq!(headers["x-query-tag"], json!(["a", "b c"]));
+    assert!(
+        headers.get("x-user-id").is_none(),
+        "client headers are not forwarded: {headers}"
+    );
+
+    // A fresh correlation id per request.
+    let again = parse(&post(&gw, "/v1/things/shop/43", "{}").await.2);
+    assert_ne!(again["correlation_id"], seen["correlation_id"]);
+    assert_eq!(again["headers"]["x-trace-id"], "trace-amqp-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_header_x_status_sets_the_http_status() {
+    let queue = unique("status");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/s\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n"
+    ))
+    .await;
+    let _worker = worker(&queue, |d| {
+        let status = match &d.data[..] {
+            b"int" => Some(AMQPValue::LongInt(404)),
+            b"short" => Some(AMQPValue::ShortInt(201)),
+            b"text" => Some(AMQPValue::LongString("409".into())),
+            b"bad" => Some(AMQPValue::LongString("teapot".into())),
+            _ => None,
+        };
+        Answer {
+            status,
+            ..Answer::json(json!({ "echo": String::from_utf8_lossy(&d.data) }))
+        }
+    })
+    .await;
+    for (body, expected) in [
+        ("int", 404),
+        ("short", 201),
+        ("text", 409),
+        ("none", 200),
+        ("bad", 500),
+    ] {
+        let (status, _, reply) = post(&gw, "/s", body).await;
+        assert_eq!(status, expected, "{body}: {reply}");
+        if expected != 500 {
+            assert_eq!(parse(&reply)["echo"], body);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_routes_transcode_json_and_protobuf_both_ways() {
+    let queue = unique("typed");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/v1/shipping/quotes\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue}, request_type: shop.shipping.v1.QuoteRequest, response_type: shop.shipping.v1.Quote }}\n"
+    ))
+    .await;
+    let worker = worker(&queue, |d| {
+        let protobuf = d
+            .properties
+            .content_type()
+            .as_ref()
+            .is_some_and(|c| c.as_str() == "application/x-protobuf");
+        match QuoteRequest::decode(&d.data[..]) {
+            Ok(request) if protobuf && request.quantity > 0 => Answer {
+                body: Quote {
+                    product_id: request.product_id,
+                    price_cents: 9_007_199_254_740_993,
+                    carrier: request.destination,
+                    days: request.quantity,
+                }
+                .encode_to_vec(),
+                content_type: "application/x-protobuf",
+                status: None,
+                delay: Duration::ZERO,
+            },
+            _ => Answer {
+                status: Some(AMQPValue::LongInt(400)),
+                ..Answer::json(json!({ "code": 3, "message": "bad quote request" }))
+            },
+        }
+    })
+    .await;
+
+    let (status, content_type, body) = post(
+        &gw,
+        "/v1/shipping/quotes",
+        r#"{"productId":"p-1","destination":"Lyon","quantity":3}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(
+        parse(&body),
+        json!({ "productId": "p-1", "priceCents": "9007199254740993", "carrier": "Lyon", "days": 3 })
+    );
+
+    // A JSON error reply of a typed route passes through as it is.
+    let (status, _, body) = post(&gw, "/v1/shipping/quotes", r#"{"productId":"p-1"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(parse(&body)["message"], "bad quote request");
+
+    // JSON that does not fit the message type never reaches the worker.
+    let before = worker.received.load(Ordering::SeqCst);
+    let (status, _, body) = post(&gw, "/v1/shipping/quotes", r#"{"quantity":"many"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(parse(&body)["code"], 3);
+    assert_eq!(worker.received.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_in_time_is_504_and_the_late_reply_is_dropped() {
+    let queue = unique("late");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/late\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n    timeout: 300ms\n"
+    ))
+    .await;
+    let _worker = worker(&queue, |d| {
+        let slow = &d.data[..] == b"first";
+        Answer {
+            delay: if slow {
+                Duration::from_millis(700)
+            } else {
+                Duration::ZERO
+            },
+            ..Answer::json(json!({ "echo": String::from_utf8_lossy(&d.data) }))
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = post(&gw, "/late", "first").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(parse(&body)["code"], 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        parse(&post(&gw, "/late", "first").await.2)["code"],
+        4,
+        "still no reply in time"
+    );
+
+    // Let the late replies arrive (and be dropped), then the next request gets its own.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (status, _, body) = post(&gw, "/late", "second").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["echo"], "second");
+    assert_eq!(gw.gateway.table().upstreams.amqp["mq"].in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_share_one_connection() {
+    let queue = unique("many");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/many/{{n}}\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n"
+    ))
+    .await;
+    // Replies come back in a scrambled order: only the correlation id can match them.
+    let _worker = worker(&queue, |d| Answer {
+        delay: Duration::from_millis(fastrand::u64(0..50)),
+        ..echo(d)
+    })
+    .await;
+    let http = client();
+    let started = Instant::now();
+    let requests = (0..200).map(|n| {
+        let (http, url) = (http.clone(), gw.url(&format!("/many/{n}")));
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .body(format!(r#"{{"n":{n}}}"#))
+                .send()
+                .await
+                .expect("request");
+            (
+                n,
+                response.status().as_u16(),
+                response.text().await.unwrap(),
+            )
+        })
+    });
+    for request in futures_util::future::join_all(requests).await {
+        let (n, status, body) = request.expect("task");
+        assert_eq!(status, 200, "{n}: {body}");
+        let seen = parse(&body);
+        assert_eq!(seen["body"], format!(r#"{{"n":{n}}}"#));
+        assert_eq!(seen["headers"]["x-path-n"], n.to_string());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let upstream = &gw.gateway.table().upstreams.amqp["mq"];
+    assert_eq!(upstream.in_flight(), 0);
+    assert_eq!(upstream.reconnects(), 0, "one connection throughout");
+}
+
+// ---------------------------------------------------------------------------------------
+// Publish
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_answers_202_once_confirmed_and_the_message_is_in_the_queue() {
+    let prefix = unique("events");
+    let queue = format!("{prefix}.created");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/v1/events/{{kind}}\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: \"{prefix}.{{kind}}\", reply: false, persistent: true }}\n"
+    ))
+    .await;
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+        .await
+        .unwrap();
+
+    let (status, content_type, body) =
+        post(&gw, "/v1/events/created?source=web", r#"{"id":7}"#).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body, "{}");
+
+    let message = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the confirmed message is in the queue");
+    assert_eq!(message.delivery.data, br#"{"id":7}"#);
+    let seen = describe(&message.delivery);
+    assert_eq!(seen["delivery_mode"], 2, "persistent: {seen}");
+    assert_eq!(seen["content_type"], "application/json");
+    assert_eq!(seen["reply_to"], Value::Null);
+    assert_eq!(seen["headers"]["x-path-kind"], "created");
+    assert_eq!(seen["headers"]["x-query-source"], "web");
+    assert_eq!(seen["headers"]["x-trace-id"], "trace-amqp-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_messages_are_503_not_lost() {
+    let nobody = unique("nobody");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/publish\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {nobody}, reply: false }}\n  - http: {{ post: \"/rpc\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {nobody} }}\n"
+    ))
+    .await;
+    for path in ["/publish", "/rpc"] {
+        let started = Instant::now();
+        let (status, _, body) = post(&gw, path, "{}").await;
+        assert_eq!(status, 503, "{path}: {body}");
+        let error = parse(&body);
+        assert_eq!(error["code"], 14);
+        assert!(
+            error["message"].as_str().unwrap().contains("312"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path}: at once, not at the deadline: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exchange_is_503_and_leaves_other_routes_alone() {
+    let queue = unique("alone");
+    let missing = unique("no-such-exchange");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/missing\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"{missing}\", routing_key: k, reply: false }}\n  - http: {{ post: \"/rpc\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n"
+    ))
+    .await;
+    let _worker = worker(&queue, echo).await;
+    for _ in 0..2 {
+        let (status, _, body) = post(&gw, "/missing", "{}").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(&missing), "{body}");
+        assert_eq!(post(&gw, "/rpc", "ok").await.0, 200);
+    }
+    assert_eq!(gw.gateway.table().upstreams.amqp["mq"].reconnects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_creates_the_configured_topology() {
+    require_broker().await;
+    let (exchange, queue) = (unique("declared-exchange"), unique("declared-queue"));
+    let config = format!(
+        "mappings: [mappings/]\nupstreams:\n  mq:\n    amqp:\n      url: \"{BROKER_URL}\"\n      declare:\n        exchanges: [{{ name: \"{exchange}\", kind: topic }}]\n        queues: [\"{queue}\"]\n        bindings: [{{ queue: \"{queue}\", exchange: \"{exchange}\", routing_key: \"shop.#\" }}]\n"
+    );
+    let routes = format!(
+        "routes:\n  - http: {{ post: \"/v1/events/{{kind}}\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"{exchange}\", routing_key: \"shop.{{kind}}\", reply: false }}\n"
+    );
+    let gw = gateway::start(&config, &[("mappings/amqp.yaml", &routes)]).await;
+    wait_until("connected", Duration::from_secs(10), || {
+        connected(&gw, "mq")
+    })
+    .await;
+    let (status, _, body) = post(&gw, "/v1/events/order-placed", r#"{"order":1}"#).await;
+    assert_eq!(status, 202, "{body}");
+
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("routed through the declared exchange and binding");
+    assert_eq!(message.delivery.routing_key.as_str(), "shop.order-placed");
+    assert_eq!(message.delivery.data, br#"{"order":1}"#);
+    // Durable: clean up after the test.
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Broker trouble
+
+/// A TCP proxy in front of the broker whose connections the test can cut.
+struct CutProxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl CutProxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (is_cut, tracked) = (cut.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut broker) = TcpStream::connect(BROKER).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    }
+                });
+                tracked.lock().unwrap().push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        Self {
+            addr,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_fails_fast_and_recovers_without_restart() {
+    let queue = unique("cut");
+    let proxy = CutProxy::start().await;
+    let gw = gateway_with(
+        "mq",
+        &proxy.url(),
+        &format!(
+            "routes:\n  - http: {{ post: \"/q\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n    timeout: 10s\n"
+        ),
+    )
+    .await;
+    // The worker talks to the broker directly: only the gateway's connection is cut.
+    let _worker = worker(&queue, |d| Answer {
+        delay: if &d.data[..] == b"slow" {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        },
+        ..echo(d)
+    })
+    .await;
+    assert_eq!(post(&gw, "/q", "before").await.0, 200);
+
+    // In flight at the cut: 503 at once, not at the 10s deadline.
+    let in_flight = {
+        let url = gw.url("/q");
+        tokio::spawn(async move {
+            let response = client().post(url).body("slow").send().await.unwrap();
+            (response.status().as_u16(), Instant::now())
+        })
+    };
+    let upstream = gw.gateway.table().upstreams.amqp["mq"].clone();
+    wait_until(
+        "the slow request is in flight",
+        Duration::from_secs(5),
+        || upstream.in_flight() == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    let (status, answered_at) = in_flight.await.unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        answered_at - cut_at < Duration::from_secs(2),
+        "in-flight failed after {:?}",
+        answered_at - cut_at
+    );
+
+    // While the broker is away: 503 fast, every time; the state shows it.
+    wait_until(
+        "the gateway sees the connection gone",
+        Duration::from_secs(5),
+        || !upstream.connected(),
+    )
+    .await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _, body) = post(&gw, "/q", "while down").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let admin: Value = client()
+        .get(gw.admin_url("/admin/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mq = admin["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "mq")
+        .expect("mq listed");
+    assert_eq!(mq["connected"], false, "{mq}");
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "readiness does not depend on the broker"
+    );
+
+    // Back: the same gateway serves the route again on its own.
+    proxy.restore();
+    wait_until("the gateway reconnects", Duration::from_secs(15), || {
+        upstream.connected()
+    })
+    .await;
+    let (status, _, body) = post(&gw, "/q", "after").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["body"], "after");
+    assert!(upstream.reconnects() >= 1);
+    assert_eq!(upstream.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_503_at_once_and_blocks_nothing() {
+    require_broker().await;
+    // A port nobody listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let descriptors = gateway::repo().join("descriptors");
+    let config = format!(
+        "descriptors: [\"{}\"]\nmappings: [mappings/]\nupstreams:\n  away:\n    amqp: {{ url: \"amqp://guest:guest@127.0.0.1:{port}/%2f\" }}\n",
+        descriptors.display()
+    );
+    let routes = "routes:\n  - http: { post: \"/q\", body: \"*\" }\n    amqp: { upstream: away, routing_key: q }\n";
+    let gw = gateway::start(&config, &[("mappings/amqp.yaml", routes)]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, _, body) = post(&gw, "/q", "{}").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(parse(&body)["code"], 14);
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    assert!(!connected(&gw, "away"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_metrics_show_the_broker_state() {
+    switchboard::telemetry::prometheus(); // handles made before the recorder record nothing
+    let queue = unique("metrics");
+    let upstream = format!("mq_{}", fastrand::u32(..));
+    let gw = gateway_with(
+        &upstream,
+        BROKER_URL,
+        &format!(
+            "routes:\n  - http: {{ post: \"/m\", body: \"*\" }}\n    amqp: {{ upstream: {upstream}, routing_key: {queue} }}\n"
+        ),
+    )
+    .await;
+    let _worker = worker(&queue, |d| Answer {
+        delay: Duration::from_millis(if &d.data[..] == b"slow" { 800 } else { 0 }),
+        ..echo(d)
+    })
+    .await;
+    let slow = {
+        let url = gw.url("/m");
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .body("slow")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let handle = gw.gateway.table().upstreams.amqp[&upstream].clone();
+    wait_until("a request is in flight", Duration::from_secs(5), || {
+        handle.in_flight() == 1
+    })
+    .await;
+
+    let get_text = |path: &str| {
+        let url = gw.admin_url(path);
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let admin = parse(&get_text("/admin/upstreams").await);
+    let entry = admin["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == upstream.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(entry["protocol"], "amqp");
+    assert_eq!(entry["connected"], true);
+    assert_eq!(entry["in_flight"], 1);
+    assert_eq!(
+        entry["url"], "amqp://guest@127.0.0.1:5672/%2F",
+        "no password"
+    );
+    let metrics = get_text("/metrics").await;
+    for line in [
+        format!("switchboard_amqp_connected{{upstream=\"{upstream}\"}} 1"),
+        format!("switchboard_amqp_in_flight{{upstream=\"{upstream}\"}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+    let metrics = get_text("/metrics").await;
+    assert!(metrics.contains(&format!(
+        "switchboard_amqp_in_flight{{upstream=\"{upstream}\"}} 0"
+    )));
+    assert!(metrics.contains(&format!(
+        "switchboard_upstream_requests_total{{upstream=\"{upstream}\",code=\"Ok\"}} 1"
+    )));
+
+    let routes = parse(&get_text("/admin/routes").await);
+    assert_eq!(routes["routes"][0]["target"]["kind"], "amqp-rpc");
+    assert_eq!(routes["routes"][0]["target"]["routing_key"], queue.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_broker_connection() {
+    let queue = unique("reload");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/r\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n"
+    ))
+    .await;
+    let _worker = worker(&queue, echo).await;
+    let before = gw.gateway.table().upstreams.amqp["mq"].clone();
+    gw.gateway.reload().await.expect("reload");
+    let after = gw.gateway.table().upstreams.amqp["mq"].clone();
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "the same upstream, the same connection"
+    );
+    assert!(after.connected());
+    assert_eq!(post(&gw, "/r", "x").await.0, 200);
+    assert_eq!(after.reconnects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_amqp_config_is_refused_with_its_line() {
+    let dir = gateway::TempDir::new("amqp-check");
+    let cases = [
+        (
+            "amqp: { upstream: nope, routing_key: k }",
+            "unknown AMQP upstream `nope`",
+        ),
+        (
+            "amqp: { upstream: mq, routing_key: \"a.{nope}\" }",
+            "`{nope}` is not a variable",
+        ),
+        (
+            "amqp: { upstream: mq, routing_key: k, request_type: no.Such }",
+            "request_type `no.Such`",
+        ),
+        (
+            "amqp: { upstream: mq, routing_key: k, reply: false, response_type: shop.shipping.v1.Quote }",
+            "response_type",
+        ),
+        (
+            "amqp: { upstream: mq, routing_key: k, colour: blue }",
+            "colour",
+        ),
+    ];
+    for (n, (target, expected)) in cases.iter().enumerate() {
+        dir.write(
+            &format!("m{n}/routes.yaml"),
+            &format!("routes:\n  - http: {{ post: \"/x/{{id}}\", body: \"*\" }}\n    {target}\n"),
+        );
+        let config = dir.write(
+            &format!("c{n}.yaml"),
+            &format!(
+                "descriptors: [\"{}\"]\nmappings: [m{n}/]\nupstreams:\n  mq:\n    amqp: {{ url: \"{BROKER_URL}\" }}\n",
+                gateway::repo().join("descriptors").display()
+            ),
+        );
+        let errors = match switchboard::Gateway::load(&config).await {
+            Ok(_) => panic!("{target}: accepted"),
+            Err(errors) => errors.to_string(),
+        };
+        assert!(errors.contains(expected), "{target}: {errors}");
+        assert!(errors.contains("routes.yaml:"), "{target}: {errors}");
+    }
+    let config = dir.write(
+        "bad-url.yaml",
+        "upstreams:\n  mq:\n    amqp: { url: \"http://not-amqp\" }\n",
+    );
+    let errors = switchboard::Gateway::load(&config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(errors.contains("invalid AMQP url"), "{errors}");
+    let config = dir.write(
+        "retry.yaml",
+        &format!("upstreams:\n  mq:\n    amqp: {{ url: \"{BROKER_URL}\" }}\n    retry: {{ attempts: 2 }}\n"),
+    );
+    let errors = switchboard::Gateway::load(&config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        errors.contains("`retry` applies to gRPC upstreams only"),
+        "{errors}"
+    );
+}
