@@ -16,6 +16,7 @@
 //!                     over (default 1)
 //!   --duration SECS   measured time (default 10)
 //!   --warmup SECS     unmeasured time before it (default 1)
+//!   --header 'K: V'   HTTP: an extra request header (repeatable), e.g. an Authorization
 //! ```
 //!
 //! Each of the `concurrency` workers sends its next request as soon as the previous one
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONTENT_TYPE, HOST, HeaderName};
 use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -61,7 +62,8 @@ use shop::pb::shop::orders::v1::{OrderItem, PlaceOrderRequest};
 
 const USAGE: &str = "usage: loadgen <mode> [options]
   modes:   http-get URL | http-post URL BODY | grpc-get-product ADDR ID | grpc-place-order ADDR
-  options: --concurrency N (1)  --connections N  --duration SECS (10)  --warmup SECS (1)";
+  options: --concurrency N (1)  --connections N  --duration SECS (10)  --warmup SECS (1)
+           --header 'Name: value' (HTTP modes, repeatable)";
 
 /// A request slower than this is given up and counted as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +87,8 @@ struct Args {
     connections: usize,
     duration: Duration,
     warmup: Duration,
+    /// Extra headers on every HTTP request (`--header`).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Hand-rolled parsing, like `demo_shop`: a handful of flags do not need a CLI framework.
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
     let mut connections = None;
     let mut duration = 10.0;
     let mut warmup = 1.0;
+    let mut headers = Vec::new();
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         if !arg.starts_with("--") {
@@ -115,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => connections = Some(parse_count(&flag, &value)?),
             "--duration" => duration = parse_secs(&flag, &value)?,
             "--warmup" => warmup = parse_secs(&flag, &value)?,
+            "--header" => headers.push(parse_header(&value)?),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
@@ -155,7 +161,19 @@ fn parse_args() -> Result<Args, String> {
         connections,
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
+        headers,
     })
+}
+
+fn parse_header(value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = value
+        .split_once(':')
+        .ok_or_else(|| format!("--header {value}: expected 'Name: value'"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| format!("--header name {name}: {e}"))?;
+    let value =
+        HeaderValue::from_str(value.trim()).map_err(|e| format!("--header value {value}: {e}"))?;
+    Ok((name, value))
 }
 
 fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
@@ -186,11 +204,17 @@ struct HttpClient {
     url: Uri,
     host: HeaderValue,
     body: Bytes,
+    headers: Vec<(HeaderName, HeaderValue)>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl HttpClient {
-    fn new(method: Method, url: Uri, body: Bytes) -> Result<Self, String> {
+    fn new(
+        method: Method,
+        url: Uri,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<Self, String> {
         let authority = url.authority().expect("checked by parse_url").as_str();
         let host = HeaderValue::from_str(authority).map_err(|e| e.to_string())?;
         Ok(Self {
@@ -198,6 +222,7 @@ impl HttpClient {
             url,
             host,
             body,
+            headers,
             sender: None,
         })
     }
@@ -226,6 +251,9 @@ impl HttpClient {
             .header(HOST, self.host.clone());
         if self.method == Method::POST {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(self.body.clone()))
@@ -298,10 +326,21 @@ async fn clients(args: &Args) -> Result<Vec<Client>, String> {
     let workers = 0..args.concurrency;
     let clients = match &args.mode {
         Mode::HttpGet { url } => workers
-            .map(|_| HttpClient::new(Method::GET, url.clone(), Bytes::new()).map(Client::Http))
+            .map(|_| {
+                HttpClient::new(Method::GET, url.clone(), Bytes::new(), args.headers.clone())
+                    .map(Client::Http)
+            })
             .collect::<Result<_, _>>()?,
         Mode::HttpPost { url, body } => workers
-            .map(|_| HttpClient::new(Method::POST, url.clone(), body.clone()).map(Client::Http))
+            .map(|_| {
+                HttpClient::new(
+                    Method::POST,
+                    url.clone(),
+                    body.clone(),
+                    args.headers.clone(),
+                )
+                .map(Client::Http)
+            })
             .collect::<Result<_, _>>()?,
         Mode::GrpcGetProduct { addr, id } => {
             let channels = grpc_channels(addr, args.connections).await?;

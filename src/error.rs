@@ -146,6 +146,27 @@ pub fn http_status_for_code(code: Code) -> StatusCode {
     }
 }
 
+/// The gRPC code for an HTTP status, the inverse of [`http_status_for_code`] where it
+/// is one to one (e.g. an AMQP worker's `x-status` on a WebSocket error frame): 4xx
+/// without a code of its own is FAILED_PRECONDITION, 5xx INTERNAL, anything else UNKNOWN.
+pub fn code_for_http_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        402..=499 => Code::FailedPrecondition,
+        500..=599 => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
 /// A gRPC status code from its number; numbers outside the enum are UNKNOWN (→ 500).
 pub fn code_from_i32(n: i32) -> Code {
     match n {
@@ -182,6 +203,32 @@ mod tests {
             assert_eq!(http_status_for_code(code).as_u16(), status, "{code:?}");
         }
         assert_eq!(code_from_i32(99), Code::Unknown);
+    }
+
+    #[test]
+    fn http_statuses_map_back_to_codes() {
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::ResourceExhausted,
+            Code::Cancelled,
+            Code::Unimplemented,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+        ] {
+            assert_eq!(code_for_http_status(http_status_for_code(code)), code);
+        }
+        assert_eq!(
+            code_for_http_status(StatusCode::GONE),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code_for_http_status(StatusCode::BAD_GATEWAY),
+            Code::Internal
+        );
     }
 
     #[test]

@@ -146,10 +146,7 @@ fn print_routes(gateway: &Gateway) {
                 amqp.upstream.name,
                 amqp.routing_key.text
             ),
-            Target::WebSocket(ws) => {
-                let ws = ws.describe();
-                format!("{} {} {}", ws.kind, ws.upstream, ws.method)
-            }
+            Target::WebSocket(ws) => ws.describe().summary(),
         };
         println!(
             "{:<7} {:<48} {:<60} {}",

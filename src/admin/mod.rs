@@ -80,14 +80,7 @@ async fn routes(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
                         "timeout_ms": amqp.timeout.as_millis() as u64,
                     });
                 }
-                Target::WebSocket(ws) => {
-                    let ws = ws.describe();
-                    entry["target"] = json!({
-                        "kind": ws.kind,
-                        "upstream": ws.upstream,
-                        "method": ws.method,
-                    });
-                }
+                Target::WebSocket(ws) => entry["target"] = ws.describe().to_json(),
             }
             entry
         })

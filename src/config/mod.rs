@@ -208,6 +208,9 @@ pub struct JwtConfig {
     pub jwks_ttl: Option<ConfigDuration>,
     #[serde(default)]
     pub jwks_min_refresh: Option<ConfigDuration>,
+    /// How many verified tokens to remember (default 10000; 0 verifies every request).
+    #[serde(default)]
+    pub token_cache: Option<usize>,
 }
 
 /// `rate_limits:` — named policies and where their counters live.

@@ -8,6 +8,7 @@
 
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
+use crate::middleware::token_cache::TokenCache;
 use http::{HeaderName, HeaderValue, header};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,6 +22,11 @@ use tonic::Code;
 
 /// How long fetching a JWKS URL may take.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Verified tokens remembered by default (`auth.jwt.token_cache`).
+const DEFAULT_TOKEN_CACHE: usize = 10_000;
+/// The longest a verified token is trusted without checking its signature again: bounds
+/// how long a key withdrawn from a JWKS keeps working for tokens already seen.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// The verified claims of a request's token.
 pub type Claims = Arc<Map<String, Value>>;
@@ -31,6 +37,8 @@ pub struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
     keys: KeySource,
+    /// Tokens that verified, with their claims (see `token_cache`).
+    cache: Option<Arc<TokenCache>>,
     /// Claim → header name set for the backend; the same names from clients are stripped.
     pub forward_claims: Vec<(String, HeaderName)>,
 }
@@ -43,6 +51,14 @@ enum KeySource {
         Vec<(Algorithm, DecodingKey)>,
     ),
     Remote(Arc<RemoteJwks>),
+}
+
+impl JwtVerifier {
+    /// Whether the keys come from a URL (refreshed in place), so the verifier can be kept
+    /// across reloads; a JWKS file is read again by building a new one.
+    pub fn keys_refresh_themselves(&self) -> bool {
+        matches!(self.keys, KeySource::Remote(_))
+    }
 }
 
 impl JwtVerifier {
@@ -70,6 +86,13 @@ impl JwtVerifier {
             (_, true) => return Err("HS* algorithms need `secret`".into()),
             (_, false) => None,
         };
+        let leeway = config.leeway.map(|d| d.0.as_secs()).unwrap_or(0);
+        let cache = TokenCache::new(
+            config.token_cache.unwrap_or(DEFAULT_TOKEN_CACHE),
+            TOKEN_CACHE_TTL,
+            leeway,
+        )
+        .map(Arc::new);
         let keys = match (&config.jwks, wants_keys) {
             (Some(source), true)
                 if source.starts_with("http://") || source.starts_with("https://") =>
@@ -84,6 +107,7 @@ impl JwtVerifier {
                         .jwks_min_refresh
                         .map(|d| d.0)
                         .unwrap_or(Duration::from_secs(30)),
+                    cache.clone(),
                 )))
             }
             (Some(path), true) => {
@@ -104,7 +128,7 @@ impl JwtVerifier {
         };
 
         let mut validation = Validation::new(algorithms[0]);
-        validation.leeway = config.leeway.map(|d| d.0.as_secs()).unwrap_or(0);
+        validation.leeway = leeway;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
@@ -134,12 +158,16 @@ impl JwtVerifier {
             validations,
             secret,
             keys,
+            cache,
             forward_claims,
         })
     }
 
     /// Verifies a bearer token: signature, algorithm, `exp`/`nbf`, `iss`, `aud`.
     pub async fn verify(&self, token: &str) -> Result<Claims, GatewayError> {
+        if let Some(claims) = self.cache.as_ref().and_then(|c| c.get(token)) {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| invalid(format!("malformed token: {e}")))?;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
@@ -157,7 +185,11 @@ impl JwtVerifier {
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation)
             .map_err(|e| invalid(format!("token rejected: {e}")))?;
-        Ok(Arc::new(data.claims))
+        let claims = Arc::new(data.claims);
+        if let Some(cache) = &self.cache {
+            cache.insert(token, &claims);
+        }
+        Ok(claims)
     }
 
     async fn asymmetric_key(
@@ -257,6 +289,8 @@ struct RemoteJwks {
     min_refresh: Duration,
     state: RwLock<Option<RemoteState>>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// Emptied on every fetch: tokens are checked against the new key set.
+    tokens: Option<Arc<TokenCache>>,
 }
 
 struct RemoteState {
@@ -265,8 +299,14 @@ struct RemoteState {
 }
 
 impl RemoteJwks {
-    fn new(url: String, ttl: Duration, min_refresh: Duration) -> Self {
+    fn new(
+        url: String,
+        ttl: Duration,
+        min_refresh: Duration,
+        tokens: Option<Arc<TokenCache>>,
+    ) -> Self {
         Self {
+            tokens,
             url,
             ttl,
             min_refresh,
@@ -298,6 +338,9 @@ impl RemoteJwks {
                     keys,
                     fetched: Instant::now(),
                 });
+                if let Some(tokens) = &self.tokens {
+                    tokens.clear();
+                }
                 found
             }
             Err(e) => {
@@ -387,6 +430,7 @@ mod tests {
             forward_claims: Default::default(),
             jwks_ttl: None,
             jwks_min_refresh: None,
+            token_cache: None,
         }
     }
 
@@ -430,6 +474,30 @@ mod tests {
         let mut no_exp = good;
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(verifier.verify(&hs256(no_exp)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_but_only_byte_for_byte() {
+        let verifier = JwtVerifier::new(&config(&["HS256"]), Path::new(".")).unwrap();
+        let claims =
+            json!({"sub": "u1", "iss": "https://auth.test", "aud": "api", "exp": now() + 60});
+        let token = hs256(claims);
+        assert_eq!(verifier.verify(&token).await.unwrap()["sub"], "u1");
+        let cache = verifier.cache.as_ref().unwrap();
+        assert!(cache.get(&token).is_some());
+        assert_eq!(verifier.verify(&token).await.unwrap()["sub"], "u1");
+        // Another signature over the same claims is not the cached token.
+        let (body, _) = token.rsplit_once('.').unwrap();
+        assert!(verifier.verify(&format!("{body}.AAAA")).await.is_err());
+
+        let mut off = config(&["HS256"]);
+        off.token_cache = Some(0);
+        assert!(
+            JwtVerifier::new(&off, Path::new("."))
+                .unwrap()
+                .cache
+                .is_none()
+        );
     }
 
     #[tokio::test]

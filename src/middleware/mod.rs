@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod cors;
 pub mod deadline;
 pub mod ratelimit;
+pub mod token_cache;
 
 use crate::config::mapping::AuthMode;
 use crate::config::{GatewayConfig, LoadErrors, Location};
@@ -51,7 +52,9 @@ impl Middleware {
         if let Some(auth) = &config.auth {
             let reused = previous
                 .filter(|p| p.jwt_config.as_ref() == Some(&auth.jwt))
-                .and_then(|p| p.jwt.clone());
+                .and_then(|p| p.jwt.clone())
+                // A JWKS file may have changed under the same config: read it again.
+                .filter(|verifier| verifier.keys_refresh_themselves());
             match reused
                 .map(Ok)
                 .unwrap_or_else(|| JwtVerifier::new(&auth.jwt, &config.base_dir).map(Arc::new))

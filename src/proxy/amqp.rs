@@ -12,20 +12,16 @@ use crate::routing::RouteTable;
 use crate::routing::amqp::AmqpRoute;
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::parse_query;
+use crate::upstream::amqp::message::{self, JSON, PROTOBUF, text};
 use crate::upstream::amqp::{Message, Reply};
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use prost::Message as _;
-use prost_reflect::DynamicMessage;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use std::collections::BTreeMap;
 
-const PROTOBUF: &str = "application/x-protobuf";
-const JSON: &str = "application/json";
-/// Delivery mode of `persistent: true` routes.
-const PERSISTENT: u8 = 2;
+static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub async fn call(
     table: &RouteTable,
@@ -46,14 +42,8 @@ pub async fn call(
         .routing_key
         .resolve(&captures)
         .map_err(GatewayError::invalid_argument)?;
-    let mut properties =
-        BasicProperties::default().with_headers(message_headers(route, &parts, &captures, trace)?);
-    if let Some(content_type) = content_type {
-        properties = properties.with_content_type(content_type);
-    }
-    if route.persistent {
-        properties = properties.with_delivery_mode(PERSISTENT);
-    }
+    let headers = message_headers(route, &parts, &captures, trace)?;
+    let properties = message::properties(headers, content_type, route.persistent);
     let message = Message {
         exchange: &route.exchange,
         routing_key,
@@ -82,8 +72,8 @@ fn encode_body(
     body: Bytes,
 ) -> Result<(Bytes, Option<ShortString>), GatewayError> {
     if let Some(request_type) = &route.request_type {
-        let message = table.json.decode(request_type, &body)?;
-        return Ok((message.encode_to_vec().into(), Some(PROTOBUF.into())));
+        let payload = message::typed_payload(&table.json, request_type, &body)?;
+        return Ok((payload.into(), Some(PROTOBUF.into())));
     }
     let content_type = match headers.get(header::CONTENT_TYPE) {
         Some(value) => {
@@ -108,15 +98,16 @@ fn message_headers(
     captures: &[String],
     trace: &TraceContext,
 ) -> Result<FieldTable, GatewayError> {
-    let text = |bytes: &[u8]| AMQPValue::LongString(LongString::from(bytes));
-    let mut headers = FieldTable::default();
-    headers.insert("x-trace-id".into(), text(trace.trace_id.as_bytes()));
-    headers.insert("traceparent".into(), text(trace.traceparent.as_bytes()));
-    if let Some(identity) = parts.extensions.get::<Identity>() {
-        for (name, value) in &identity.forwarded {
-            headers.insert(name.as_str().into(), text(value.as_bytes()));
-        }
-    }
+    let trace_headers = [
+        (&X_TRACE_ID, &trace.trace_id),
+        (&TRACEPARENT, &trace.traceparent),
+    ];
+    let forwarded = parts
+        .extensions
+        .get::<Identity>()
+        .into_iter()
+        .flat_map(|identity| identity.forwarded.iter().map(|(name, value)| (name, value)));
+    let mut headers = message::header_table(trace_headers.into_iter().chain(forwarded));
     for (name, value) in route.path_headers.iter().zip(captures) {
         headers.insert(name.clone(), text(value.as_bytes()));
     }
@@ -148,97 +139,13 @@ fn reply_response(
     route: &AmqpRoute,
     reply: Reply,
 ) -> Result<Response<Body>, GatewayError> {
-    let status = reply_status(&reply)?;
-    let content_type = reply.properties.content_type().as_ref().map(|c| c.as_str());
-    let (body, content_type) = match (&route.response_type, content_type) {
-        (Some(response_type), None | Some(PROTOBUF)) => {
-            let message = DynamicMessage::decode(response_type.clone(), reply.body.as_slice())
-                .map_err(|e| {
-                    GatewayError::internal(format!(
-                        "the reply is not a valid `{}`: {e}",
-                        response_type.full_name()
-                    ))
-                })?;
-            (table.json.encode(&message)?, Some(JSON))
-        }
-        _ => (reply.body, content_type),
-    };
+    let status = message::reply_status(&reply)?;
+    let (body, content_type) =
+        message::reply_body(&table.json, route.response_type.as_ref(), reply)?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    if let Some(value) = content_type.and_then(|c| HeaderValue::from_str(c).ok()) {
+    if let Some(value) = content_type.and_then(|c| HeaderValue::from_str(c.as_str()).ok()) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
-}
-
-/// The reply header `x-status` (an integer or a numeric string), 200 without one.
-fn reply_status(reply: &Reply) -> Result<StatusCode, GatewayError> {
-    let Some(value) = reply
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-status"))
-    else {
-        return Ok(StatusCode::OK);
-    };
-    status_from(value).ok_or_else(|| {
-        GatewayError::internal(format!(
-            "the reply header x-status is not an HTTP status: {value:?}"
-        ))
-    })
-}
-
-fn status_from(value: &AMQPValue) -> Option<StatusCode> {
-    let number: i64 = match value {
-        AMQPValue::ShortShortInt(n) => (*n).into(),
-        AMQPValue::ShortShortUInt(n) => (*n).into(),
-        AMQPValue::ShortInt(n) => (*n).into(),
-        AMQPValue::ShortUInt(n) => (*n).into(),
-        AMQPValue::LongInt(n) => (*n).into(),
-        AMQPValue::LongUInt(n) => (*n).into(),
-        AMQPValue::LongLongInt(n) => *n,
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?,
-        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
-        _ => return None,
-    };
-    u16::try_from(number)
-        .ok()
-        .filter(|n| (200..=599).contains(n))
-        .and_then(|n| StatusCode::from_u16(n).ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn x_status_takes_integers_and_numeric_strings() {
-        assert_eq!(
-            status_from(&AMQPValue::LongInt(404)),
-            Some(StatusCode::NOT_FOUND)
-        );
-        assert_eq!(
-            status_from(&AMQPValue::ShortUInt(201)),
-            Some(StatusCode::CREATED)
-        );
-        assert_eq!(
-            status_from(&AMQPValue::LongLongInt(503)),
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        );
-        let text = AMQPValue::LongString(" 400 ".into());
-        assert_eq!(status_from(&text), Some(StatusCode::BAD_REQUEST));
-        for bad in [
-            AMQPValue::LongString("teapot".into()),
-            AMQPValue::LongInt(99),
-            AMQPValue::LongInt(600),
-            AMQPValue::LongLongInt(-1),
-            AMQPValue::Boolean(true),
-        ] {
-            assert_eq!(status_from(&bad), None, "{bad:?}");
-        }
-    }
 }

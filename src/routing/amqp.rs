@@ -107,9 +107,6 @@ pub fn compile(
     schema: &Schema,
     upstreams: &Upstreams,
 ) -> Result<AmqpRoute, String> {
-    if spec.grpc.is_some() || spec.static_response.is_some() || spec.grpc_service.is_some() {
-        return Err("route has more than one target; use one of `grpc`, `amqp`, `static`".into());
-    }
     let Some(http) = &spec.http else {
         return Err("an `amqp:` route needs `http:`".into());
     };
@@ -128,6 +125,29 @@ pub fn compile(
             !http.additional_bindings.is_empty(),
             "http.additional_bindings",
         ),
+    ] {
+        if present {
+            return Err(format!("`{key}` does not apply to `amqp:` routes"));
+        }
+    }
+    compile_target(spec, target, template, schema, upstreams, reads_body)
+}
+
+/// What every route onto RabbitMQ shares, whatever its front door (`http:` here, or
+/// `websocket:` in `ws::compile`): one target, the upstream, exchange, routing key,
+/// protobuf types and timeout. `reads_body`: the client's payload is the message.
+pub fn compile_target(
+    spec: &RouteSpec,
+    target: &AmqpTarget,
+    template: &PathTemplate,
+    schema: &Schema,
+    upstreams: &Upstreams,
+    reads_body: bool,
+) -> Result<AmqpRoute, String> {
+    if spec.grpc.is_some() || spec.static_response.is_some() || spec.grpc_service.is_some() {
+        return Err("route has more than one target; use one of `grpc`, `amqp`, `static`".into());
+    }
+    for (present, key) in [
         (spec.response.is_some(), "response"),
         (spec.strict_query, "strict_query"),
         (spec.forward_authorization, "forward_authorization"),

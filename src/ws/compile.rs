@@ -2,9 +2,11 @@
 //! (`routing::compile` calls [`compile_route`] and files the result as a GET route, so
 //! websocket routes share lookup and conflict detection).
 
+use super::amqp::AmqpBridge;
 use super::grpc::{GrpcBridge, LeanCodec};
 use super::{Backend, WsRoute};
-use crate::config::mapping::RouteSpec;
+use crate::config::AmqpTarget;
+use crate::config::mapping::{GrpcTarget, RouteSpec};
 use crate::routing::template::PathTemplate;
 use crate::schema::Schema;
 use crate::telemetry::WsMetrics;
@@ -31,16 +33,52 @@ pub(crate) fn compile_route(
         (spec.grpc_service.is_some(), "grpc_service"),
         (spec.response.is_some(), "response"),
         (spec.strict_query, "strict_query"),
-        // A socket lives as long as both ends keep it: see `limits.ws_idle_timeout`.
-        (spec.timeout.is_some(), "timeout"),
     ] {
         if present {
             return Err(format!("`{key}` does not apply to a `websocket:` route"));
         }
     }
-    let Some(target) = &spec.grpc else {
-        return Err("a `websocket:` route needs a target: `grpc:`".into());
+    let backend = match (&spec.grpc, &spec.amqp) {
+        (Some(target), None) => Backend::Grpc(grpc_bridge(spec, target, schema, upstreams)?),
+        (None, Some(target)) => {
+            Backend::Amqp(amqp_bridge(spec, target, &template, schema, upstreams)?)
+        }
+        (Some(_), Some(_)) => {
+            return Err("route has more than one target; use one of `grpc`, `amqp`".into());
+        }
+        (None, None) => {
+            return Err("a `websocket:` route needs a target: `grpc:` or `amqp:`".into());
+        }
     };
+    // The same name `routing::compile` gives the route, for the same metric labels.
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("GET {}", template.text));
+    Ok((
+        template,
+        WsRoute {
+            backend,
+            forward_authorization: spec.forward_authorization,
+            metrics: WsMetrics::new(&name),
+        },
+    ))
+}
+
+/// A streaming gRPC method: the call lives as long as the socket.
+fn grpc_bridge(
+    spec: &RouteSpec,
+    target: &GrpcTarget,
+    schema: &Schema,
+    upstreams: &Upstreams,
+) -> Result<GrpcBridge, String> {
+    // A socket lives as long as both ends keep it: see `limits.ws_idle_timeout`.
+    if spec.timeout.is_some() {
+        return Err(
+            "`timeout` does not apply to a `websocket:` route onto gRPC (the call lives as long as the socket)"
+                .into(),
+        );
+    }
     let upstream = upstreams
         .grpc
         .get(&target.upstream)
@@ -53,27 +91,35 @@ pub(crate) fn compile_route(
             method.full_name()
         ));
     }
-    // The same name `routing::compile` gives the route, for the same metric labels.
-    let name = spec
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("GET {}", template.text));
-    let bridge = GrpcBridge {
+    Ok(GrpcBridge {
         upstream,
         path: format!("/{}/{}", method.parent_service().full_name(), method.name())
             .parse()
             .map_err(|e| format!("method `{}`: {e}", method.full_name()))?,
         codec: LeanCodec(DynamicCodec::new(method.output())),
         method,
-    };
-    Ok((
-        template,
-        WsRoute {
-            backend: Backend::Grpc(bridge),
-            forward_authorization: spec.forward_authorization,
-            metrics: WsMetrics::new(&name),
-        },
-    ))
+    })
+}
+
+/// An AMQP request-reply target, checked as for an HTTP route onto it; each frame is one
+/// RPC, whose deadline is the route `timeout` (else the upstream's).
+fn amqp_bridge(
+    spec: &RouteSpec,
+    target: &AmqpTarget,
+    template: &PathTemplate,
+    schema: &Schema,
+    upstreams: &Upstreams,
+) -> Result<AmqpBridge, String> {
+    if !target.reply {
+        return Err(
+            "`reply: false` does not apply to a `websocket:` route: each frame is an RPC".into(),
+        );
+    }
+    let route =
+        crate::routing::amqp::compile_target(spec, target, template, schema, upstreams, true)?;
+    // Without path variables the key is the same for every frame.
+    let routing_key = route.routing_key.resolve(&[])?;
+    Ok(AmqpBridge { route, routing_key })
 }
 
 /// `package.Service/Method` (or `package.Service.Method`) in the descriptors.

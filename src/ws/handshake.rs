@@ -76,7 +76,9 @@ pub async fn upgrade(
     }
 
     let mut metadata = HeaderMap::new();
-    metadata_from_headers(&parts.headers, &mut metadata);
+    if route.backend.takes_client_metadata() {
+        metadata_from_headers(&parts.headers, &mut metadata);
+    }
     metadata.insert("x-trace-id", trace.trace_id.clone());
     metadata.insert("traceparent", trace.traceparent.clone());
     if route.forward_authorization

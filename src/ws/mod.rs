@@ -9,12 +9,14 @@
 //! - [`session`]: the open socket, whatever the backend: frame size limit, keep-alive,
 //!   idle timeout, shutdown, metrics, and the close code. It talks to the backend through
 //!   two small bounded channels: [`Inbound`] frames toward it, [`Outbound`] messages back.
-//! - a backend ([`grpc`]; AMQP next): turns inbound frames into calls and answers into
-//!   JSON, and returns how the exchange ended ([`Finish`]). It never sees the socket.
+//! - a backend ([`grpc`]: frames ↔ a streaming call; [`amqp`]: each frame an RPC): turns
+//!   inbound frames into calls and answers into JSON, and returns how the exchange ended
+//!   ([`Finish`]). It never sees the socket.
 //!
 //! Adding a backend kind: a variant of [`Backend`], its compile step in [`compile`], and an
 //! `async fn run(&YourBridge, Exchange) -> Finish` in its own module.
 
+mod amqp;
 mod compile;
 mod grpc;
 mod handshake;
@@ -45,23 +47,82 @@ pub struct WsRoute {
 /// What is behind a socket.
 pub enum Backend {
     Grpc(grpc::GrpcBridge),
+    Amqp(amqp::AmqpBridge),
 }
 
 /// How `routes` and `/admin/routes` show a websocket route.
-pub struct Description {
+pub enum Description {
     /// `websocket-grpc-bidi`, `websocket-grpc-client-stream`, `websocket-grpc-server-stream`.
-    pub kind: &'static str,
-    pub upstream: String,
-    pub method: String,
+    Grpc {
+        kind: &'static str,
+        upstream: String,
+        method: String,
+    },
+    /// `websocket-amqp`: each frame is an RPC.
+    Amqp {
+        upstream: String,
+        exchange: String,
+        routing_key: String,
+        /// Per frame.
+        timeout_ms: u64,
+    },
+}
+
+impl Description {
+    /// The `target` object of `/admin/routes` (the AMQP one has the fields of an HTTP
+    /// AMQP route's).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Description::Grpc {
+                kind,
+                upstream,
+                method,
+            } => serde_json::json!({ "kind": kind, "upstream": upstream, "method": method }),
+            Description::Amqp {
+                upstream,
+                exchange,
+                routing_key,
+                timeout_ms,
+            } => serde_json::json!({
+                "kind": "websocket-amqp",
+                "upstream": upstream,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "timeout_ms": timeout_ms,
+            }),
+        }
+    }
+
+    /// One line for `switchboard routes`: kind, upstream, method or routing key.
+    pub fn summary(&self) -> String {
+        match self {
+            Description::Grpc {
+                kind,
+                upstream,
+                method,
+            } => format!("{kind} {upstream} {method}"),
+            Description::Amqp {
+                upstream,
+                routing_key,
+                ..
+            } => format!("websocket-amqp {upstream} {routing_key}"),
+        }
+    }
 }
 
 impl WsRoute {
     pub fn describe(&self) -> Description {
         match &self.backend {
-            Backend::Grpc(bridge) => Description {
+            Backend::Grpc(bridge) => Description::Grpc {
                 kind: bridge.kind(),
                 upstream: bridge.upstream.name.clone(),
                 method: bridge.method.full_name().to_string(),
+            },
+            Backend::Amqp(bridge) => Description::Amqp {
+                upstream: bridge.route.upstream.name.clone(),
+                exchange: bridge.route.exchange.to_string(),
+                routing_key: bridge.routing_key.to_string(),
+                timeout_ms: bridge.route.timeout.as_millis() as u64,
             },
         }
     }
@@ -73,7 +134,14 @@ impl Backend {
     async fn run(&self, exchange: Exchange) -> Finish {
         match self {
             Backend::Grpc(bridge) => grpc::run(bridge, exchange).await,
+            Backend::Amqp(bridge) => amqp::run(bridge, exchange).await,
         }
+    }
+
+    /// Whether the client's `Grpc-Metadata-*` headers go to the backend. AMQP messages
+    /// carry no client headers (contract §9), only the trace ids and forwarded claims.
+    fn takes_client_metadata(&self) -> bool {
+        matches!(self, Backend::Grpc(_))
     }
 }
 
@@ -116,8 +184,8 @@ pub type Finish = Result<(), GatewayError>;
 pub struct Exchange {
     /// The table the socket was opened on: JSON options, descriptor pool.
     pub table: Arc<RouteTable>,
-    /// Headers to pass on: trace ids, `Grpc-Metadata-*` as metadata, `authorization`
-    /// when the route forwards it.
+    /// Headers to pass on: trace ids, claims from `forward_claims`, and for gRPC
+    /// `Grpc-Metadata-*` as metadata and `authorization` when the route forwards it.
     pub metadata: HeaderMap,
     /// Frames from the client. Keep reading until it closes: a backend that stops
     /// reading stops the socket's reader too (that is the backpressure).

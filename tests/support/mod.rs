@@ -2,6 +2,7 @@
 //! Each test binary uses a subset, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod echo;
 
 // `#[path]` on a non-inline `mod` resolves relative to this file's directory (tests/support/).

@@ -9,6 +9,7 @@
 //!
 //! No channel and no queue is created per request.
 
+pub mod message;
 mod publish;
 mod rpc;
 mod topology;

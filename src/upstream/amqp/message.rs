@@ -1,0 +1,171 @@
+//! What the gateway's AMQP messages look like, whichever front door they come through
+//! (an HTTP route in `proxy::amqp`, a WebSocket frame in `ws::amqp`): the payload of a
+//! typed route (JSON → protobuf), the header table, the properties a route decides, and
+//! how a reply reads back (`x-status`, protobuf → JSON).
+
+use super::Reply;
+use crate::error::GatewayError;
+use crate::transcode::JsonCodec;
+use http::{HeaderName, HeaderValue, StatusCode};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+pub const JSON: &str = "application/json";
+/// Delivery mode of `persistent: true` routes.
+const PERSISTENT: u8 = 2;
+
+/// A JSON request of a typed route as protobuf bytes; bad JSON is INVALID_ARGUMENT and
+/// never reaches the broker.
+pub fn typed_payload(
+    json: &JsonCodec,
+    request_type: &MessageDescriptor,
+    body: &[u8],
+) -> Result<Vec<u8>, GatewayError> {
+    Ok(json.decode(request_type, body)?.encode_to_vec())
+}
+
+/// An AMQP header value carrying text (or bytes) as a long string.
+pub fn text(bytes: &[u8]) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(bytes))
+}
+
+/// Headers as an AMQP header table, every value a long string: the trace ids and the
+/// claims the middleware forwards (`forward_claims`).
+pub fn header_table<'a>(
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(name.as_str().into(), text(value.as_bytes()));
+    }
+    table
+}
+
+/// The properties a route decides: headers, content type, delivery mode. The upstream
+/// adds what request-reply needs (`reply_to`, `correlation_id`, `expiration`).
+pub fn properties(
+    headers: FieldTable,
+    content_type: Option<ShortString>,
+    persistent: bool,
+) -> BasicProperties {
+    let mut properties = BasicProperties::default().with_headers(headers);
+    if let Some(content_type) = content_type {
+        properties = properties.with_content_type(content_type);
+    }
+    if persistent {
+        properties = properties.with_delivery_mode(PERSISTENT);
+    }
+    properties
+}
+
+/// The reply body for the client and its content type: a protobuf reply (content type
+/// `application/x-protobuf` or none) of a typed route as JSON; anything else verbatim
+/// (e.g. a JSON error from the worker).
+pub fn reply_body(
+    json: &JsonCodec,
+    response_type: Option<&MessageDescriptor>,
+    reply: Reply,
+) -> Result<(Vec<u8>, Option<ShortString>), GatewayError> {
+    let content_type = reply.properties.content_type().clone();
+    match (
+        response_type,
+        content_type.as_ref().map(ShortString::as_str),
+    ) {
+        (Some(response_type), None | Some(PROTOBUF)) => {
+            let message = DynamicMessage::decode(response_type.clone(), reply.body.as_slice())
+                .map_err(|e| {
+                    GatewayError::internal(format!(
+                        "the reply is not a valid `{}`: {e}",
+                        response_type.full_name()
+                    ))
+                })?;
+            Ok((json.encode(&message)?, Some(JSON.into())))
+        }
+        _ => Ok((reply.body, content_type)),
+    }
+}
+
+/// The reply header `x-status` (an integer or a numeric string), 200 without one.
+pub fn reply_status(reply: &Reply) -> Result<StatusCode, GatewayError> {
+    let Some(value) = reply
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-status"))
+    else {
+        return Ok(StatusCode::OK);
+    };
+    status_from(value).ok_or_else(|| {
+        GatewayError::internal(format!(
+            "the reply header x-status is not an HTTP status: {value:?}"
+        ))
+    })
+}
+
+fn status_from(value: &AMQPValue) -> Option<StatusCode> {
+    let number: i64 = match value {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    };
+    u16::try_from(number)
+        .ok()
+        .filter(|n| (200..=599).contains(n))
+        .and_then(|n| StatusCode::from_u16(n).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_status_takes_integers_and_numeric_strings() {
+        assert_eq!(
+            status_from(&AMQPValue::LongInt(404)),
+            Some(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            status_from(&AMQPValue::ShortUInt(201)),
+            Some(StatusCode::CREATED)
+        );
+        assert_eq!(
+            status_from(&AMQPValue::LongLongInt(503)),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        let text = AMQPValue::LongString(" 400 ".into());
+        assert_eq!(status_from(&text), Some(StatusCode::BAD_REQUEST));
+        for bad in [
+            AMQPValue::LongString("teapot".into()),
+            AMQPValue::LongInt(99),
+            AMQPValue::LongInt(600),
+            AMQPValue::LongLongInt(-1),
+            AMQPValue::Boolean(true),
+        ] {
+            assert_eq!(status_from(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn header_tables_carry_text_values() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-trace-id", HeaderValue::from_static("t-1"));
+        headers.insert("x-user-id", HeaderValue::from_static("ann"));
+        let table = header_table(&headers);
+        assert_eq!(table.inner().get("x-trace-id"), Some(&text(b"t-1")));
+        assert_eq!(table.inner().get("x-user-id"), Some(&text(b"ann")));
+    }
+}
