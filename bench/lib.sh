@@ -87,6 +87,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 # wake-up; otherwise at niceness NICE (default -10 as root, which gives it most of the CPU
 # against default-priority builds).
 set_priority() {
+  RT=${RT:-0}
   NICE=${NICE:-$([[ $EUID -eq 0 ]] && echo -10 || echo 0)}
   if [[ ${RT:-0} == 1 ]]; then
     [[ $EUID -eq 0 ]] || die "RT=1 needs root (chrt --rr)"

@@ -6,17 +6,17 @@ mod support;
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use prost::Message as _;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::amqp::{
-    Answer, BROKER, BROKER_URL, connect, describe, echo, require_broker, unique, worker,
+    Answer, BROKER, BROKER_URL, connect, connected, describe, echo, quote, require_broker, unique,
+    wait_connected, worker,
 };
 use support::gateway::{self, TestGateway, client};
-use support::shop::pb::shop::shipping::v1::{Quote, QuoteRequest};
+use support::wait_until;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -33,29 +33,12 @@ async fn gateway_with(upstream: &str, url: &str, routes: &str) -> TestGateway {
         descriptors.display()
     );
     let gw = gateway::start(&config, &[("mappings/amqp.yaml", routes)]).await;
-    wait_until(
-        "the gateway connects to RabbitMQ",
-        Duration::from_secs(10),
-        || connected(&gw, upstream),
-    )
-    .await;
+    wait_connected(&gw, upstream).await;
     gw
 }
 
 async fn gateway(routes: &str) -> TestGateway {
     gateway_with("mq", BROKER_URL, routes).await
-}
-
-fn connected(gw: &TestGateway, upstream: &str) -> bool {
-    gw.gateway.table().upstreams.amqp[upstream].connected()
-}
-
-async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn post(gw: &TestGateway, path: &str, body: &str) -> (u16, String, String) {
@@ -204,29 +187,7 @@ async fn typed_routes_transcode_json_and_protobuf_both_ways() {
     ))
     .await;
     let worker = worker(&queue, |d| {
-        let protobuf = d
-            .properties
-            .content_type()
-            .as_ref()
-            .is_some_and(|c| c.as_str() == "application/x-protobuf");
-        match QuoteRequest::decode(&d.data[..]) {
-            Ok(request) if protobuf && request.quantity > 0 => Answer {
-                body: Quote {
-                    product_id: request.product_id,
-                    price_cents: 9_007_199_254_740_993,
-                    carrier: request.destination,
-                    days: request.quantity,
-                }
-                .encode_to_vec(),
-                content_type: "application/x-protobuf",
-                status: None,
-                delay: Duration::ZERO,
-            },
-            _ => Answer {
-                status: Some(AMQPValue::LongInt(400)),
-                ..Answer::json(json!({ "code": 3, "message": "bad quote request" }))
-            },
-        }
+        quote(d, json!({ "code": 3, "message": "bad quote request" }))
     })
     .await;
 
@@ -600,14 +561,7 @@ async fn a_cut_connection_fails_fast_and_recovers_without_restart() {
             started.elapsed()
         );
     }
-    let admin: Value = client()
-        .get(gw.admin_url("/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = gateway::get_json(gw.admin_url("/admin/upstreams")).await;
     let mq = admin["upstreams"]
         .as_array()
         .unwrap()
@@ -707,19 +661,7 @@ async fn admin_and_metrics_show_the_broker_state() {
     })
     .await;
 
-    let get_text = |path: &str| {
-        let url = gw.admin_url(path);
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let get_text = |path: &str| gateway::get_text(gw.admin_url(path));
     let admin = parse(&get_text("/admin/upstreams").await);
     let entry = admin["upstreams"]
         .as_array()

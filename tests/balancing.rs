@@ -3,7 +3,6 @@
 
 mod support;
 
-use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::echo;
@@ -38,14 +37,7 @@ async fn round_robin_and_health_checks() {
     // Stop one endpoint: after a health check or two, every request goes to the other.
     drop(b);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let upstreams: Value = http
-        .get(gw.admin_url("/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams = gateway::get_json(gw.admin_url("/admin/upstreams")).await;
     let health = &upstreams["upstreams"][0]["health"];
     assert_eq!(health[0]["healthy"], true, "{upstreams}");
     assert_eq!(health[1]["healthy"], false, "{upstreams}");

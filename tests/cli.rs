@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::gateway::{TempDir, client, echo_protos, repo};
+use support::gateway::{self, TempDir, client, echo_protos, repo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -219,14 +219,7 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
     wait_ready(&admin).await;
 
     // Admin API.
-    let health: Value = client()
-        .get(format!("{admin}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = gateway::get_json(format!("{admin}/healthz")).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(
         client()
@@ -237,14 +230,7 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
             .status(),
         200
     );
-    let metrics = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway::get_text(format!("{admin}/metrics")).await;
     assert!(
         metrics.contains("switchboard_http_requests_total"),
         "{metrics}"
@@ -253,32 +239,11 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
         metrics.contains("switchboard_upstream_requests_total"),
         "{metrics}"
     );
-    let listed: Value = client()
-        .get(format!("{admin}/admin/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = gateway::get_json(format!("{admin}/admin/routes")).await;
     assert!(listed["routes"].as_array().unwrap().len() >= 9);
-    let upstreams: Value = client()
-        .get(format!("{admin}/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams = gateway::get_json(format!("{admin}/admin/upstreams")).await;
     assert_eq!(upstreams["upstreams"][0]["name"], "echo");
-    let page = client()
-        .get(format!("{admin}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = gateway::get_text(format!("{admin}/")).await;
     assert!(page.contains("<title>Switchboard</title>"));
 
     // SIGHUP picks up a new route.
@@ -334,14 +299,7 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
             .status(),
         200
     );
-    let listed: Value = client()
-        .get(format!("{admin}/admin/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = gateway::get_json(format!("{admin}/admin/routes")).await;
     assert_eq!(listed["reload_failures"], 1);
     assert!(
         listed["last_reload_error"][0]
@@ -349,14 +307,7 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
             .unwrap()
             .contains("ghost")
     );
-    let metrics = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway::get_text(format!("{admin}/metrics")).await;
     assert!(
         metrics.contains("switchboard_config_reloads_total{result=\"error\"} 1"),
         "{metrics}"

@@ -111,14 +111,8 @@ async fn demo_shop_routes_work_end_to_end() {
     );
     assert_eq!(error["details"][0]["fieldViolations"][0]["field"], "items");
 
-    let text = client()
-        .get(gw.url("/v1/products/2/price-updates?maxUpdates=3&intervalMs=5"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        gateway::get_text(gw.url("/v1/products/2/price-updates?maxUpdates=3&intervalMs=5")).await;
     let sequences: Vec<String> = text
         .lines()
         .map(|l| {

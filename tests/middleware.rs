@@ -699,14 +699,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
         calls,
         "open: the backend is not touched"
     );
-    let upstreams: Value = client()
-        .get(gw.admin_url("/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams = gateway::get_json(gw.admin_url("/admin/upstreams")).await;
     assert_eq!(upstreams["upstreams"][0]["circuit"], "open");
 
     // Half-open: a failed probe reopens it.
@@ -728,14 +721,7 @@ async fn circuit_breaker_opens_fails_fast_and_recovers() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(get_with(&gw, "/v1/echo/1", &[]).await.status(), 200);
     assert_eq!(get_with(&gw, "/v1/echo/1", &[]).await.status(), 200);
-    let upstreams: Value = client()
-        .get(gw.admin_url("/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstreams = gateway::get_json(gw.admin_url("/admin/upstreams")).await;
     assert_eq!(upstreams["upstreams"][0]["circuit"], "closed");
     for _ in 0..5 {
         assert_eq!(get_with(&gw, "/v1/echo/1", &[]).await.status(), 200);

@@ -12,12 +12,9 @@ use std::time::Duration;
 use support::echo::{self, EchoServer};
 use support::gateway::{self, TestGateway, client, repo};
 use support::shop::{self, Shop};
-use tokio::net::TcpStream;
+use support::ws::{self, close_code, connect, next_json, send, ws_url};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const MAPPINGS: &str = r#"
 routes:
@@ -61,57 +58,6 @@ async fn setup_with(limits: &str) -> Setup {
 
 async fn setup() -> Setup {
     setup_with("max_ws_frame: 1KiB").await
-}
-
-fn ws_url(gw: &TestGateway, path: &str) -> String {
-    format!("ws://{}{}", gw.addr, path)
-}
-
-async fn connect(gw: &TestGateway, path: &str) -> Socket {
-    let (socket, response) = tokio_tungstenite::connect_async(ws_url(gw, path))
-        .await
-        .expect("websocket handshake");
-    assert_eq!(response.status(), 101);
-    socket
-}
-
-async fn send(socket: &mut Socket, value: Value) {
-    socket
-        .send(Message::text(value.to_string()))
-        .await
-        .expect("send frame");
-}
-
-/// The next data frame as JSON (pings are skipped), within 5 s.
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a frame within 5s")
-            .expect("socket still open")
-            .expect("no socket error");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// Reads until the close frame and returns its code, within 5 s.
-async fn close_code(socket: &mut Socket) -> u16 {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a close frame within 5s");
-        match message {
-            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-            Some(Ok(Message::Close(None))) => panic!("close frame without a code"),
-            Some(Ok(Message::Text(text))) => panic!("unexpected frame before close: {text}"),
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended without a close frame: {other:?}"),
-        }
-    }
 }
 
 /// Waits up to 5 s for `condition`.
@@ -174,16 +120,7 @@ routes:
     name: ws-metered
 "#;
     let gw = gateway::start(&config, &[("m.yaml", mappings)]).await;
-    let metrics = || async {
-        client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || gateway::get_text(gw.admin_url("/metrics"));
     let value = |metrics: &str, name: &str, labels: &str| {
         metrics
             .lines()
@@ -470,31 +407,26 @@ routes:
             gateway::grpc_upstream("echo", "127.0.0.1:9".parse().unwrap(), ""),
         ),
     );
-    let Err(errors) = switchboard::Gateway::load(&config).await else {
-        panic!("the config should be refused");
-    };
-    let text = errors.to_string();
-    for expected in [
-        "m.yaml:3: `test.echo.v1.EchoService.Get` is unary",
-        "m.yaml:5: `http` does not apply to a `websocket:` route",
-        "m.yaml:8: websocket route `/ws/{id}`: path variables are not supported",
-        "m.yaml:10: unknown gRPC method `test.echo.v1.EchoService/Nope`",
-        "m.yaml:14: route `GET /ws/taken` conflicts with the route defined at",
-    ] {
-        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
-    }
+    gateway::assert_refused(
+        &config,
+        &[
+            "m.yaml:3: `test.echo.v1.EchoService.Get` is unary",
+            "m.yaml:5: `http` does not apply to a `websocket:` route",
+            "m.yaml:8: websocket route `/ws/{id}`: path variables are not supported",
+            "m.yaml:10: unknown gRPC method `test.echo.v1.EchoService/Nope`",
+            "m.yaml:14: route `GET /ws/taken` conflicts with the route defined at",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_refuses_before_the_upgrade_and_takes_browser_tokens() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    const SECRET: &str = "a-long-enough-test-secret-0123456789";
     let echo = echo::start().await;
     let config = format!(
-        "descriptors: [\"{}\"]\nmappings: [m.yaml]\n\
-         auth:\n  jwt:\n    algorithms: [HS256]\n    secret: {SECRET}\n    forward_claims: {{ sub: x-user-id }}\n\
-         upstreams:\n{}",
+        "descriptors: [\"{}\"]\nmappings: [m.yaml]\n{}upstreams:\n{}",
         gateway::echo_protos(),
+        ws::jwt_auth(),
         gateway::grpc_upstream("echo", echo.addr, ""),
     );
     let mappings = r#"
@@ -504,17 +436,7 @@ routes:
     auth: required
 "#;
     let gw = gateway::start(&config, &[("m.yaml", mappings)]).await;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "ann", "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = ws::token("ann");
 
     // No token: a plain 401 with a google.rpc.Status body, no socket.
     let refused = tokio_tungstenite::connect_async(ws_url(&gw, "/ws/private")).await;

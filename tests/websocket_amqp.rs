@@ -5,21 +5,15 @@
 
 mod support;
 
-use futures_util::{SinkExt, StreamExt};
-use lapin::types::AMQPValue;
-use prost::Message as _;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::amqp::{Answer, BROKER_URL, describe, require_broker, unique, worker};
-use support::gateway::{self, TestGateway, client};
-use support::shop::pb::shop::shipping::v1::{Quote, QuoteRequest};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use support::amqp::{
+    Answer, BROKER_URL, describe, quote, require_broker, unique, wait_connected, worker,
+};
+use support::gateway::{self, TestGateway};
+use support::wait_until;
+use support::ws::{self, Socket, close_code, send, send_text};
 
 /// The per-socket window of RPCs in flight (`ws::amqp::MAX_IN_FLIGHT`).
 const WINDOW: usize = 32;
@@ -34,14 +28,7 @@ async fn gateway_at(url: &str, extra: &str, routes: &str) -> TestGateway {
     );
     let gw = gateway::start(&config, &[("m.yaml", routes)]).await;
     if url == BROKER_URL {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !gw.gateway.table().upstreams.amqp["mq"].connected() {
-            assert!(
-                Instant::now() < deadline,
-                "the gateway connects to RabbitMQ"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_connected(&gw, "mq").await;
     }
     gw
 }
@@ -50,80 +37,28 @@ async fn gateway(routes: &str) -> TestGateway {
     gateway_at(BROKER_URL, "", routes).await
 }
 
-/// A `websocket:` route at `/ws/q` onto `routing_key`, with `more` keys in its `amqp:`
+/// The path of [`quote_route`].
+const PATH: &str = "/ws/q";
+
+/// A `websocket:` route at [`PATH`] onto `routing_key`, with `more` keys in its `amqp:`
 /// and `route` lines for the route itself.
 fn quote_route(routing_key: &str, more: &str, route: &str) -> String {
     format!(
-        "routes:\n  - websocket: \"/ws/q\"\n    amqp: {{ upstream: mq, routing_key: {routing_key}{more} }}\n{route}"
+        "routes:\n  - websocket: \"{PATH}\"\n    amqp: {{ upstream: mq, routing_key: {routing_key}{more} }}\n{route}"
     )
 }
 
-async fn connect(gw: &TestGateway, headers: &[(&'static str, &str)]) -> Socket {
-    let mut request = format!("ws://{}/ws/q", gw.addr)
-        .into_client_request()
-        .expect("request");
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, value.parse().expect("header value"));
-    }
-    let (socket, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket handshake");
-    assert_eq!(response.status(), 101);
-    socket
-}
+/// How long a reply may take: a round trip through the broker.
+const REPLY_WITHIN: Duration = Duration::from_secs(10);
 
-async fn send_text(socket: &mut Socket, text: &str) {
-    socket
-        .send(Message::text(text.to_string()))
-        .await
-        .expect("send frame");
-}
-
-async fn send(socket: &mut Socket, value: Value) {
-    send_text(socket, &value.to_string()).await;
-}
-
-/// The next data frame as JSON (pings skipped), within 10 s.
+/// The next data frame as JSON (pings skipped), within [`REPLY_WITHIN`].
 async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10s")
-            .expect("socket still open")
-            .expect("no socket error");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
+    ws::next_json_within(socket, REPLY_WITHIN).await
 }
 
 /// The `google.rpc.Status` of the next frame, which must be an error frame.
 async fn next_error(socket: &mut Socket) -> Value {
-    let frame = next_json(socket).await;
-    assert!(
-        frame["error"]["code"].is_number(),
-        "not an error frame: {frame}"
-    );
-    frame["error"].clone()
-}
-
-/// Reads until the close frame and returns its code, within 5 s.
-async fn close_code(socket: &mut Socket) -> u16 {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a close frame within 5s");
-        match message {
-            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-            Some(Ok(Message::Text(text))) => panic!("unexpected frame before close: {text}"),
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended without a close frame: {other:?}"),
-        }
-    }
+    ws::next_error_within(socket, REPLY_WITHIN).await
 }
 
 /// The request a test worker saw, from the `describe` JSON it echoed back.
@@ -146,7 +81,7 @@ async fn replies_come_back_in_request_order_while_several_are_in_flight() {
         }
     })
     .await;
-    let mut socket = connect(&gw, &[("x-trace-id", "trace-ws-amqp-1")]).await;
+    let mut socket = ws::connect_with(&gw, PATH, &[("x-trace-id", "trace-ws-amqp-1")]).await;
     for n in 0..5 {
         send(&mut socket, json!({ "n": n })).await;
     }
@@ -173,14 +108,7 @@ async fn replies_come_back_in_request_order_while_several_are_in_flight() {
     assert_eq!(request_of(&next_json(&mut socket).await)["n"], 0);
     assert_eq!(close_code(&mut socket).await, 1000);
 
-    let routes: Value = client()
-        .get(gw.admin_url("/admin/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes = gateway::get_json(gw.admin_url("/admin/routes")).await;
     let target = &routes["routes"][0]["target"];
     assert_eq!(target["kind"], "websocket-amqp", "{routes}");
     assert_eq!(target["routing_key"], queue.as_str());
@@ -196,16 +124,15 @@ async fn a_full_window_stops_reading_frames_until_replies_come_back() {
         ..Answer::json(describe(d))
     })
     .await;
-    let mut socket = connect(&gw, &[]).await;
+    let mut socket = ws::connect(&gw, PATH).await;
     let total = WINDOW + 8;
     for n in 0..total {
         send(&mut socket, json!({ "n": n })).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while worker.received.load(Ordering::SeqCst) < WINDOW {
-        assert!(Instant::now() < deadline, "the window fills");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the window fills", Duration::from_secs(5), || {
+        worker.received.load(Ordering::SeqCst) >= WINDOW
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         worker.received.load(Ordering::SeqCst),
@@ -225,32 +152,13 @@ async fn typed_frames_are_protobuf_on_the_wire_and_bad_ones_get_error_frames() {
         ", request_type: shop.shipping.v1.QuoteRequest, response_type: shop.shipping.v1.Quote";
     let gw = gateway(&quote_route(&queue, types, "")).await;
     let worker = worker(&queue, |d| {
-        let protobuf = d
-            .properties
-            .content_type()
-            .as_ref()
-            .is_some_and(|c| c.as_str() == "application/x-protobuf");
-        match QuoteRequest::decode(&d.data[..]) {
-            Ok(request) if protobuf && request.quantity > 0 => Answer {
-                body: Quote {
-                    product_id: request.product_id,
-                    price_cents: 9_007_199_254_740_993,
-                    carrier: request.destination,
-                    days: request.quantity,
-                }
-                .encode_to_vec(),
-                content_type: "application/x-protobuf",
-                status: None,
-                delay: Duration::ZERO,
-            },
-            _ => Answer {
-                status: Some(AMQPValue::LongInt(400)),
-                ..Answer::json(json!({ "code": 3, "message": "bad quote request", "details": [] }))
-            },
-        }
+        quote(
+            d,
+            json!({ "code": 3, "message": "bad quote request", "details": [] }),
+        )
     })
     .await;
-    let mut socket = connect(&gw, &[]).await;
+    let mut socket = ws::connect(&gw, PATH).await;
     let quote = json!({ "productId": "p-1", "destination": "Lyon", "quantity": 3 });
     send(&mut socket, quote.clone()).await;
     assert_eq!(
@@ -289,7 +197,7 @@ async fn a_timeout_is_an_error_frame_and_the_socket_stays_usable() {
         ..Answer::json(describe(d))
     })
     .await;
-    let mut socket = connect(&gw, &[]).await;
+    let mut socket = ws::connect(&gw, PATH).await;
     // The slow one's error frame comes first: errors keep their place in the order.
     send(&mut socket, json!({ "slow": true })).await;
     send(&mut socket, json!({ "fast": 1 })).await;
@@ -325,7 +233,7 @@ async fn untyped_frames_must_be_json_and_replies_must_be_text() {
         }
     })
     .await;
-    let mut socket = connect(&gw, &[]).await;
+    let mut socket = ws::connect(&gw, PATH).await;
     send_text(&mut socket, "{not json").await;
     assert_eq!(next_error(&mut socket).await["code"], 3);
     assert_eq!(
@@ -348,12 +256,8 @@ async fn untyped_frames_must_be_json_and_replies_must_be_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_carry_verified_claims_but_no_client_headers() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    const SECRET: &str = "a-long-enough-test-secret-0123456789";
     let queue = unique("ws-claims");
-    let auth = format!(
-        "auth:\n  jwt:\n    algorithms: [HS256]\n    secret: {SECRET}\n    forward_claims: {{ sub: x-user-id }}\n"
-    );
+    let auth = ws::jwt_auth();
     let gw = gateway_at(
         BROKER_URL,
         &auth,
@@ -361,20 +265,10 @@ async fn messages_carry_verified_claims_but_no_client_headers() {
     )
     .await;
     let _worker = worker(&queue, |d| Answer::json(describe(d))).await;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "ann", "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let bearer = format!("Bearer {token}");
-    let mut socket = connect(
+    let bearer = format!("Bearer {}", ws::token("ann"));
+    let mut socket = ws::connect_with(
         &gw,
+        PATH,
         &[
             ("authorization", bearer.as_str()),
             ("x-user-id", "mallory"),
@@ -398,7 +292,7 @@ async fn an_unreachable_broker_is_an_unavailable_frame_per_request() {
     };
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
     let gw = gateway_at(&url, "", &quote_route("q", "", "")).await;
-    let mut socket = connect(&gw, &[]).await;
+    let mut socket = ws::connect(&gw, PATH).await;
     for _ in 0..2 {
         let started = Instant::now();
         send(&mut socket, json!({})).await;
@@ -438,17 +332,15 @@ routes:
             gateway::repo().join("descriptors").display()
         ),
     );
-    let Err(errors) = switchboard::Gateway::load(&config).await else {
-        panic!("the config should be refused");
-    };
-    let text = errors.to_string();
-    for expected in [
-        "m.yaml:3: `reply: false` does not apply to a `websocket:` route",
-        "m.yaml:5: `forward_authorization` does not apply to `amqp:` routes",
-        "m.yaml:8: unknown AMQP upstream `nobody`",
-        "m.yaml:10: request_type `shop.Nope` is not a message",
-        "m.yaml:12: route has more than one target",
-    ] {
-        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
-    }
+    gateway::assert_refused(
+        &config,
+        &[
+            "m.yaml:3: `reply: false` does not apply to a `websocket:` route",
+            "m.yaml:5: `forward_authorization` does not apply to `amqp:` routes",
+            "m.yaml:8: unknown AMQP upstream `nobody`",
+            "m.yaml:10: request_type `shop.Nope` is not a message",
+            "m.yaml:12: route has more than one target",
+        ],
+    )
+    .await;
 }

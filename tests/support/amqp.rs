@@ -1,11 +1,15 @@
 //! RabbitMQ for the tests: the broker on 127.0.0.1:5672 (which must be running: these
 //! tests fail loudly without it), unique names, and small in-test lapin workers.
 
+use super::gateway::TestGateway;
+use super::shop::pb::shop::shipping::v1::{Quote, QuoteRequest};
+use super::wait_until;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use prost::Message as _;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,6 +172,49 @@ pub fn amqp_json(value: &AMQPValue) -> Value {
         AMQPValue::ShortString(s) => s.as_str().into(),
         AMQPValue::FieldArray(items) => items.as_slice().iter().map(amqp_json).collect(),
         other => format!("{other:?}").into(),
+    }
+}
+
+/// Whether the gateway's AMQP upstream `upstream` is connected to the broker.
+pub fn connected(gw: &TestGateway, upstream: &str) -> bool {
+    gw.gateway.table().upstreams.amqp[upstream].connected()
+}
+
+/// Waits (up to 10 s) until the gateway's AMQP upstream `upstream` is connected.
+pub async fn wait_connected(gw: &TestGateway, upstream: &str) {
+    wait_until(
+        "the gateway connects to RabbitMQ",
+        Duration::from_secs(10),
+        || connected(gw, upstream),
+    )
+    .await;
+}
+
+/// A shipping-quote service: a protobuf `QuoteRequest` with a positive quantity gets a
+/// protobuf `Quote`; anything else gets `x-status: 400` with `refusal` as its JSON body.
+pub fn quote(delivery: &Delivery, refusal: Value) -> Answer {
+    let protobuf = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|c| c.as_str() == "application/x-protobuf");
+    match QuoteRequest::decode(&delivery.data[..]) {
+        Ok(request) if protobuf && request.quantity > 0 => Answer {
+            body: Quote {
+                product_id: request.product_id,
+                price_cents: 9_007_199_254_740_993,
+                carrier: request.destination,
+                days: request.quantity,
+            }
+            .encode_to_vec(),
+            content_type: "application/x-protobuf",
+            status: None,
+            delay: Duration::ZERO,
+        },
+        _ => Answer {
+            status: Some(AMQPValue::LongInt(400)),
+            ..Answer::json(refusal)
+        },
     }
 }
 

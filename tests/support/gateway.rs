@@ -105,6 +105,18 @@ pub async fn start(config: &str, files: &[(&str, &str)]) -> TestGateway {
     }
 }
 
+/// Loads the config at `path`, which must be refused with every one of `expected` among
+/// its errors.
+pub async fn assert_refused(path: &Path, expected: &[&str]) {
+    let Err(errors) = Gateway::load(path).await else {
+        panic!("the config should be refused");
+    };
+    let text = errors.to_string();
+    for expected in expected {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
 /// Config lines for an upstream named `name` at `addr`.
 pub fn grpc_upstream(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!("  {name}:\n    grpc: {{ endpoints: [\"http://{addr}\"] }}\n{extra}")
@@ -139,6 +151,30 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<
         .and_then(|s| s.parse().ok())
         .expect("status code");
     (status, head, response[split + 4..].to_vec())
+}
+
+/// The body of a GET of `url` (with a fresh [`client`]) as JSON; the status is not checked.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The body of a GET of `url` (with a fresh [`client`]) as text; the status is not checked.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 pub fn client() -> reqwest::Client {

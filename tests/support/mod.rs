@@ -1,4 +1,5 @@
-//! Backends shared by the integration tests: the echo test server and the demo shop.
+//! Shared by the integration tests: the echo test server, the demo shop, a gateway, the
+//! broker, a WebSocket client and waiting for a condition.
 //! Each test binary uses a subset, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
@@ -10,3 +11,15 @@ pub mod echo;
 pub mod shop;
 
 pub mod gateway;
+pub mod ws;
+
+use std::time::{Duration, Instant};
+
+/// Waits up to `within` for `condition`, checking every 20 ms; fails the test after.
+pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
