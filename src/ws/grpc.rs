@@ -106,7 +106,11 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
 
     if bridge.method.is_client_streaming() {
         let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
-        let mut request = grpc_request(metadata, ReceiverStream::new(receiver));
+        let requests = futures_util::StreamExt::map(
+            ReceiverStream::new(receiver),
+            |message: Box<DynamicMessage>| *message,
+        );
+        let mut request = grpc_request(metadata, requests);
         let requests = Requests {
             cancel: Some(request.cancellation_handle()),
             sender: Some(sender),
@@ -141,7 +145,9 @@ fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> 
 /// left — it cancels first (RST_STREAM CANCEL), so the backend sees a cancelled call
 /// rather than a client that finished sending.
 struct Requests {
-    sender: Option<mpsc::Sender<DynamicMessage>>,
+    /// Boxed: the channel allocates a block of 32 slots up front, per socket, and a
+    /// `DynamicMessage` slot is many times a pointer's size.
+    sender: Option<mpsc::Sender<Box<DynamicMessage>>>,
     cancel: Option<CancellationHandle>,
 }
 
@@ -209,7 +215,7 @@ async fn feed(
             (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                 Ok(message) => {
                     // Fails only when the call is over; `relay` is finishing then.
-                    let _ = sender.send(message).await;
+                    let _ = sender.send(Box::new(message)).await;
                     continue;
                 }
                 Err(error) => error,
