@@ -115,7 +115,7 @@ pub async fn build_table(
     for (name, spanned) in &config.upstreams {
         let wants_reflection = spanned.value.grpc.as_ref().is_some_and(|g| g.reflection);
         if let (true, Some(upstream)) = (wants_reflection, upstreams.grpc.get(name)) {
-            match reflection::fetch_descriptors(upstream.channel()).await {
+            match reflection::fetch_descriptors(upstream.connection().clone()).await {
                 Ok(files) => reflected.extend(files),
                 Err(e) => errors.push(
                     Location::new(&config.path, spanned.referenced.line()),

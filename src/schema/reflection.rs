@@ -3,18 +3,18 @@
 //! dependencies, so dependencies are walked with `FileByFilename`. v1 first, v1alpha if
 //! the server only has that.
 
+use crate::upstream::grpc::Connection;
 use bytes::Bytes;
 use prost::Message;
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Every reflection call gets this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Encoded FileDescriptorProtos of every service the server lists (reflection and health
 /// excluded), with all their dependencies.
-pub async fn fetch_descriptors(channel: Channel) -> Result<Vec<Bytes>, String> {
+pub async fn fetch_descriptors(channel: Connection) -> Result<Vec<Bytes>, String> {
     match v1::fetch(channel.clone()).await {
         Err(status) if status.code() == tonic::Code::Unimplemented => v1alpha::fetch(channel)
             .await
@@ -34,7 +34,7 @@ macro_rules! reflection_client {
             use $pb as pb;
 
             async fn ask(
-                client: &mut ServerReflectionClient<Channel>,
+                client: &mut ServerReflectionClient<Connection>,
                 request: MessageRequest,
             ) -> Result<MessageResponse, tonic::Status> {
                 let message = pb::ServerReflectionRequest {
@@ -70,7 +70,7 @@ macro_rules! reflection_client {
                 }
             }
 
-            pub(super) async fn fetch(channel: Channel) -> Result<Vec<Bytes>, tonic::Status> {
+            pub(super) async fn fetch(channel: Connection) -> Result<Vec<Bytes>, tonic::Status> {
                 let mut client = ServerReflectionClient::new(channel);
                 let services =
                     match ask(&mut client, MessageRequest::ListServices(String::new())).await? {

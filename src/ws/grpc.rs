@@ -72,7 +72,7 @@ impl GrpcBridge {
             None => None,
         };
         let started = std::time::Instant::now();
-        let mut grpc = tonic::client::Grpc::new(self.upstream.channel());
+        let mut grpc = tonic::client::Grpc::new(self.upstream.connection().clone());
         let result = match grpc.ready().await {
             Ok(()) => grpc
                 .streaming(request, self.path.clone(), self.codec.clone())

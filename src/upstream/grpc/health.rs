@@ -2,6 +2,7 @@
 //! `interval`. An endpoint that does not answer SERVING leaves the round-robin until it
 //! does again. Without `health_check`, every endpoint counts as healthy.
 
+use super::Connection;
 use super::GrpcUpstream;
 use crate::config::HealthCheckConfig;
 use futures_util::future::join_all;
@@ -9,7 +10,6 @@ use metrics::Gauge;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -70,7 +70,11 @@ impl EndpointHealth {
 
 /// Checks every endpoint each interval until the upstream is dropped (after a reload
 /// that replaced it and the last request that used it).
-pub async fn run(upstream: Weak<GrpcUpstream>, channels: Vec<Channel>, config: HealthCheckConfig) {
+pub async fn run(
+    upstream: Weak<GrpcUpstream>,
+    connections: Vec<Connection>,
+    config: HealthCheckConfig,
+) {
     let timeout = config
         .timeout
         .map(|t| t.0)
@@ -80,7 +84,7 @@ pub async fn run(upstream: Weak<GrpcUpstream>, channels: Vec<Channel>, config: H
     loop {
         ticker.tick().await;
         let results = join_all(
-            channels
+            connections
                 .iter()
                 .map(|c| check(c.clone(), &config.service, timeout)),
         )
@@ -94,8 +98,8 @@ pub async fn run(upstream: Weak<GrpcUpstream>, channels: Vec<Channel>, config: H
     }
 }
 
-async fn check(channel: Channel, service: &str, timeout: Duration) -> bool {
-    let mut client = HealthClient::new(channel);
+async fn check(connection: Connection, service: &str, timeout: Duration) -> bool {
+    let mut client = HealthClient::new(connection);
     let request = HealthCheckRequest {
         service: service.to_string(),
     };

@@ -1,11 +1,14 @@
-//! gRPC backends: one pool of HTTP/2 channels per upstream, balanced round-robin over its
-//! endpoints, called with dynamic messages.
+//! gRPC backends: one pool of HTTP/2 connections per upstream, balanced round-robin over
+//! its endpoints, called with dynamic messages.
 
 mod codec;
+pub mod connection;
 pub mod health;
 pub mod status;
+mod unary;
 
 pub use codec::DynamicCodec;
+pub use connection::Connection;
 
 use crate::config::{GrpcUpstreamConfig, UpstreamConfig};
 use crate::telemetry::UpstreamMetrics;
@@ -18,21 +21,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-/// How long opening a TCP connection to a backend may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The channels of one gRPC upstream. Channels connect lazily and reconnect by
-/// themselves; cloning a `Channel` shares its connection.
+/// The connections of one gRPC upstream. They connect lazily and reconnect by
+/// themselves; cloning a `Connection` shares it.
 #[derive(Debug)]
 pub struct GrpcUpstream {
     pub name: String,
     pub endpoints: Vec<String>,
     /// The config it was built from, so a reload can keep it when nothing changed.
     pub config: GrpcUpstreamConfig,
-    channels: Vec<Channel>,
+    connections: Vec<Connection>,
     next: AtomicUsize,
     pub metrics: UpstreamMetrics,
     /// Kept across reloads with the upstream, so its state survives them.
@@ -60,18 +59,11 @@ impl GrpcUpstream {
             return Err(format!("upstream `{name}` has no `endpoints` (or `dns`)"));
         }
         let per_endpoint = config.connections_per_endpoint.max(1);
-        let mut channels = Vec::with_capacity(endpoints.len() * per_endpoint);
+        let mut connections = Vec::with_capacity(endpoints.len() * per_endpoint);
         for _ in 0..per_endpoint {
             for uri in &endpoints {
-                let endpoint = Endpoint::from_shared(uri.clone())
-                    .map_err(|e| format!("upstream `{name}`: invalid endpoint `{uri}`: {e}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .keep_alive_while_idle(true)
-                    .http2_adaptive_window(true);
-                channels.push(endpoint.connect_lazy());
+                connections
+                    .push(Connection::new(uri).map_err(|e| format!("upstream `{name}`: {e}"))?);
             }
         }
         let health = health::EndpointHealth::new(name, &endpoints, policies.health_check.clone());
@@ -79,7 +71,7 @@ impl GrpcUpstream {
             name: name.to_string(),
             endpoints,
             config: config.clone(),
-            channels,
+            connections,
             next: AtomicUsize::new(0),
             metrics: UpstreamMetrics::new(name),
             breaker: policies
@@ -100,16 +92,16 @@ impl GrpcUpstream {
             && self.health.config.as_ref() == config.health_check.as_ref()
     }
 
-    /// The next channel, round-robin over healthy endpoints (over all of them when none
-    /// is known healthy: failing open beats refusing everything).
-    pub fn channel(&self) -> Channel {
-        let n = self.channels.len();
+    /// The next connection, round-robin over healthy endpoints (over all of them when
+    /// none is known healthy: failing open beats refusing everything).
+    pub fn connection(&self) -> &Connection {
+        let n = self.connections.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| (start + k) % n)
             .find(|i| self.health.is_healthy(i % self.endpoints.len()))
-            .map(|i| self.channels[i].clone())
-            .unwrap_or_else(|| self.channels[start % n].clone())
+            .map(|i| &self.connections[i])
+            .unwrap_or_else(|| &self.connections[start % n])
     }
 
     /// Checks every endpoint's grpc.health.v1 status on the configured interval, for as
@@ -119,21 +111,14 @@ impl GrpcUpstream {
             return;
         };
         let weak = Arc::downgrade(self);
-        let channels: Vec<Channel> = self.channels[..self.endpoints.len()].to_vec();
-        tokio::spawn(health::run(weak, channels, config));
-    }
-
-    async fn ready(&self) -> Result<tonic::client::Grpc<Channel>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel());
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("upstream `{}` not ready: {e}", self.name)))?;
-        Ok(grpc)
+        let connections = self.connections[..self.endpoints.len()].to_vec();
+        tokio::spawn(health::run(weak, connections, config));
     }
 
     /// A unary call with the upstream's policies: the circuit breaker admits it, the
-    /// deadline bounds it (sent as `grpc-timeout` and enforced here), and an idempotent
-    /// call is retried on UNAVAILABLE within the deadline and the retry budget.
+    /// deadline bounds it (sent as `grpc-timeout` and enforced here: one timer per
+    /// attempt), and an idempotent call is retried on UNAVAILABLE within the deadline and
+    /// the retry budget.
     pub async fn unary(&self, call: Call) -> Result<Response<DynamicMessage>, Status> {
         let deadline = Instant::now() + call.timeout;
         let retry = self.retry.as_ref().filter(|_| call.idempotent);
@@ -141,26 +126,29 @@ impl GrpcUpstream {
             retry.deposit();
         }
         let mut attempt = 0;
-        // Without retries the message is moved into the one attempt, not cloned.
-        let mut message = Some(call.message);
+        // Encoded once; a retry resends the same bytes.
+        let framed = unary::frame(&call.message)?;
+        // Without retries the metadata is moved into the one attempt, not cloned.
+        let mut metadata = Some(call.metadata.into_headers());
         loop {
             let permit = self.admit()?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let this_try = match retry {
-                Some(_) => message.clone(),
-                None => message.take(),
+                Some(_) => metadata.clone(),
+                None => metadata.take(),
             }
-            .ok_or_else(|| Status::internal("request message already sent"))?;
-            let mut request = Request::from_parts(
-                call.metadata.clone(),
-                tonic::Extensions::default(),
-                this_try,
-            );
-            request.set_timeout(remaining);
+            .ok_or_else(|| Status::internal("request metadata already sent"))?;
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 remaining,
-                self.send_unary(call.path.clone(), call.codec.clone(), request),
+                unary::call(
+                    self.connection(),
+                    call.path.clone(),
+                    this_try,
+                    framed.clone(),
+                    call.codec.response(),
+                    remaining,
+                ),
             )
             .await
             {
@@ -196,11 +184,8 @@ impl GrpcUpstream {
             Request::from_parts(call.metadata, tonic::Extensions::default(), call.message);
         request.set_timeout(call.timeout);
         let started = Instant::now();
-        let result = match self.ready().await {
-            Ok(mut grpc) => grpc.server_streaming(request, call.path, call.codec).await,
-            Err(status) => Err(status),
-        }
-        .map_err(deadline_as_deadline);
+        let mut grpc = tonic::client::Grpc::new(self.connection().clone());
+        let result = grpc.server_streaming(request, call.path, call.codec).await;
         self.record(&result, started, permit);
         result
     }
@@ -233,19 +218,6 @@ impl GrpcUpstream {
             None => Ok(None),
         }
     }
-
-    async fn send_unary(
-        &self,
-        path: PathAndQuery,
-        codec: DynamicCodec,
-        request: Request<DynamicMessage>,
-    ) -> Result<Response<DynamicMessage>, Status> {
-        match self.ready().await {
-            Ok(mut grpc) => grpc.unary(request, path, codec).await,
-            Err(status) => Err(status),
-        }
-        .map_err(deadline_as_deadline)
-    }
 }
 
 /// One backend call as the proxy prepared it.
@@ -257,16 +229,4 @@ pub struct Call {
     pub timeout: Duration,
     /// Safe to retry (GET, or a route marked `idempotent`).
     pub idempotent: bool,
-}
-
-/// tonic reports its own `grpc-timeout` expiry as CANCELLED ("Timeout expired"); for the
-/// client that is a deadline, 504 DEADLINE_EXCEEDED, not 499.
-fn deadline_as_deadline(status: Status) -> Status {
-    if status.code() == tonic::Code::Cancelled
-        && status.message() == tonic::TimeoutExpired(()).to_string()
-    {
-        Status::deadline_exceeded("upstream deadline exceeded")
-    } else {
-        status
-    }
 }

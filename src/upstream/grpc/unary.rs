@@ -1,0 +1,335 @@
+//! Unary calls as one framed body. The request message is encoded with its 5-byte gRPC
+//! prefix into one buffer and sent as a body of known size, so HEADERS and DATA (with
+//! END_STREAM) leave in one write and no streaming body has to be driven; the response
+//! body is collected and its one message decoded. Statuses, trailers-only responses and
+//! metadata follow what tonic's client does, so callers see the same results.
+
+use super::connection::Connection;
+use base64::Engine;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
+use http_body_util::{BodyExt, Either, Full};
+use prost::Message;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use std::time::Duration;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Response, Status};
+
+/// tonic's default limit for a received message.
+const MAX_RESPONSE_MESSAGE: usize = 4 * 1024 * 1024;
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+/// Metadata names that belong to the protocol (tonic strips them from requests too).
+const RESERVED: [HeaderName; 3] = [
+    GRPC_STATUS,
+    GRPC_MESSAGE,
+    HeaderName::from_static("grpc-message-type"),
+];
+
+/// `message` with the gRPC length prefix (uncompressed), ready to send (and resend).
+pub fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let prefix = u32::try_from(len)
+        .map_err(|_| Status::internal(format!("request message too large: {len} bytes")))?;
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(prefix);
+    message
+        .encode(&mut buf)
+        .map_err(|e| Status::internal(format!("cannot encode request: {e}")))?;
+    Ok(buf.freeze())
+}
+
+/// One unary call on `connection`: `timeout` travels as `grpc-timeout` (the caller
+/// enforces it). The response carries headers and trailers as metadata, like tonic's.
+pub async fn call(
+    connection: &Connection,
+    path: http::uri::PathAndQuery,
+    mut metadata: HeaderMap,
+    framed: Bytes,
+    output: &MessageDescriptor,
+    timeout: Duration,
+) -> Result<Response<DynamicMessage>, Status> {
+    for name in RESERVED {
+        metadata.remove(name);
+    }
+    metadata.insert(header::TE, HeaderValue::from_static("trailers"));
+    metadata.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    metadata.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
+    let mut request = Request::new(Either::Left(Full::new(framed)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = connection.uri(path)?;
+    *request.version_mut() = Version::HTTP_2;
+    *request.headers_mut() = metadata;
+
+    let response = connection.send(request).await?;
+    let (parts, body) = response.into_parts();
+    let headers = parts.headers;
+    if let Some(encoding) = headers.get(GRPC_ENCODING)
+        && encoding != "identity"
+    {
+        return Err(Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        )));
+    }
+    // Trailers-only: the status is in the headers (its metadata too) and there is no message.
+    if let Some(code) = status_code(&headers) {
+        return Err(match code {
+            Code::Ok => Status::internal("Missing response message."),
+            _ => status_from(headers),
+        });
+    }
+
+    let (data, trailers) = collect(body).await?;
+    let message = match decode(data, output) {
+        Ok(Some(message)) => message,
+        Ok(None) => {
+            return Err(match trailer_error(trailers, parts.status) {
+                Some(status) => with_metadata(status, headers),
+                None => Status::internal("Missing response message."),
+            });
+        }
+        Err(status) => return Err(with_metadata(status, headers)),
+    };
+    let mut metadata = headers;
+    match trailers {
+        Some(trailers) => {
+            if status_code(&trailers) != Some(Code::Ok) {
+                let status = trailer_error(Some(trailers), parts.status)
+                    .unwrap_or_else(|| Status::unknown("invalid grpc-status trailer"));
+                return Err(status);
+            }
+            metadata.extend(trailers);
+        }
+        None => {
+            if let Some(status) = trailer_error(None, parts.status) {
+                return Err(status);
+            }
+        }
+    }
+    Ok(Response::from_parts(
+        MetadataMap::from_headers(metadata),
+        message,
+        tonic::Extensions::default(),
+    ))
+}
+
+/// The whole response body (one chunk in the common case: no copy) and its trailers.
+async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<HeaderMap>), Status> {
+    let mut data = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::from_error(Box::new(e)))?;
+        match frame.into_data() {
+            Ok(chunk) if data.is_empty() && joined.is_none() => data = chunk,
+            Ok(chunk) => {
+                let buf = joined.get_or_insert_with(|| BytesMut::from(&data[..]));
+                if buf.len() + chunk.len() > MAX_RESPONSE_MESSAGE + 5 {
+                    return Err(too_large(buf.len() + chunk.len()));
+                }
+                buf.put(chunk);
+            }
+            Err(frame) => {
+                if let Ok(map) = frame.into_trailers() {
+                    match &mut trailers {
+                        Some(existing) => existing.extend(map),
+                        None => trailers = Some(map),
+                    }
+                }
+            }
+        }
+    }
+    Ok((joined.map(BytesMut::freeze).unwrap_or(data), trailers))
+}
+
+/// The first message of a response body; `None` when there is none.
+fn decode(mut data: Bytes, output: &MessageDescriptor) -> Result<Option<DynamicMessage>, Status> {
+    if data.is_empty() {
+        return Ok(None);
+    }
+    if data.len() < 5 {
+        return Err(Status::internal("Unexpected EOF decoding stream."));
+    }
+    match data.get_u8() {
+        0 => {}
+        1 => {
+            return Err(Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            ));
+        }
+        flag => {
+            return Err(Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1)"
+            )));
+        }
+    }
+    let len = data.get_u32() as usize;
+    if len > MAX_RESPONSE_MESSAGE {
+        return Err(too_large(len));
+    }
+    if data.len() < len {
+        return Err(Status::internal("Unexpected EOF decoding stream."));
+    }
+    data.truncate(len);
+    DynamicMessage::decode(output.clone(), data)
+        .map(Some)
+        .map_err(|e| {
+            Status::internal(format!(
+                "backend sent an invalid {}: {e}",
+                output.full_name()
+            ))
+        })
+}
+
+fn too_large(len: usize) -> Status {
+    Status::out_of_range(format!(
+        "Error, decoded message length too large: found {len} bytes, the limit is: {MAX_RESPONSE_MESSAGE} bytes"
+    ))
+}
+
+/// The error a response ends with: its `grpc-status` if not OK, else one inferred from
+/// the HTTP status when `grpc-status` is missing (tonic's table).
+fn trailer_error(trailers: Option<HeaderMap>, http: StatusCode) -> Option<Status> {
+    if let Some(trailers) = trailers
+        && let Some(code) = status_code(&trailers)
+    {
+        return (code != Code::Ok).then(|| status_from(trailers));
+    }
+    let code = match http {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        StatusCode::OK => {
+            return Some(Status::unknown(
+                "protocol error: missing grpc-status trailer, stream was terminated without a final status (possible truncation by a proxy or load balancer)",
+            ));
+        }
+        _ => Code::Unknown,
+    };
+    Some(Status::new(
+        code,
+        format!(
+            "grpc-status header missing, mapped from HTTP status code {}",
+            http.as_u16()
+        ),
+    ))
+}
+
+fn status_code(map: &HeaderMap) -> Option<Code> {
+    map.get(GRPC_STATUS).map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+/// A status from `grpc-status`, `grpc-message` and `grpc-status-details-bin`; the other
+/// entries become its metadata. Unlike `Status::from_header_map`, bad base64 in the
+/// details does not panic: the details are dropped.
+fn status_from(mut map: HeaderMap) -> Status {
+    let code = status_code(&map).unwrap_or(Code::Unknown);
+    map.remove(GRPC_STATUS);
+    let (code, message) = match map.remove(GRPC_MESSAGE) {
+        Some(value) => match percent_encoding::percent_decode(value.as_bytes()).decode_utf8() {
+            Ok(message) => (code, message.into_owned()),
+            Err(e) => (
+                Code::Unknown,
+                format!("Error deserializing status message header: {e}"),
+            ),
+        },
+        None => (code, String::new()),
+    };
+    let details = map
+        .remove(GRPC_STATUS_DETAILS)
+        .and_then(|value| DETAILS_BASE64.decode(value.as_bytes()).ok())
+        .map(Bytes::from)
+        .unwrap_or_default();
+    Status::with_details_and_metadata(code, message, details, MetadataMap::from_headers(map))
+}
+
+/// tonic adds the response headers to a status that ends a body without a message.
+fn with_metadata(mut status: Status, headers: HeaderMap) -> Status {
+    status.metadata_mut().as_mut().extend(headers);
+    status
+}
+
+/// Base64 as gRPC sends it: standard alphabet, padding optional.
+const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// `grpc-timeout`: the most precise unit whose value fits in 8 digits (as tonic writes it).
+fn grpc_timeout(timeout: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let secs = u128::from(timeout.as_secs());
+    let (value, unit) = [
+        (timeout.as_nanos(), 'n'),
+        (timeout.as_micros(), 'u'),
+        (timeout.as_millis(), 'm'),
+        (secs, 'S'),
+        (secs / 60, 'M'),
+    ]
+    .into_iter()
+    .find(|(value, _)| *value <= MAX)
+    .unwrap_or(((secs / 3600).min(MAX), 'H'));
+    HeaderValue::from_maybe_shared(Bytes::from(format!("{value}{unit}")))
+        .unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(grpc_timeout(Duration::from_millis(500)), "500000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(30)), "30000000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(grpc_timeout(Duration::from_nanos(7)), "7n");
+    }
+
+    #[test]
+    fn status_from_trailers() {
+        let mut map = HeaderMap::new();
+        map.insert(GRPC_STATUS, HeaderValue::from_static("5"));
+        map.insert(GRPC_MESSAGE, HeaderValue::from_static("no%20such"));
+        map.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("AQID"));
+        map.insert("x-extra", HeaderValue::from_static("1"));
+        let status = trailer_error(Some(map), StatusCode::OK).unwrap();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "no such");
+        assert_eq!(status.details(), &[1, 2, 3][..]);
+        assert_eq!(status.metadata().get("x-extra").unwrap(), "1");
+        assert!(status.metadata().get("grpc-status").is_none());
+
+        let mut bad = HeaderMap::new();
+        bad.insert(GRPC_STATUS, HeaderValue::from_static("13"));
+        bad.insert(GRPC_STATUS_DETAILS, HeaderValue::from_static("!!"));
+        assert!(
+            status_from(bad).details().is_empty(),
+            "bad base64: no panic"
+        );
+    }
+
+    #[test]
+    fn missing_status_follows_http() {
+        let status = trailer_error(None, StatusCode::SERVICE_UNAVAILABLE).unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            trailer_error(None, StatusCode::OK).unwrap().code(),
+            Code::Unknown
+        );
+    }
+}
