@@ -9,6 +9,8 @@
 //!   --duration SECS   measured time (default 10)
 //!   --warmup SECS     unmeasured time before it (default 1)
 //!   --confirms        direct: publisher confirms + mandatory, as the gateway publishes
+//!   --as-gateway      direct: the message the gateway would send (mandatory, expiration,
+//!                     trace headers), so that only the hop through the gateway differs
 //! ```
 //!
 //! The direct client is what a service would write by hand: one connection, one channel,
@@ -33,7 +35,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -44,7 +46,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const USAGE: &str = "usage: amqp_loadgen http URL BODY | direct AMQP_URL ROUTING_KEY BODY
-  options: --concurrency N (16)  --duration SECS (10)  --warmup SECS (1)  --confirms";
+  options: --concurrency N (16)  --duration SECS (10)  --warmup SECS (1)  --confirms  --as-gateway";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -66,11 +68,13 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     confirms: bool,
+    as_gateway: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut positional = Vec::new();
     let (mut concurrency, mut duration, mut warmup, mut confirms) = (16, 10.0, 1.0, false);
+    let mut as_gateway = false;
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         if !arg.starts_with("--") {
@@ -79,6 +83,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if arg == "--confirms" {
             confirms = true;
+            continue;
+        }
+        if arg == "--as-gateway" {
+            as_gateway = true;
             continue;
         }
         let value = argv
@@ -110,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
         confirms,
+        as_gateway,
     })
 }
 
@@ -171,6 +180,7 @@ struct DirectClient {
     routing_key: ShortString,
     body: Bytes,
     confirms: bool,
+    as_gateway: bool,
     next: Cell<u64>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<()>>>,
 }
@@ -181,6 +191,7 @@ impl DirectClient {
         routing_key: &str,
         body: Bytes,
         confirms: bool,
+        as_gateway: bool,
     ) -> Result<Rc<Self>, String> {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
@@ -213,6 +224,7 @@ impl DirectClient {
             routing_key: routing_key.into(),
             body,
             confirms,
+            as_gateway,
             next: Cell::new(0),
             waiting: RefCell::new(HashMap::new()),
         });
@@ -239,12 +251,23 @@ impl DirectClient {
         self.next.set(id);
         let (sender, reply) = oneshot::channel();
         self.waiting.borrow_mut().insert(id, sender);
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(id.to_string().into())
             .with_content_type("application/json".into());
+        if self.as_gateway {
+            // What proxy::amqp adds: the trace headers and the route timeout (5 s).
+            let mut headers = FieldTable::default();
+            let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+            headers.insert("x-trace-id".into(), AMQPValue::LongString(trace.into()));
+            headers.insert("traceparent".into(), AMQPValue::LongString(parent.into()));
+            properties = properties
+                .with_headers(headers)
+                .with_expiration("5000".into());
+        }
         let options = BasicPublishOptions {
-            mandatory: self.confirms,
+            mandatory: self.confirms || self.as_gateway,
             immediate: false,
         };
         let confirm = self
@@ -340,8 +363,14 @@ async fn run(args: &Args) -> Result<Results, String> {
             routing_key,
             body,
         } => {
-            let client =
-                DirectClient::connect(url, routing_key, body.clone(), args.confirms).await?;
+            let client = DirectClient::connect(
+                url,
+                routing_key,
+                body.clone(),
+                args.confirms,
+                args.as_gateway,
+            )
+            .await?;
             (0..args.concurrency)
                 .map(|_| Client::Direct(client.clone()))
                 .collect()
@@ -394,10 +423,11 @@ fn main() -> ExitCode {
     };
     let h = &results.latencies;
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-    let mode = match (&args.mode, args.confirms) {
-        (Mode::Http { .. }, _) => "http",
-        (Mode::Direct { .. }, false) => "direct",
-        (Mode::Direct { .. }, true) => "direct-confirms",
+    let mode = match (&args.mode, args.confirms, args.as_gateway) {
+        (Mode::Http { .. }, ..) => "http",
+        (Mode::Direct { .. }, true, _) => "direct-confirms",
+        (Mode::Direct { .. }, false, true) => "direct-as-gateway",
+        (Mode::Direct { .. }, false, false) => "direct",
     };
     println!(
         "rps={:.1} p50_us={:.1} p99_us={:.1} max_us={:.1} errors={} requests={} concurrency={} duration_s={} mode={mode}",

@@ -1,22 +1,59 @@
-//! JSON ↔ protobuf following the proto3 JSON mapping (prost-reflect dynamic messages),
-//! plus the HttpRule bindings that fill request fields from path variables and the query
-//! string. Everything that can be resolved at load time (field paths) is.
+//! JSON ↔ protobuf following the proto3 JSON mapping, plus the HttpRule bindings that
+//! fill request fields from path variables and the query string. Everything that can be
+//! resolved at load time (field paths, transcoding plans) is.
+//!
+//! Two ways through: prost-reflect's `DynamicMessage` (any message, and the reference),
+//! and for plain proto3 messages a byte-to-byte transcoder (`plan`, `to_proto`,
+//! `to_json`) that skips building a `DynamicMessage` and falls back to prost-reflect on
+//! any input it does not handle, so both give the same results and errors.
 
+#[cfg(test)]
+mod differential_tests;
 mod field_path;
+mod plan;
 mod query;
+mod to_json;
+mod to_proto;
 
 pub use field_path::{FieldPath, set_field_from_str, settable_from_text};
 pub use query::{QueryBinding, parse_query};
 
 use crate::config::JsonConfig;
 use crate::error::GatewayError;
+use prost::Message as _;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use std::sync::Arc;
 
 /// The JSON options of one configuration, prepared once.
 #[derive(Clone)]
 pub struct JsonCodec {
     deserialize: DeserializeOptions,
     serialize: SerializeOptions,
+    to_json: to_json::Options,
+}
+
+/// A message type ready for transcoding: its descriptor and, when it is plain proto3, its
+/// byte-level plan (compiled here, at load time).
+#[derive(Clone, Debug)]
+pub struct MessageType {
+    descriptor: MessageDescriptor,
+    plan: Option<Arc<plan::Plan>>,
+}
+
+impl MessageType {
+    pub fn new(descriptor: MessageDescriptor) -> Self {
+        let plan = plan::compile(&descriptor).map(Arc::new);
+        Self { descriptor, plan }
+    }
+
+    pub fn descriptor(&self) -> &MessageDescriptor {
+        &self.descriptor
+    }
+
+    /// Whether the byte-level transcoder handles this type (else prost-reflect does).
+    pub fn has_plan(&self) -> bool {
+        self.plan.is_some()
+    }
 }
 
 impl std::fmt::Debug for JsonCodec {
@@ -35,7 +72,58 @@ impl JsonCodec {
                 .use_proto_field_name(config.use_proto_names)
                 .use_enum_numbers(config.enums_as_ints)
                 .stringify_64_bit_integers(true),
+            to_json: to_json::Options {
+                proto_names: config.use_proto_names,
+                emit_defaults: config.emit_defaults,
+                enum_numbers: config.enums_as_ints,
+            },
         }
+    }
+
+    /// Appends the protobuf encoding of the JSON `body` (a `ty` message) to `out`. An
+    /// empty body is the empty message. Errors are 400 INVALID_ARGUMENT, as `decode`'s.
+    pub fn json_to_proto(
+        &self,
+        ty: &MessageType,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let start = out.len();
+        if let Some(plan) = &ty.plan {
+            if body.iter().all(u8::is_ascii_whitespace) || to_proto::encode(plan, body, out).is_ok()
+            {
+                return Ok(());
+            }
+            out.truncate(start);
+        }
+        let message = self.decode(&ty.descriptor, body)?;
+        message
+            .encode(out)
+            .map_err(|e| GatewayError::internal(format!("cannot encode the request: {e}")))
+    }
+
+    /// Appends the JSON form of the protobuf `bytes` (a `ty` message) to `out`. Bytes that
+    /// are not a valid `ty` are INTERNAL (the backend broke its contract).
+    pub fn proto_to_json(
+        &self,
+        ty: &MessageType,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let start = out.len();
+        if let Some(plan) = &ty.plan {
+            if to_json::write(plan, bytes, &self.to_json, out).is_ok() {
+                return Ok(());
+            }
+            out.truncate(start);
+        }
+        let message = DynamicMessage::decode(ty.descriptor.clone(), bytes).map_err(|e| {
+            GatewayError::internal(format!(
+                "backend sent an invalid {}: {e}",
+                ty.descriptor.full_name()
+            ))
+        })?;
+        self.encode_into(&message, out)
     }
 
     /// Parses a JSON body into a message of type `desc`. An empty body is the empty

@@ -3,15 +3,15 @@
 //! websocket routes share lookup and conflict detection).
 
 use super::amqp::AmqpBridge;
-use super::grpc::{GrpcBridge, LeanCodec};
+use super::grpc::{CODEC, GrpcBridge};
 use super::{Backend, WsRoute};
 use crate::config::AmqpTarget;
 use crate::config::mapping::{GrpcTarget, RouteSpec};
 use crate::routing::template::PathTemplate;
 use crate::schema::Schema;
 use crate::telemetry::WsMetrics;
+use crate::transcode::MessageType;
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::DynamicCodec;
 
 /// Compiles the route `spec` whose `websocket:` key is `path`. The error is one message
 /// for the route's `file:line`.
@@ -96,7 +96,9 @@ fn grpc_bridge(
         path: format!("/{}/{}", method.parent_service().full_name(), method.name())
             .parse()
             .map_err(|e| format!("method `{}`: {e}", method.full_name()))?,
-        codec: LeanCodec(DynamicCodec::new(method.output())),
+        codec: CODEC,
+        input: MessageType::new(method.input()),
+        output: MessageType::new(method.output()),
         method,
     })
 }

@@ -8,21 +8,25 @@
 //!
 //! The call opens when the socket does (a bidi server may speak first) and lives as long
 //! as the socket: the route `timeout` does not apply, idle and keep-alive limits do.
+//!
+//! Messages cross as encoded bytes (`RawCodec`): frames are transcoded JSON → protobuf
+//! and responses protobuf → JSON by `transcode::MessageType`, without building a
+//! `DynamicMessage` for plain proto3 types.
 
 use super::{Exchange, Finish, Inbound, Outbound};
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
+use crate::transcode::MessageType;
 use crate::upstream::grpc::status::status_to_error;
-use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
+use crate::upstream::grpc::{GrpcUpstream, RawCodec};
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use futures_util::stream::Stream;
 use http::uri::PathAndQuery;
-use prost_reflect::{DynamicMessage, MethodDescriptor};
+use prost_reflect::MethodDescriptor;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::{CancellationHandle, Status, Streaming};
 
@@ -30,10 +34,9 @@ use tonic::{CancellationHandle, Status, Streaming};
 const REQUEST_BUFFER: usize = 32;
 
 /// tonic's buffers for one call start this small (its default is 8 KiB each way, most of
-/// an idle socket's memory) and grow when messages need it.
-const CALL_BUFFER: usize = 256;
-/// tonic's default: how much encoded request data is sent in one go.
-const YIELD_THRESHOLD: usize = 32 << 10;
+/// an idle socket's memory) and grow when messages need it; the yield threshold (how much
+/// encoded request data is sent in one go) is tonic's default.
+pub const CODEC: RawCodec = RawCodec::with_buffers(256, 32 << 10);
 
 /// A websocket route onto a streaming gRPC method.
 pub struct GrpcBridge {
@@ -41,7 +44,9 @@ pub struct GrpcBridge {
     pub method: MethodDescriptor,
     /// `/package.Service/Method`.
     pub path: PathAndQuery,
-    pub codec: LeanCodec,
+    pub codec: RawCodec,
+    pub input: MessageType,
+    pub output: MessageType,
 }
 
 impl GrpcBridge {
@@ -59,9 +64,9 @@ impl GrpcBridge {
     /// Opens the call (connect + response headers), if the upstream's circuit breaker
     /// admits it. The opening is what metrics and the breaker count; in-stream errors
     /// reach the client in-band.
-    async fn open<S>(&self, request: tonic::Request<S>) -> Result<Streaming<DynamicMessage>, Status>
+    async fn open<S>(&self, request: tonic::Request<S>) -> Result<Streaming<Bytes>, Status>
     where
-        S: Stream<Item = DynamicMessage> + Send + 'static,
+        S: Stream<Item = Bytes> + Send + 'static,
     {
         let permit = match &self.upstream.breaker {
             Some(breaker) => Some(
@@ -75,7 +80,7 @@ impl GrpcBridge {
         let mut grpc = tonic::client::Grpc::new(self.upstream.connection().clone());
         let result = match grpc.ready().await {
             Ok(()) => grpc
-                .streaming(request, self.path.clone(), self.codec.clone())
+                .streaming(request, self.path.clone(), self.codec)
                 .await
                 .map(tonic::Response::into_inner),
             Err(e) => Err(Status::unavailable(format!(
@@ -101,28 +106,37 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
         mut inbound,
         outbound,
     } = exchange;
-    let input = bridge.method.input();
-    let decode = |frame: &Bytes| table.json.decode(&input, frame);
+    let decode = |frame: &Bytes| {
+        let mut message = Vec::with_capacity(frame.len());
+        table
+            .json
+            .json_to_proto(&bridge.input, frame, &mut message)
+            .map(|()| Bytes::from(message))
+    };
 
     if bridge.method.is_client_streaming() {
         let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
-        let requests = futures_util::StreamExt::map(
-            ReceiverStream::new(receiver),
-            |message: Box<DynamicMessage>| *message,
-        );
-        let mut request = grpc_request(metadata, requests);
+        let mut request = grpc_request(metadata, ReceiverStream::new(receiver));
         let requests = Requests {
             cancel: Some(request.cancellation_handle()),
             sender: Some(sender),
         };
         let feeding = Box::pin(feed(inbound, requests, &outbound, decode));
-        relay(Box::pin(bridge.open(request)), &table, &outbound, feeding).await
+        relay(
+            bridge,
+            Box::pin(bridge.open(request)),
+            &table,
+            &outbound,
+            feeding,
+        )
+        .await
     } else {
         let Some(first) = first_request(&mut inbound, &outbound, decode).await else {
             return Ok(()); // The client left, or ended, before asking anything.
         };
         let call = Box::pin(bridge.open(grpc_request(metadata, tokio_stream::once(first))));
         relay(
+            bridge,
             call,
             &table,
             &outbound,
@@ -145,9 +159,8 @@ fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> 
 /// left — it cancels first (RST_STREAM CANCEL), so the backend sees a cancelled call
 /// rather than a client that finished sending.
 struct Requests {
-    /// Boxed: the channel allocates a block of 32 slots up front, per socket, and a
-    /// `DynamicMessage` slot is many times a pointer's size.
-    sender: Option<mpsc::Sender<Box<DynamicMessage>>>,
+    /// Encoded request messages.
+    sender: Option<mpsc::Sender<Bytes>>,
     cancel: Option<CancellationHandle>,
 }
 
@@ -171,7 +184,8 @@ impl Drop for Requests {
 /// care of the client's frames. `call` and `input` come boxed, so that the socket's state
 /// holds them once (and the call's opening state is freed once it is open).
 async fn relay(
-    call: impl Future<Output = Result<Streaming<DynamicMessage>, Status>> + Unpin,
+    bridge: &GrpcBridge,
+    call: impl Future<Output = Result<Streaming<Bytes>, Status>> + Unpin,
     table: &RouteTable,
     outbound: &mpsc::Sender<Outbound>,
     input: impl Future<Output = ()> + Unpin,
@@ -182,7 +196,13 @@ async fn relay(
         // The next message is read only once the previous one is queued for the socket:
         // a slow client leaves the rest in HTTP/2 flow control.
         while let Some(message) = stream.message().await.map_err(to_error)? {
-            let frame = Outbound::json(table.json.encode_string(&message)?);
+            let mut json = Vec::with_capacity(2 * message.len() + 16);
+            table
+                .json
+                .proto_to_json(&bridge.output, &message, &mut json)?;
+            let json = String::from_utf8(json)
+                .map_err(|_| GatewayError::internal("the JSON transcoder wrote invalid UTF-8"))?;
+            let frame = Outbound::json(json);
             if outbound.send(frame).await.is_err() {
                 break; // The socket is closing.
             }
@@ -203,7 +223,7 @@ async fn feed(
     mut inbound: mpsc::Receiver<Inbound>,
     mut requests: Requests,
     outbound: &mpsc::Sender<Outbound>,
-    decode: impl Fn(&Bytes) -> Result<DynamicMessage, GatewayError>,
+    decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
 ) {
     while let Some(item) = inbound.recv().await {
         let refusal = match (item, &requests.sender) {
@@ -215,7 +235,7 @@ async fn feed(
             (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                 Ok(message) => {
                     // Fails only when the call is over; `relay` is finishing then.
-                    let _ = sender.send(Box::new(message)).await;
+                    let _ = sender.send(message).await;
                     continue;
                 }
                 Err(error) => error,
@@ -232,8 +252,8 @@ async fn feed(
 async fn first_request(
     inbound: &mut mpsc::Receiver<Inbound>,
     outbound: &mpsc::Sender<Outbound>,
-    decode: impl Fn(&Bytes) -> Result<DynamicMessage, GatewayError>,
-) -> Option<DynamicMessage> {
+    decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
+) -> Option<Bytes> {
     loop {
         match inbound.recv().await? {
             Inbound::End => return None,
@@ -261,52 +281,4 @@ fn ended() -> GatewayError {
         tonic::Code::FailedPrecondition,
         "the request stream has ended: no more messages on this socket",
     )
-}
-
-/// `DynamicCodec` with [`CALL_BUFFER`]-sized starting buffers.
-#[derive(Clone)]
-pub struct LeanCodec(pub DynamicCodec);
-
-/// An encoder or decoder of `DynamicCodec`, with small starting buffers.
-pub struct Lean<T>(T);
-
-impl Codec for LeanCodec {
-    type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
-    type Encoder = Lean<<DynamicCodec as Codec>::Encoder>;
-    type Decoder = Lean<<DynamicCodec as Codec>::Decoder>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Lean(self.0.encoder())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Lean(self.0.decoder())
-    }
-}
-
-impl<T: Encoder> Encoder for Lean<T> {
-    type Item = T::Item;
-    type Error = T::Error;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        self.0.encode(item, dst)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD)
-    }
-}
-
-impl<T: Decoder> Decoder for Lean<T> {
-    type Item = T::Item;
-    type Error = T::Error;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        self.0.decode(src)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD)
-    }
 }

@@ -7,7 +7,7 @@ pub mod health;
 pub mod status;
 mod unary;
 
-pub use codec::DynamicCodec;
+pub use codec::{DynamicCodec, RawCodec};
 pub use connection::Connection;
 
 use crate::config::{GrpcUpstreamConfig, UpstreamConfig};

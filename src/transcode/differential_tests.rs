@@ -1,0 +1,400 @@
+//! The byte-level transcoder against prost-reflect, which is the reference: random
+//! messages of a type with every kind of field, through both, must give the same JSON
+//! text and the same protobuf message; unusual inputs must fall back and still agree.
+
+use super::*;
+use crate::schema::Schema;
+use prost_reflect::{Kind, Value};
+
+const PROTO: &str = r#"
+syntax = "proto3";
+package difftest.v1;
+import "google/protobuf/timestamp.proto";
+
+enum Color { COLOR_UNSPECIFIED = 0; RED = 1; GREEN = 2; }
+
+message Inner {
+  string name = 1;
+  int32 n = 2;
+  Inner child = 3;
+  repeated Inner kids = 4;
+}
+
+message All {
+  double d = 1;
+  float f = 2;
+  int32 i32 = 3;
+  int64 i64 = 4;
+  uint32 u32 = 5;
+  uint64 u64 = 6;
+  sint32 s32 = 7;
+  sint64 s64 = 8;
+  fixed32 fx32 = 9;
+  fixed64 fx64 = 10;
+  sfixed32 sf32 = 11;
+  sfixed64 sf64 = 12;
+  bool b = 13;
+  string s = 14;
+  bytes by = 15;
+  Color color = 16;
+  Inner inner = 17;
+  repeated int32 ri32 = 18;
+  repeated string rs = 19;
+  repeated Inner rinner = 20;
+  repeated Color rcolor = 21;
+  repeated double rd = 22;
+  repeated sint64 rs64 = 23;
+  repeated bytes rby = 24;
+  optional int32 oi32 = 25;
+  optional string os = 26;
+  oneof choice {
+    string text = 27;
+    Inner nested = 28;
+    int64 num = 29;
+  }
+  repeated int32 unpacked = 30 [packed = false];
+  string camel_case_name = 31;
+  int32 late = 35;
+  int32 early = 34;
+  repeated fixed32 rfx32 = 36;
+  repeated bool rb = 37;
+}
+
+message WithMap { map<string, int32> m = 1; }
+message WithTimestamp { google.protobuf.Timestamp at = 1; }
+message HoldsMap { WithMap inside = 1; }
+"#;
+
+fn schema() -> Schema {
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-difftest-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("difftest.proto"), PROTO).unwrap();
+    let schema = Schema::load(std::slice::from_ref(&dir), &[]).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    schema
+}
+
+fn all_type(schema: &Schema) -> MessageType {
+    MessageType::new(schema.pool.get_message_by_name("difftest.v1.All").unwrap())
+}
+
+fn configs() -> Vec<JsonConfig> {
+    let mut configs = Vec::new();
+    for emit_defaults in [true, false] {
+        for use_proto_names in [false, true] {
+            for enums_as_ints in [false, true] {
+                configs.push(JsonConfig {
+                    emit_defaults,
+                    use_proto_names,
+                    enums_as_ints,
+                    ignore_unknown_fields: false,
+                });
+            }
+        }
+    }
+    configs
+}
+
+fn random_value(kind: &Kind, rng: &mut fastrand::Rng, depth: u32) -> Value {
+    let pick = rng.u8(..10);
+    match kind {
+        Kind::Double => Value::F64(
+            [
+                0.0,
+                -0.0,
+                1.5,
+                -2.25e-300,
+                1e300,
+                f64::NAN,
+                f64::INFINITY,
+                0.1,
+            ][rng.usize(..8)],
+        ),
+        Kind::Float => Value::F32(
+            [
+                0.0,
+                -0.0,
+                1.5,
+                3.4e38,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                0.1,
+                1e-40,
+            ][rng.usize(..8)],
+        ),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32([0, -1, 1, i32::MIN, i32::MAX, rng.i32(..)][usize::from(pick % 6)])
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64([0, -1, 1, i64::MIN, i64::MAX, rng.i64(..)][usize::from(pick % 6)])
+        }
+        Kind::Uint32 | Kind::Fixed32 => {
+            Value::U32([0, 1, u32::MAX, rng.u32(..)][usize::from(pick % 4)])
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            Value::U64([0, 1, u64::MAX, rng.u64(..)][usize::from(pick % 4)])
+        }
+        Kind::Bool => Value::Bool(rng.bool()),
+        Kind::String => Value::String(
+            [
+                "",
+                "plain",
+                "quote \" backslash \\ tab \t nl \n",
+                "ünïcödé ✓ 𝄞",
+                "\u{1}\u{1f}",
+                &"long ".repeat(40),
+            ][rng.usize(..6)]
+            .to_owned(),
+        ),
+        Kind::Bytes => {
+            let len = [0, 1, 2, 3, 200][rng.usize(..5)];
+            Value::Bytes((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>().into())
+        }
+        Kind::Enum(_) => Value::EnumNumber([0, 1, 2, 7, -3][rng.usize(..5)]),
+        Kind::Message(desc) => Value::Message(random_message(desc, rng, depth + 1)),
+    }
+}
+
+fn random_message(desc: &MessageDescriptor, rng: &mut fastrand::Rng, depth: u32) -> DynamicMessage {
+    let mut message = DynamicMessage::new(desc.clone());
+    for field in desc.fields() {
+        if depth > 3 && matches!(field.kind(), Kind::Message(_)) {
+            continue;
+        }
+        if !rng.bool() {
+            continue;
+        }
+        let value = if field.is_list() {
+            let len = rng.usize(..4);
+            Value::List(
+                (0..len)
+                    .map(|_| random_value(&field.kind(), rng, depth))
+                    .collect(),
+            )
+        } else {
+            random_value(&field.kind(), rng, depth)
+        };
+        message.set_field(&field, value);
+    }
+    message
+}
+
+fn reference_json(codec: &JsonCodec, message: &DynamicMessage) -> String {
+    String::from_utf8(codec.encode(message).unwrap()).unwrap()
+}
+
+/// The message's fields in reverse order (the records of one field keep theirs): still the
+/// same message for a decoder.
+fn reversed_records(bytes: &[u8]) -> Vec<u8> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let before = rest;
+        let key = prost::encoding::decode_varint(&mut rest).unwrap();
+        match key & 7 {
+            0 => drop(prost::encoding::decode_varint(&mut rest).unwrap()),
+            1 => rest = &rest[8..],
+            5 => rest = &rest[4..],
+            2 => {
+                let len = prost::encoding::decode_varint(&mut rest).unwrap() as usize;
+                rest = &rest[len..];
+            }
+            _ => unreachable!(),
+        }
+        records.push((key >> 3, &before[..before.len() - rest.len()]));
+    }
+    records.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+    records
+        .into_iter()
+        .flat_map(|(_, record)| record.to_vec())
+        .collect()
+}
+
+#[test]
+fn plans_only_plain_proto3_messages() {
+    let schema = schema();
+    let ty = |name: &str| MessageType::new(schema.pool.get_message_by_name(name).unwrap());
+    assert!(ty("difftest.v1.All").has_plan());
+    assert!(ty("difftest.v1.Inner").has_plan());
+    assert!(!ty("difftest.v1.WithMap").has_plan());
+    assert!(!ty("difftest.v1.WithTimestamp").has_plan());
+    assert!(!ty("difftest.v1.HoldsMap").has_plan());
+    assert!(!ty("google.protobuf.Timestamp").has_plan());
+}
+
+#[test]
+fn random_messages_transcode_as_prost_reflect_does() {
+    let schema = schema();
+    let ty = all_type(&schema);
+    let plan = ty.plan.as_deref().unwrap();
+    let codecs: Vec<JsonCodec> = configs().iter().map(JsonCodec::new).collect();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for round in 0..400 {
+        let bytes = random_message(ty.descriptor(), &mut rng, 0).encode_to_vec();
+        // What a backend's bytes decode to (an in-memory -0.0 is not encoded, for one).
+        let message = DynamicMessage::decode(ty.descriptor().clone(), bytes.as_slice()).unwrap();
+        for (codec, config) in codecs.iter().zip(configs()) {
+            // protobuf → JSON, records in order and reversed.
+            let expected = reference_json(codec, &message);
+            for input in [bytes.clone(), reversed_records(&bytes)] {
+                let mut fast = Vec::new();
+                to_json::write(plan, &input, &codec.to_json, &mut fast)
+                    .unwrap_or_else(|_| panic!("round {round}: fast path refused {message:?}"));
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    expected,
+                    "round {round}, {config:?}"
+                );
+            }
+            // JSON → protobuf: the same message as prost-reflect parses.
+            let mut encoded = Vec::new();
+            to_proto::encode(plan, expected.as_bytes(), &mut encoded)
+                .unwrap_or_else(|e| panic!("round {round}: fast path refused {expected}: {e}"));
+            let ours = DynamicMessage::decode(ty.descriptor().clone(), encoded.as_slice()).unwrap();
+            let reference = codec.decode(ty.descriptor(), expected.as_bytes()).unwrap();
+            assert_eq!(
+                ours.encode_to_vec(),
+                reference.encode_to_vec(),
+                "round {round}, {config:?}: {expected}"
+            );
+        }
+    }
+}
+
+/// Runs both paths of `JsonCodec` on `json` and checks they agree: same message, or the
+/// same error.
+fn agree(codec: &JsonCodec, ty: &MessageType, json: &str) -> Result<DynamicMessage, String> {
+    let mut bytes = Vec::new();
+    let ours = codec
+        .json_to_proto(ty, json.as_bytes(), &mut bytes)
+        .map(|()| DynamicMessage::decode(ty.descriptor().clone(), bytes.as_slice()).unwrap());
+    let reference = codec.decode(ty.descriptor(), json.as_bytes());
+    match (ours, reference) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.encode_to_vec(), b.encode_to_vec(), "{json}");
+            Ok(a)
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a.message, b.message, "{json}");
+            Err(a.message)
+        }
+        (a, b) => panic!("{json}: fast {a:?} vs reference {b:?}"),
+    }
+}
+
+#[test]
+fn json_inputs_agree_with_prost_reflect() {
+    let schema = schema();
+    let ty = all_type(&schema);
+    let strict = JsonCodec::new(&JsonConfig::default());
+    let lenient = JsonCodec::new(&JsonConfig {
+        ignore_unknown_fields: true,
+        ..Default::default()
+    });
+    let ok = [
+        r#"{}"#,
+        r#"  "#,
+        r#"{"i32": "-5", "i64": 12, "u64": "18446744073709551615", "d": "NaN", "f": "-Infinity"}"#,
+        r#"{"i32": 3.0, "u32": 1e3, "d": 1e-7, "f": 2, "sf64": "-9223372036854775808"}"#,
+        r#"{"s": "esc \" \\ \u00e9 \ud834\udd1e", "by": "-_8=", "rby": ["AQID", "AQI", ""]}"#,
+        r#"{"color": "GREEN", "rcolor": ["RED", 2, 9], "camelCaseName": "x", "camel_case_name": "y"}"#,
+        r#"{"inner": {"name": "a", "child": {"n": 2, "kids": [{}, {"name": "k"}]}}}"#,
+        r#"{"inner": null, "s": null, "ri32": null, "oi32": 0, "os": ""}"#,
+        r#"{"text": "t"}"#,
+        r#"{"i32": 1, "i32": 2, "inner": {"n": 1}, "inner": {"name": "b"}}"#,
+        r#"{"nested": {}, "text": null}"#,
+        r#"{"unpacked": [1, -2, 3], "ri32": [], "rd": [0.5, "Infinity"], "rb": [true, false]}"#,
+        r#"{"late": 1, "early": 2, "rfx32": [4294967295]}"#,
+    ];
+    for json in ok {
+        agree(&strict, &ty, json).unwrap_or_else(|e| panic!("{json}: {e}"));
+    }
+    // Long nested data: lengths that need more than one byte.
+    let long = format!(
+        r#"{{"inner": {{"name": "{}", "kids": [{{"name": "{}"}}]}}, "rs": ["{}"]}}"#,
+        "n".repeat(300),
+        "k".repeat(20000),
+        "s".repeat(128)
+    );
+    agree(&strict, &ty, &long).unwrap();
+
+    let refused = [
+        r#"{"nope": 1}"#,
+        r#"{"i32": 1, "i_32": 2}"#,
+        r#"{"text": "a", "num": 1}"#,
+        r#"{"i32": 1.5}"#,
+        r#"{"i32": 3000000000}"#,
+        r#"{"u32": -1}"#,
+        r#"{"f": 1e39}"#,
+        r#"{"b": "true"}"#,
+        r#"{"color": "BLUE"}"#,
+        r#"{"by": "not base64!"}"#,
+        r#"{"ri32": [1, null]}"#,
+        r#"{"inner": []}"#,
+        r#"[]"#,
+        r#"{"s": "x"} trailing"#,
+        r#"{"s": "x""#,
+    ];
+    for json in refused {
+        assert!(agree(&strict, &ty, json).is_err(), "{json} was accepted");
+    }
+    // What only a lenient codec takes (the fast path refuses, prost-reflect accepts).
+    for json in [
+        r#"{"nope": {"deep": [1]}, "s": "kept"}"#,
+        r#"{"color": "BLUE", "i32": 4}"#,
+    ] {
+        agree(&lenient, &ty, json).unwrap();
+    }
+}
+
+#[test]
+fn unusual_wire_input_falls_back_and_agrees() {
+    let schema = schema();
+    let ty = all_type(&schema);
+    let codec = JsonCodec::new(&JsonConfig::default());
+    let check = |bytes: &[u8]| {
+        let mut ours = Vec::new();
+        let result = codec.proto_to_json(&ty, bytes, &mut ours);
+        match DynamicMessage::decode(ty.descriptor().clone(), bytes) {
+            Ok(message) => {
+                result.unwrap();
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    reference_json(&codec, &message)
+                );
+            }
+            Err(_) => assert!(result.is_err()),
+        }
+    };
+    let inner = |name: &str, n: u8| {
+        let mut record = vec![0x0a, name.len() as u8];
+        record.extend_from_slice(name.as_bytes());
+        record.extend_from_slice(&[0x10, n]);
+        record
+    };
+    let field = |number: u8, payload: &[u8]| {
+        let mut record = vec![number << 3 | 2, payload.len() as u8];
+        record.extend_from_slice(payload);
+        record
+    };
+    // Field 17 (inner) twice: the decoder merges the two records.
+    check(&[field(17, &inner("a", 1)), field(17, &inner("", 5))].concat());
+    // Two members of the oneof: the last one wins.
+    check(&[field(27, b"text"), field(28, &inner("x", 1))].concat());
+    // An int32 written twice: the last one wins.
+    check(&[0x18, 0x01, 0x18, 0x02]);
+    // Packed and unpacked records of one repeated field.
+    check(&[0x92, 0x01, 0x02, 0x01, 0x02, 0x90, 0x01, 0x03]);
+    // An unknown field, and an unknown field as a group.
+    check(&[0xf8, 0x06, 0x01, 0x18, 0x07]);
+    check(&[0xfb, 0x06, 0xfc, 0x06, 0x18, 0x07]);
+    // Wrong wire type, truncated records, bad UTF-8: errors on both paths.
+    check(&[0x1d, 0, 0, 0, 0]);
+    check(&[0x72, 0x05, b'a']);
+    check(&[0x72, 0x01, 0xff]);
+    check(&[0x18]);
+}
