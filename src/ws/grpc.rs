@@ -13,7 +13,7 @@
 //! and responses protobuf → JSON by `transcode::MessageType`, without building a
 //! `DynamicMessage` for plain proto3 types.
 
-use super::{Exchange, Finish, Inbound, Outbound};
+use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx};
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
 use crate::transcode::MessageType;
@@ -116,7 +116,11 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
 
     if bridge.method.is_client_streaming() {
         let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
-        let mut request = grpc_request(metadata, ReceiverStream::new(receiver));
+        let requests =
+            futures_util::StreamExt::map(ReceiverStream::new(receiver), |message: Box<Bytes>| {
+                *message
+            });
+        let mut request = grpc_request(metadata, requests);
         let requests = Requests {
             cancel: Some(request.cancellation_handle()),
             sender: Some(sender),
@@ -159,8 +163,9 @@ fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> 
 /// left — it cancels first (RST_STREAM CANCEL), so the backend sees a cancelled call
 /// rather than a client that finished sending.
 struct Requests {
-    /// Encoded request messages.
-    sender: Option<mpsc::Sender<Bytes>>,
+    /// Encoded request messages, boxed: the channel allocates a block of 32 slots up
+    /// front, per socket, and a pointer is a quarter of a `Bytes`.
+    sender: Option<mpsc::Sender<Box<Bytes>>>,
     cancel: Option<CancellationHandle>,
 }
 
@@ -187,7 +192,7 @@ async fn relay(
     bridge: &GrpcBridge,
     call: impl Future<Output = Result<Streaming<Bytes>, Status>> + Unpin,
     table: &RouteTable,
-    outbound: &mpsc::Sender<Outbound>,
+    outbound: &OutboundTx,
     input: impl Future<Output = ()> + Unpin,
 ) -> Finish {
     let to_error = |status: Status| status_to_error(&status, &table.schema.pool, &table.json);
@@ -220,9 +225,9 @@ async fn relay(
 /// request stream (half-close); a frame that does not parse, or comes after the end, is
 /// refused with an error frame and the socket stays open.
 async fn feed(
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut inbound: InboundRx,
     mut requests: Requests,
-    outbound: &mpsc::Sender<Outbound>,
+    outbound: &OutboundTx,
     decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
 ) {
     while let Some(item) = inbound.recv().await {
@@ -235,7 +240,7 @@ async fn feed(
             (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                 Ok(message) => {
                     // Fails only when the call is over; `relay` is finishing then.
-                    let _ = sender.send(message).await;
+                    let _ = sender.send(Box::new(message)).await;
                     continue;
                 }
                 Err(error) => error,
@@ -250,8 +255,8 @@ async fn feed(
 /// The first frame that parses; bad ones are refused in-band. `None` when the client
 /// leaves or sends `{"end": true}` first.
 async fn first_request(
-    inbound: &mut mpsc::Receiver<Inbound>,
-    outbound: &mpsc::Sender<Outbound>,
+    inbound: &mut InboundRx,
+    outbound: &OutboundTx,
     decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
 ) -> Option<Bytes> {
     loop {
@@ -266,7 +271,7 @@ async fn first_request(
 }
 
 /// A server-streaming method takes one request: later frames are refused in-band.
-async fn refuse_more(mut inbound: mpsc::Receiver<Inbound>, outbound: &mpsc::Sender<Outbound>) {
+async fn refuse_more(mut inbound: InboundRx, outbound: &OutboundTx) {
     while let Some(item) = inbound.recv().await {
         if let Inbound::Frame(_) = item
             && outbound.send(Outbound::rejected(ended())).await.is_err()

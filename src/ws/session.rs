@@ -11,7 +11,7 @@
 //! bounded wait for the client's close reply.
 
 use super::handshake::Admission;
-use super::{Exchange, Finish, Inbound, Outbound, WsRoute};
+use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx, WsRoute};
 use crate::error::GatewayError;
 use crate::routing::{RouteTable, Target};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -97,8 +97,8 @@ pub async fn run(socket: WebSocket, session: Session) {
     let exchange = Exchange {
         table: table.clone(),
         metadata,
-        inbound: inbound_rx,
-        outbound: outbound_tx,
+        inbound: InboundRx(inbound_rx),
+        outbound: OutboundTx(outbound_tx),
     };
 
     // Everything in the `select!` is dropped when it returns: an unfinished backend call
@@ -148,7 +148,7 @@ async fn relay(
 /// Client frames → `inbound`, until the client closes or breaks a limit.
 async fn read(
     stream: &mut Stream,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Box<Inbound>>,
     ws: &WsRoute,
     admission: &Admission,
     activity: &Activity,
@@ -183,7 +183,7 @@ async fn read(
         };
         // Waiting here is the backpressure; it is not a silent peer.
         activity.waiting.store(true, Ordering::Relaxed);
-        let sent = inbound.send(frame).await;
+        let sent = inbound.send(Box::new(frame)).await;
         activity.waiting.store(false, Ordering::Relaxed);
         if sent.is_err() {
             // The backend is done; `relay` is about to end the socket.
@@ -196,7 +196,7 @@ async fn read(
 /// once the backend is done and everything it sent is written.
 async fn write(
     sink: &mut Sink,
-    outbound: &mut mpsc::Receiver<Outbound>,
+    outbound: &mut mpsc::Receiver<Box<Outbound>>,
     ws: &WsRoute,
     ping_interval: Option<Duration>,
     activity: &Activity,
@@ -221,11 +221,11 @@ async fn write(
                 None => return sink.flush().await,
             },
         };
-        sink.feed(frame(first)).await?;
+        sink.feed(frame(*first)).await?;
         let mut written = 1;
         while written < MAX_BATCH {
             let Ok(item) = outbound.try_recv() else { break };
-            sink.feed(frame(item)).await?;
+            sink.feed(frame(*item)).await?;
             written += 1;
         }
         sink.flush().await?;
