@@ -8,10 +8,10 @@ use crate::middleware::deadline::effective_timeout;
 use crate::routing::{BodyRule, GrpcRoute, RouteTable};
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::set_field_from_str;
-use crate::upstream::grpc::Call;
 use crate::upstream::grpc::status::{
     append_metadata_headers, metadata_from_headers, status_to_error,
 };
+use crate::upstream::grpc::{Call, unary};
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -31,7 +31,7 @@ pub async fn call(
     trace: &TraceContext,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
-    let message = build_message(table, route, &parts, body, captures).await?;
+    let framed = build_request(table, route, &parts, body, captures).await?;
 
     let mut metadata = HeaderMap::new();
     metadata_from_headers(&parts.headers, &mut metadata);
@@ -53,7 +53,7 @@ pub async fn call(
         path: route.path.clone(),
         codec: route.codec.clone(),
         metadata: MetadataMap::from_headers(metadata),
-        message,
+        framed,
         timeout,
         idempotent: route.idempotent,
     };
@@ -122,6 +122,32 @@ pub async fn call(
     Ok(response)
 }
 
+/// The request message, framed for gRPC: straight from the JSON body when the body is the
+/// whole message and nothing else sets fields (the byte-level transcoder), else through a
+/// `DynamicMessage` built by `build_message`.
+async fn build_request(
+    table: &RouteTable,
+    route: &GrpcRoute,
+    parts: &http::request::Parts,
+    body: Body,
+    captures: Vec<String>,
+) -> Result<Bytes, GatewayError> {
+    let framed = if matches!(route.body, BodyRule::Whole)
+        && route.path_fields.is_empty()
+        && parts.uri.query().is_none_or(str::is_empty)
+    {
+        let json =
+            read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+        let mut framed = Vec::with_capacity(unary::FRAME_PREFIX.len() + json.len());
+        framed.extend_from_slice(&unary::FRAME_PREFIX);
+        table.json.json_to_proto(&route.input, &json, &mut framed)?;
+        unary::finish_frame(framed)
+    } else {
+        unary::frame(&build_message(table, route, parts, body, captures).await?)
+    };
+    framed.map_err(|status| GatewayError::internal(status.message().to_owned()))
+}
+
 /// Path variables, query parameters and body → the request message.
 async fn build_message(
     table: &RouteTable,
@@ -176,13 +202,27 @@ async fn build_message(
     Ok(message)
 }
 
-/// The JSON body of a response: the message, its `response_body` field, or the
-/// backend-for-frontend subset of its fields.
+/// The JSON body of a response: the message (transcoded from its bytes), its
+/// `response_body` field, or the backend-for-frontend subset of its fields.
 fn encode_response(
     table: &RouteTable,
     route: &GrpcRoute,
-    message: &DynamicMessage,
+    encoded: &Bytes,
 ) -> Result<Vec<u8>, GatewayError> {
+    if route.response_body.is_none() && route.response_fields.is_none() {
+        let mut json = Vec::with_capacity(2 * encoded.len() + 16);
+        table
+            .json
+            .proto_to_json(&route.output, encoded, &mut json)?;
+        return Ok(json);
+    }
+    let output = route.output.descriptor();
+    let message = &DynamicMessage::decode(output.clone(), encoded.as_ref()).map_err(|e| {
+        GatewayError::internal(format!(
+            "backend sent an invalid {}: {e}",
+            output.full_name()
+        ))
+    })?;
     if let Some(path) = &route.response_body {
         let field = path.last();
         // A singular message field: encode it directly.

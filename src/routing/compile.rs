@@ -11,6 +11,7 @@ use crate::config::{DEFAULT_TIMEOUT, GatewayConfig, LoadErrors, Location, Source
 use crate::middleware::{Middleware, RoutePolicy};
 use crate::schema::Schema;
 use crate::telemetry::RouteMetrics;
+use crate::transcode::MessageType;
 use crate::transcode::{FieldPath, QueryBinding};
 use crate::upstream::Upstreams;
 use crate::upstream::grpc::DynamicCodec;
@@ -381,6 +382,8 @@ impl Compiler<'_> {
             path: format!("/{}/{}", method.parent_service().full_name(), method.name())
                 .parse()
                 .expect("service and method names are valid path characters"),
+            input: MessageType::new(method.input()),
+            output: MessageType::new(output.clone()),
             codec: DynamicCodec::new(output),
             server_streaming: method.is_server_streaming(),
             method: method.clone(),

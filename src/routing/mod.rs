@@ -11,7 +11,7 @@ use crate::config::{GatewayConfig, Limits, Location};
 use crate::middleware::{Middleware, RoutePolicy};
 use crate::schema::Schema;
 use crate::telemetry::RouteMetrics;
-use crate::transcode::{FieldPath, JsonCodec, QueryBinding};
+use crate::transcode::{FieldPath, JsonCodec, MessageType, QueryBinding};
 use crate::upstream::Upstreams;
 use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
 use bytes::Bytes;
@@ -66,6 +66,9 @@ pub struct GrpcRoute {
     /// `/package.Service/Method`.
     pub path: http::uri::PathAndQuery,
     pub codec: DynamicCodec,
+    /// The request and response types, ready for the byte-level transcoder.
+    pub input: MessageType,
+    pub output: MessageType,
     pub server_streaming: bool,
     /// Field set by each template variable, in `template.variables` order.
     pub path_fields: Vec<FieldPath>,

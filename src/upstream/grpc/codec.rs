@@ -3,12 +3,11 @@
 //! from the wire with `transcode::MessageType`).
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-/// Encodes any dynamic message; decodes responses as `response` messages.
+/// Sends encoded request messages; decodes responses as `response` messages.
 #[derive(Clone, Debug)]
 pub struct DynamicCodec {
     response: MessageDescriptor,
@@ -26,30 +25,17 @@ impl DynamicCodec {
 }
 
 impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
+    type Encode = Bytes;
     type Decode = DynamicMessage;
-    type Encoder = DynamicEncoder;
+    type Encoder = RawCodec;
     type Decoder = DynamicDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
+        RawCodec::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         DynamicDecoder(self.response.clone())
-    }
-}
-
-#[derive(Debug)]
-pub struct DynamicEncoder;
-
-impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("cannot encode request: {e}")))
     }
 }
 

@@ -5,7 +5,7 @@ mod codec;
 pub mod connection;
 pub mod health;
 pub mod status;
-mod unary;
+pub mod unary;
 
 pub use codec::{DynamicCodec, RawCodec};
 pub use connection::Connection;
@@ -14,6 +14,7 @@ use crate::config::{GrpcUpstreamConfig, UpstreamConfig};
 use crate::telemetry::UpstreamMetrics;
 use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::retry::RetryPolicy;
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost_reflect::DynamicMessage;
 use std::sync::Arc;
@@ -119,7 +120,9 @@ impl GrpcUpstream {
     /// deadline bounds it (sent as `grpc-timeout` and enforced here: one timer per
     /// attempt), and an idempotent call is retried on UNAVAILABLE within the deadline and
     /// the retry budget.
-    pub async fn unary(&self, call: Call) -> Result<Response<DynamicMessage>, Status> {
+    /// One unary call (retried when safe and allowed); the response message comes back
+    /// encoded, for the caller to transcode.
+    pub async fn unary(&self, call: Call) -> Result<Response<Bytes>, Status> {
         let deadline = Instant::now() + call.timeout;
         let retry = self.retry.as_ref().filter(|_| call.idempotent);
         if let Some(retry) = retry {
@@ -127,7 +130,7 @@ impl GrpcUpstream {
         }
         let mut attempt = 0;
         // Encoded once; a retry resends the same bytes.
-        let framed = unary::frame(&call.message)?;
+        let framed = call.framed;
         // Without retries the metadata is moved into the one attempt, not cloned.
         let mut metadata = Some(call.metadata.into_headers());
         loop {
@@ -146,7 +149,6 @@ impl GrpcUpstream {
                     call.path.clone(),
                     this_try,
                     framed.clone(),
-                    call.codec.response(),
                     remaining,
                 ),
             )
@@ -180,8 +182,9 @@ impl GrpcUpstream {
         call: Call,
     ) -> Result<Response<Streaming<DynamicMessage>>, Status> {
         let permit = self.admit()?;
-        let mut request =
-            Request::from_parts(call.metadata, tonic::Extensions::default(), call.message);
+        // The message without its gRPC prefix: tonic frames it again.
+        let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
+        let mut request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         request.set_timeout(call.timeout);
         let started = Instant::now();
         let mut grpc = tonic::client::Grpc::new(self.connection().clone());
@@ -225,7 +228,8 @@ pub struct Call {
     pub path: PathAndQuery,
     pub codec: DynamicCodec,
     pub metadata: MetadataMap,
-    pub message: DynamicMessage,
+    /// The request message with its gRPC prefix (`unary::frame`, `unary::finish_frame`).
+    pub framed: Bytes,
     pub timeout: Duration,
     /// Safe to retry (GET, or a route marked `idempotent`).
     pub idempotent: bool,

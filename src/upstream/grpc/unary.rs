@@ -1,8 +1,9 @@
 //! Unary calls as one framed body. The request message is encoded with its 5-byte gRPC
 //! prefix into one buffer and sent as a body of known size, so HEADERS and DATA (with
 //! END_STREAM) leave in one write and no streaming body has to be driven; the response
-//! body is collected and its one message decoded. Statuses, trailers-only responses and
-//! metadata follow what tonic's client does, so callers see the same results.
+//! body is collected and its one message returned as bytes (the caller transcodes it).
+//! Statuses, trailers-only responses and metadata follow what tonic's client does, so
+//! callers see the same results.
 
 use super::connection::Connection;
 use base64::Engine;
@@ -10,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Either, Full};
 use prost::Message;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use std::time::Duration;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Response, Status};
@@ -28,6 +29,19 @@ const RESERVED: [HeaderName; 3] = [
     GRPC_MESSAGE,
     HeaderName::from_static("grpc-message-type"),
 ];
+
+/// An encoded request message behind room for its gRPC prefix: write the message after
+/// `FRAME_PREFIX` placeholder bytes, then `finish_frame`.
+pub const FRAME_PREFIX: [u8; 5] = [0; 5];
+
+/// Fills in the gRPC prefix of a buffer begun with `FRAME_PREFIX` (uncompressed).
+pub fn finish_frame(mut buf: Vec<u8>) -> Result<Bytes, Status> {
+    let len = buf.len().saturating_sub(FRAME_PREFIX.len());
+    let prefix = u32::try_from(len)
+        .map_err(|_| Status::internal(format!("request message too large: {len} bytes")))?;
+    buf[1..5].copy_from_slice(&prefix.to_be_bytes());
+    Ok(Bytes::from(buf))
+}
 
 /// `message` with the gRPC length prefix (uncompressed), ready to send (and resend).
 pub fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
@@ -50,9 +64,8 @@ pub async fn call(
     path: http::uri::PathAndQuery,
     mut metadata: HeaderMap,
     framed: Bytes,
-    output: &MessageDescriptor,
     timeout: Duration,
-) -> Result<Response<DynamicMessage>, Status> {
+) -> Result<Response<Bytes>, Status> {
     for name in RESERVED {
         metadata.remove(name);
     }
@@ -88,7 +101,7 @@ pub async fn call(
     }
 
     let (data, trailers) = collect(body).await?;
-    let message = match decode(data, output) {
+    let message = match message_bytes(data) {
         Ok(Some(message)) => message,
         Ok(None) => {
             return Err(match trailer_error(trailers, parts.status) {
@@ -150,8 +163,8 @@ async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<Heade
     Ok((joined.map(BytesMut::freeze).unwrap_or(data), trailers))
 }
 
-/// The first message of a response body; `None` when there is none.
-fn decode(mut data: Bytes, output: &MessageDescriptor) -> Result<Option<DynamicMessage>, Status> {
+/// The first message of a response body, encoded; `None` when there is none.
+fn message_bytes(mut data: Bytes) -> Result<Option<Bytes>, Status> {
     if data.is_empty() {
         return Ok(None);
     }
@@ -179,14 +192,7 @@ fn decode(mut data: Bytes, output: &MessageDescriptor) -> Result<Option<DynamicM
         return Err(Status::internal("Unexpected EOF decoding stream."));
     }
     data.truncate(len);
-    DynamicMessage::decode(output.clone(), data)
-        .map(Some)
-        .map_err(|e| {
-            Status::internal(format!(
-                "backend sent an invalid {}: {e}",
-                output.full_name()
-            ))
-        })
+    Ok(Some(data))
 }
 
 fn too_large(len: usize) -> Status {
