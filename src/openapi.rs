@@ -352,8 +352,8 @@ impl<'t> Builder<'t> {
     ) -> Value {
         let base = format!("amqp_{}{}", route.method, route.template.text);
         let id = self.operation_id(&identifier(&base));
-        let mut schema = |desc: &Option<MessageDescriptor>| match desc {
-            Some(desc) => self.schemas.message(desc),
+        let mut schema = |ty: &Option<crate::transcode::MessageType>| match ty {
+            Some(ty) => self.schemas.message(ty.descriptor()),
             None => json!({}),
         };
         let (request, reply) = (schema(&amqp.request_type), schema(&amqp.response_type));

@@ -6,10 +6,10 @@ use super::template::PathTemplate;
 use crate::config::mapping::RouteSpec;
 use crate::config::{AmqpTarget, DEFAULT_TIMEOUT};
 use crate::schema::Schema;
+use crate::transcode::MessageType;
 use crate::upstream::Upstreams;
 use crate::upstream::amqp::AmqpUpstream;
 use lapin::types::ShortString;
-use prost_reflect::MessageDescriptor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ pub struct AmqpRoute {
     /// `body: "*"`: the request body is the message; otherwise the message is empty.
     pub reads_body: bool,
     /// JSON request bodies are sent as this protobuf message.
-    pub request_type: Option<MessageDescriptor>,
+    pub request_type: Option<MessageType>,
     /// Protobuf replies are decoded as this message and answered as JSON.
-    pub response_type: Option<MessageDescriptor>,
+    pub response_type: Option<MessageType>,
     /// `x-path-<variable>` header names, in the template's variable order.
     pub path_headers: Vec<ShortString>,
     pub timeout: Duration,
@@ -172,12 +172,13 @@ pub fn compile_target(
         })?;
     let exchange = ShortString::try_new(target.exchange.as_str())
         .map_err(|e| format!("exchange `{}`: {e}", target.exchange))?;
-    let message = |name: &Option<String>, key: &str| -> Result<Option<MessageDescriptor>, String> {
+    let message = |name: &Option<String>, key: &str| -> Result<Option<MessageType>, String> {
         name.as_deref()
             .map(|name| {
                 schema
                     .pool
                     .get_message_by_name(name)
+                    .map(MessageType::new)
                     .ok_or_else(|| format!("{key} `{name}` is not a message in the descriptors"))
             })
             .transpose()

@@ -5,12 +5,10 @@
 
 use super::Reply;
 use crate::error::GatewayError;
-use crate::transcode::JsonCodec;
+use crate::transcode::{JsonCodec, MessageType};
 use http::{HeaderName, HeaderValue, StatusCode};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";
@@ -21,10 +19,12 @@ const PERSISTENT: u8 = 2;
 /// never reaches the broker.
 pub fn typed_payload(
     json: &JsonCodec,
-    request_type: &MessageDescriptor,
+    request_type: &MessageType,
     body: &[u8],
 ) -> Result<Vec<u8>, GatewayError> {
-    Ok(json.decode(request_type, body)?.encode_to_vec())
+    let mut payload = Vec::with_capacity(body.len());
+    json.json_to_proto(request_type, body, &mut payload)?;
+    Ok(payload)
 }
 
 /// An AMQP header value carrying text (or bytes) as a long string.
@@ -66,7 +66,7 @@ pub fn properties(
 /// (e.g. a JSON error from the worker).
 pub fn reply_body(
     json: &JsonCodec,
-    response_type: Option<&MessageDescriptor>,
+    response_type: Option<&MessageType>,
     reply: Reply,
 ) -> Result<(Vec<u8>, Option<ShortString>), GatewayError> {
     let content_type = reply.properties.content_type().clone();
@@ -75,14 +75,9 @@ pub fn reply_body(
         content_type.as_ref().map(ShortString::as_str),
     ) {
         (Some(response_type), None | Some(PROTOBUF)) => {
-            let message = DynamicMessage::decode(response_type.clone(), reply.body.as_slice())
-                .map_err(|e| {
-                    GatewayError::internal(format!(
-                        "the reply is not a valid `{}`: {e}",
-                        response_type.full_name()
-                    ))
-                })?;
-            Ok((json.encode(&message)?, Some(JSON.into())))
+            let mut body = Vec::with_capacity(2 * reply.body.len() + 16);
+            json.proto_to_json(response_type, &reply.body, &mut body)?;
+            Ok((body, Some(JSON.into())))
         }
         _ => Ok((reply.body, content_type)),
     }
