@@ -39,9 +39,13 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A base port with $1 consecutive free ports after it.
 free_ports() {
-  local count=$1 base i
+  local count=$1 base i ephemeral=32768
+  # Below the ephemeral range: a port some client socket (or one in TIME_WAIT after a
+  # benchmark's thousands of connections) holds cannot be listened on.
+  [[ -r /proc/sys/net/ipv4/ip_local_port_range ]] &&
+    read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range
   for _ in {1..50}; do
-    base=$((20000 + RANDOM % 40000))
+    base=$((10000 + RANDOM % (ephemeral - 10000 - count)))
     for ((i = 0; i < count; i++)); do listening $((base + i)) && continue 2; done
     echo "$base"
     return
