@@ -392,6 +392,21 @@ fn unusual_wire_input_falls_back_and_agrees() {
     // An unknown field, and an unknown field as a group.
     check(&[0xf8, 0x06, 0x01, 0x18, 0x07]);
     check(&[0xfb, 0x06, 0xfc, 0x06, 0x18, 0x07]);
+    // Nested deeper than prost's recursion limit (Inner.child, field 3 of Inner, inside
+    // All.inner): refused on both paths, without exhausting the stack.
+    for depth in [98, 99, 100, 101, 5000] {
+        let mut nested = inner("leaf", 1);
+        for _ in 0..depth {
+            let mut record = vec![0x1a];
+            prost::encoding::encode_varint(nested.len() as u64, &mut record);
+            record.extend_from_slice(&nested);
+            nested = record;
+        }
+        let mut bytes = vec![0x8a, 0x01];
+        prost::encoding::encode_varint(nested.len() as u64, &mut bytes);
+        bytes.extend_from_slice(&nested);
+        check(&bytes);
+    }
     // Wrong wire type, truncated records, bad UTF-8: errors on both paths.
     check(&[0x1d, 0, 0, 0, 0]);
     check(&[0x72, 0x05, b'a']);

@@ -23,6 +23,10 @@ pub struct Options {
     pub enum_numbers: bool,
 }
 
+/// Nesting deeper than this is left to prost-reflect, whose decoder refuses it (prost's
+/// recursion limit): a backend must not be able to exhaust the gateway's stack.
+const MAX_DEPTH: u32 = 100;
+
 /// This input is for prost-reflect to handle.
 #[derive(Debug)]
 pub struct Unsupported;
@@ -35,7 +39,7 @@ pub fn write(
     options: &Options,
     out: &mut Vec<u8>,
 ) -> Result<(), Unsupported> {
-    message(plan, 0, bytes, options, out)
+    message(plan, 0, bytes, options, out, 0)
 }
 
 /// One record of a known field: its field index and where its value lies in the input.
@@ -54,7 +58,11 @@ fn message(
     bytes: &[u8],
     options: &Options,
     out: &mut Vec<u8>,
+    depth: u32,
 ) -> Result<(), Unsupported> {
+    if depth >= MAX_DEPTH {
+        return Err(Unsupported);
+    }
     let message = &plan.messages[index];
     let entries = read_entries(&message.fields, bytes)?;
 
@@ -99,7 +107,7 @@ fn message(
                         out.push(b',');
                     }
                     first_element = false;
-                    write_value(plan, value, options, out)?;
+                    write_value(plan, value, options, out, depth)?;
                     if !packed {
                         break;
                     }
@@ -112,7 +120,7 @@ fn message(
         let Some(last) = records.last() else {
             if !field.presence && options.emit_defaults {
                 write_key(out, field, options, &mut first);
-                write_value(plan, default_value(field.scalar), options, out)?;
+                write_value(plan, default_value(field.scalar), options, out, depth)?;
             }
             continue;
         };
@@ -127,7 +135,7 @@ fn message(
             continue;
         }
         write_key(out, field, options, &mut first);
-        write_value(plan, value, options, out)?;
+        write_value(plan, value, options, out, depth)?;
     }
     out.push(b'}');
     Ok(())
@@ -305,11 +313,13 @@ fn write_key(out: &mut Vec<u8>, field: &FieldPlan, options: &Options, first: &mu
     });
 }
 
+/// Writes one value; `depth` is that of the message holding it.
 fn write_value(
     plan: &Plan,
     value: Value<'_>,
     options: &Options,
     out: &mut Vec<u8>,
+    depth: u32,
 ) -> Result<(), Unsupported> {
     let mut digits = itoa::Buffer::new();
     match value {
@@ -343,7 +353,7 @@ fn write_value(
             Some(name) if !options.enum_numbers => quoted(out, name.as_bytes()),
             _ => out.extend_from_slice(digits.format(number).as_bytes()),
         },
-        Value::Message(index, data) => message(plan, index, data, options, out)?,
+        Value::Message(index, data) => message(plan, index, data, options, out, depth + 1)?,
     }
     Ok(())
 }
