@@ -10,6 +10,7 @@ const PROTO: &str = r#"
 syntax = "proto3";
 package difftest.v1;
 import "google/protobuf/timestamp.proto";
+import "google/protobuf/duration.proto";
 
 enum Color { COLOR_UNSPECIFIED = 0; RED = 1; GREEN = 2; }
 
@@ -58,10 +59,13 @@ message All {
   int32 early = 34;
   repeated fixed32 rfx32 = 36;
   repeated bool rb = 37;
+  google.protobuf.Timestamp at = 38;
+  repeated google.protobuf.Timestamp ats = 39;
 }
 
 message WithMap { map<string, int32> m = 1; }
 message WithTimestamp { google.protobuf.Timestamp at = 1; }
+message WithDuration { google.protobuf.Duration d = 1; }
 message HoldsMap { WithMap inside = 1; }
 "#;
 
@@ -155,6 +159,31 @@ fn random_value(kind: &Kind, rng: &mut fastrand::Rng, depth: u32) -> Value {
             Value::Bytes((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>().into())
         }
         Kind::Enum(_) => Value::EnumNumber([0, 1, 2, 7, -3][rng.usize(..5)]),
+        Kind::Message(desc) if desc.full_name() == "google.protobuf.Timestamp" => {
+            // Within RFC 3339's years 1..=9999, at every precision the output can take.
+            let seconds = [
+                -62_135_596_800,
+                0,
+                1_700_000_000,
+                253_402_300_799,
+                rng.i64(-62_135_596_800..=253_402_300_799),
+            ];
+            let nanos = [
+                0,
+                1,
+                500_000_000,
+                123_000,
+                999_999_999,
+                rng.i32(0..1_000_000_000),
+            ];
+            let timestamp = prost_types::Timestamp {
+                seconds: seconds[rng.usize(..seconds.len())],
+                nanos: nanos[rng.usize(..nanos.len())],
+            };
+            let mut message = DynamicMessage::new(desc.clone());
+            message.transcode_from(&timestamp).unwrap();
+            Value::Message(message)
+        }
         Kind::Message(desc) => Value::Message(random_message(desc, rng, depth + 1)),
     }
 }
@@ -220,8 +249,9 @@ fn plans_only_plain_proto3_messages() {
     let ty = |name: &str| MessageType::new(schema.pool.get_message_by_name(name).unwrap());
     assert!(ty("difftest.v1.All").has_plan());
     assert!(ty("difftest.v1.Inner").has_plan());
+    assert!(ty("difftest.v1.WithTimestamp").has_plan());
     assert!(!ty("difftest.v1.WithMap").has_plan());
-    assert!(!ty("difftest.v1.WithTimestamp").has_plan());
+    assert!(!ty("difftest.v1.WithDuration").has_plan());
     assert!(!ty("difftest.v1.HoldsMap").has_plan());
     assert!(!ty("google.protobuf.Timestamp").has_plan());
 }
@@ -250,10 +280,22 @@ fn random_messages_transcode_as_prost_reflect_does() {
                     "round {round}, {config:?}"
                 );
             }
-            // JSON → protobuf: the same message as prost-reflect parses.
+            // JSON → protobuf: the same message as prost-reflect parses. Timestamps are
+            // parsed by prost-reflect (the fast path refuses them, the codec falls back).
             let mut encoded = Vec::new();
-            to_proto::encode(plan, expected.as_bytes(), &mut encoded)
-                .unwrap_or_else(|e| panic!("round {round}: fast path refused {expected}: {e}"));
+            let fast = to_proto::encode(plan, expected.as_bytes(), &mut encoded);
+            let has_timestamps = ["at", "ats"]
+                .iter()
+                .any(|name| message.has_field_by_name(name));
+            if has_timestamps {
+                assert!(fast.is_err(), "round {round}: {expected}");
+                encoded.clear();
+                codec
+                    .json_to_proto(&ty, expected.as_bytes(), &mut encoded)
+                    .unwrap();
+            } else {
+                fast.unwrap_or_else(|e| panic!("round {round}: fast path refused {expected}: {e}"));
+            }
             let ours = DynamicMessage::decode(ty.descriptor().clone(), encoded.as_slice()).unwrap();
             let reference = codec.decode(ty.descriptor(), expected.as_bytes()).unwrap();
             assert_eq!(
@@ -359,13 +401,13 @@ fn unusual_wire_input_falls_back_and_agrees() {
     let check = |bytes: &[u8]| {
         let mut ours = Vec::new();
         let result = codec.proto_to_json(&ty, bytes, &mut ours);
-        match DynamicMessage::decode(ty.descriptor().clone(), bytes) {
-            Ok(message) => {
+        let reference = DynamicMessage::decode(ty.descriptor().clone(), bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|message| codec.encode(&message).map_err(|e| e.message));
+        match reference {
+            Ok(json) => {
                 result.unwrap();
-                assert_eq!(
-                    String::from_utf8(ours).unwrap(),
-                    reference_json(&codec, &message)
-                );
+                assert_eq!(ours, json);
             }
             Err(_) => assert!(result.is_err()),
         }
@@ -407,9 +449,39 @@ fn unusual_wire_input_falls_back_and_agrees() {
         bytes.extend_from_slice(&nested);
         check(&bytes);
     }
+    // A timestamp beyond year 9999 (field 38: seconds = 10^12), and two records of one
+    // timestamp (merged by the decoder).
+    let mut far = vec![0x08];
+    prost::encoding::encode_varint(1_000_000_000_000, &mut far);
+    check(&[vec![0xb2, 0x02, far.len() as u8], far].concat());
+    check(&[0xb2, 0x02, 0x02, 0x08, 0x05, 0xb2, 0x02, 0x02, 0x10, 0x07]);
     // Wrong wire type, truncated records, bad UTF-8: errors on both paths.
     check(&[0x1d, 0, 0, 0, 0]);
     check(&[0x72, 0x05, b'a']);
     check(&[0x72, 0x01, 0xff]);
     check(&[0x18]);
+}
+
+/// The demo shop's types, which the benchmarks and the README's examples go through, take
+/// the byte-level path: a change that made them fall back would go unnoticed otherwise.
+#[test]
+fn demo_shop_types_have_plans() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("descriptors/shop");
+    let schema = Schema::load(&[dir], &[]).unwrap();
+    for name in [
+        "shop.catalog.v1.GetProductRequest",
+        "shop.catalog.v1.Product",
+        "shop.catalog.v1.ListProductsResponse",
+        "shop.catalog.v1.PriceUpdate",
+        "shop.orders.v1.PlaceOrderRequest",
+        "shop.orders.v1.Order",
+        "shop.reviews.v1.ListReviewsResponse",
+        "shop.inventory.v1.Stock",
+        "shop.chat.v1.ChatMessage",
+        "shop.shipping.v1.QuoteRequest",
+        "shop.shipping.v1.Quote",
+    ] {
+        let desc = schema.pool.get_message_by_name(name).unwrap();
+        assert!(MessageType::new(desc).has_plan(), "{name} has no plan");
+    }
 }

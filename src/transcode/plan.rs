@@ -3,10 +3,11 @@
 //! their JSON keys already escaped, enum names by number and by name.
 //!
 //! Only plain proto3 messages get a plan: scalars, enums, nested messages (recursion
-//! included), repeated fields, oneofs and `optional`. A message that holds, anywhere below
-//! it, a map, a group, a well-known type (`google.protobuf.*`, which has its own JSON
-//! form), `NullValue`, an enum with aliases, or comes from a proto2 file, has none, and
-//! goes through prost-reflect's `DynamicMessage` instead.
+//! included), repeated fields, oneofs, `optional`, and `google.protobuf.Timestamp` (as
+//! common in responses as it is simple). A message that holds, anywhere below it, a map,
+//! a group, another well-known type (`google.protobuf.*`, each with its own JSON form),
+//! `NullValue`, an enum with aliases, or comes from a proto2 file, has none, and goes
+//! through prost-reflect's `DynamicMessage` instead.
 
 use prost_reflect::{EnumDescriptor, Kind, MessageDescriptor, Syntax};
 use std::collections::HashMap;
@@ -70,6 +71,8 @@ pub(super) enum Scalar {
     Enum(usize),
     /// Index in `Plan::messages`.
     Message(usize),
+    /// `google.protobuf.Timestamp`: an RFC 3339 string in JSON.
+    Timestamp,
 }
 
 #[derive(Debug)]
@@ -111,7 +114,7 @@ impl Scalar {
         match self {
             Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => 1,
             Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => 5,
-            Scalar::String | Scalar::Bytes | Scalar::Message(_) => 2,
+            Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Timestamp => 2,
             _ => 0,
         }
     }
@@ -176,6 +179,9 @@ impl Builder {
                 Kind::String => Scalar::String,
                 Kind::Bytes => Scalar::Bytes,
                 Kind::Enum(e) => Scalar::Enum(self.enumeration(&e)?),
+                Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+                    Scalar::Timestamp
+                }
                 Kind::Message(m) => Scalar::Message(self.message(&m)?),
             };
             let oneof = field

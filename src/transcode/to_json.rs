@@ -124,7 +124,7 @@ fn message(
             }
             continue;
         };
-        if let Scalar::Message(_) = field.scalar
+        if let Scalar::Message(_) | Scalar::Timestamp = field.scalar
             && records.len() > 1
         {
             return Err(Unsupported); // several records of one message merge
@@ -206,6 +206,7 @@ enum Value<'a> {
     Bytes(&'a [u8]),
     Enum(usize, i32),
     Message(usize, &'a [u8]),
+    Timestamp(&'a [u8]),
 }
 
 impl Value<'_> {
@@ -221,7 +222,7 @@ impl Value<'_> {
             Value::Str(v) => v.is_empty(),
             Value::Bytes(v) => v.is_empty(),
             Value::Enum(_, v) => v == 0,
-            Value::Message(..) => false,
+            Value::Message(..) | Value::Timestamp(_) => false,
         }
     }
 }
@@ -240,6 +241,7 @@ fn default_value(scalar: Scalar) -> Value<'static> {
         Scalar::Enum(index) => Value::Enum(index, 0),
         // Message fields have presence: never written when absent.
         Scalar::Message(index) => Value::Message(index, &[]),
+        Scalar::Timestamp => Value::Timestamp(&[]),
     }
 }
 
@@ -251,6 +253,7 @@ fn read_whole(scalar: Scalar, data: &[u8]) -> Result<Value<'_>, Unsupported> {
             .map_err(|_| Unsupported),
         Scalar::Bytes => Ok(Value::Bytes(data)),
         Scalar::Message(index) => Ok(Value::Message(index, data)),
+        Scalar::Timestamp => Ok(Value::Timestamp(data)),
         _ => {
             let mut rest = data;
             let value = read_value(scalar, &mut rest)?;
@@ -297,7 +300,9 @@ fn read_value<'a>(scalar: Scalar, data: &mut &'a [u8]) -> Result<Value<'a>, Unsu
         Scalar::Fixed64 => Value::U64(fixed64(data)?),
         Scalar::Sfixed64 => Value::I64(fixed64(data)? as i64),
         Scalar::Double => Value::F64(f64::from_bits(fixed64(data)?)),
-        Scalar::String | Scalar::Bytes | Scalar::Message(_) => return Err(Unsupported),
+        Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Timestamp => {
+            return Err(Unsupported);
+        }
     })
 }
 
@@ -354,8 +359,23 @@ fn write_value(
             _ => out.extend_from_slice(digits.format(number).as_bytes()),
         },
         Value::Message(index, data) => message(plan, index, data, options, out, depth + 1)?,
+        Value::Timestamp(data) => timestamp(data, out)?,
     }
     Ok(())
+}
+
+/// RFC 3339 as prost-reflect writes it (`prost_types::Timestamp`'s `Display`), within
+/// the range it accepts (years 1 to 9999; beyond, it fails, and so does the fallback).
+fn timestamp(data: &[u8], out: &mut Vec<u8>) -> Result<(), Unsupported> {
+    use prost::Message as _;
+    use std::io::Write as _;
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    let timestamp = prost_types::Timestamp::decode(data).map_err(|_| Unsupported)?;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds) {
+        return Err(Unsupported);
+    }
+    write!(out, "\"{timestamp}\"").map_err(|_| Unsupported)
 }
 
 fn quoted(out: &mut Vec<u8>, text: &[u8]) {

@@ -5,7 +5,8 @@
 //! It accepts what prost-reflect accepts (the same number, string and base64 rules; the
 //! visitors below mirror `prost_reflect::dynamic::serde::de::kind`), but gives up on
 //! anything unusual — an unknown key, a repeated key, two members of one oneof, an unknown
-//! enum name, any parse error — with an error the caller answers by running prost-reflect
+//! enum name, a timestamp (its strict RFC 3339 check is prost-reflect's), any parse
+//! error — with an error the caller answers by running prost-reflect
 //! on the same input. So the result and the error messages are always prost-reflect's;
 //! this path only has to be right on the input it takes.
 
@@ -255,6 +256,9 @@ impl<'de> DeserializeSeed<'de> for Value<'_> {
                 .deserialize(deserializer)?;
                 end_length(out, start);
             }
+            Scalar::Timestamp => {
+                return Err(D::Error::custom("a timestamp: prost-reflect parses it"));
+            }
             Scalar::String => {
                 let text = deserializer.deserialize_string(StrVisitor)?;
                 if keep_default || !text.is_empty() {
@@ -368,7 +372,7 @@ impl<'de> DeserializeSeed<'de> for NumberSeed<'_> {
                 let v = d.deserialize_any(EnumVisitor(&self.1.enums[index].by_name))?;
                 (Number::Varint(i64::from(v) as u64), v == 0)
             }
-            Scalar::String | Scalar::Bytes | Scalar::Message(_) => {
+            Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Timestamp => {
                 return Err(D::Error::custom("not a number"));
             }
         })
