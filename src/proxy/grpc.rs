@@ -210,19 +210,9 @@ fn encode_response(
     encoded: &Bytes,
 ) -> Result<Vec<u8>, GatewayError> {
     if route.response_body.is_none() && route.response_fields.is_none() {
-        let mut json = Vec::with_capacity(2 * encoded.len() + 16);
-        table
-            .json
-            .proto_to_json(&route.output, encoded, &mut json)?;
-        return Ok(json);
+        return table.json.proto_to_json(&route.output, encoded);
     }
-    let output = route.output.descriptor();
-    let message = &DynamicMessage::decode(output.clone(), encoded.as_ref()).map_err(|e| {
-        GatewayError::internal(format!(
-            "backend sent an invalid {}: {e}",
-            output.full_name()
-        ))
-    })?;
+    let message = route.output.decode(encoded)?;
     if let Some(path) = &route.response_body {
         let field = path.last();
         // A singular message field: encode it directly.
@@ -232,7 +222,7 @@ fn encode_response(
         {
             return table.json.encode(inner);
         }
-        let mut whole = table.json.to_value(message)?;
+        let mut whole = table.json.to_value(&message)?;
         let key = if table.config.json.use_proto_names {
             field.name()
         } else {
@@ -244,14 +234,12 @@ fn encode_response(
             .unwrap_or(serde_json::Value::Null);
         return serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()));
     }
-    if let Some(fields) = &route.response_fields {
-        let mut whole = table.json.to_value(message)?;
-        if let Some(object) = whole.as_object_mut() {
-            object.retain(|key, _| fields.iter().any(|f| f == key));
-        }
-        return serde_json::to_vec(&whole).map_err(|e| GatewayError::internal(e.to_string()));
+    // `response_fields`: the backend-for-frontend subset.
+    let mut whole = table.json.to_value(&message)?;
+    if let (Some(fields), Some(object)) = (&route.response_fields, whole.as_object_mut()) {
+        object.retain(|key, _| fields.iter().any(|f| f == key));
     }
-    table.json.encode(message)
+    serde_json::to_vec(&whole).map_err(|e| GatewayError::internal(e.to_string()))
 }
 
 #[derive(Clone, Copy)]

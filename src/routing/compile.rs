@@ -11,8 +11,7 @@ use crate::config::{DEFAULT_TIMEOUT, GatewayConfig, LoadErrors, Location, Source
 use crate::middleware::{Middleware, RoutePolicy};
 use crate::schema::Schema;
 use crate::telemetry::RouteMetrics;
-use crate::transcode::MessageType;
-use crate::transcode::{FieldPath, QueryBinding};
+use crate::transcode::{FieldPath, MessageType, QueryBinding};
 use crate::upstream::Upstreams;
 use crate::upstream::grpc::DynamicCodec;
 use crate::upstream::grpc::status::header_value;

@@ -54,6 +54,17 @@ impl MessageType {
     pub fn has_plan(&self) -> bool {
         self.plan.is_some()
     }
+
+    /// Encoded bytes from a backend as a `DynamicMessage`; bytes that are not a valid
+    /// message of this type are INTERNAL (the backend broke its contract).
+    pub fn decode(&self, bytes: &[u8]) -> Result<DynamicMessage, GatewayError> {
+        DynamicMessage::decode(self.descriptor.clone(), bytes).map_err(|e| {
+            GatewayError::internal(format!(
+                "backend sent an invalid {}: {e}",
+                self.descriptor.full_name()
+            ))
+        })
+    }
 }
 
 impl std::fmt::Debug for JsonCodec {
@@ -102,28 +113,18 @@ impl JsonCodec {
             .map_err(|e| GatewayError::internal(format!("cannot encode the request: {e}")))
     }
 
-    /// Appends the JSON form of the protobuf `bytes` (a `ty` message) to `out`. Bytes that
-    /// are not a valid `ty` are INTERNAL (the backend broke its contract).
-    pub fn proto_to_json(
-        &self,
-        ty: &MessageType,
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), GatewayError> {
-        let start = out.len();
+    /// The JSON form of the protobuf `bytes` (a `ty` message). Bytes that are not a valid
+    /// `ty` are INTERNAL (the backend broke its contract).
+    pub fn proto_to_json(&self, ty: &MessageType, bytes: &[u8]) -> Result<Vec<u8>, GatewayError> {
+        let mut out = Vec::with_capacity(2 * bytes.len() + 16);
         if let Some(plan) = &ty.plan {
-            if to_json::write(plan, bytes, &self.to_json, out).is_ok() {
-                return Ok(());
+            if to_json::write(plan, bytes, &self.to_json, &mut out).is_ok() {
+                return Ok(out);
             }
-            out.truncate(start);
+            out.clear();
         }
-        let message = DynamicMessage::decode(ty.descriptor.clone(), bytes).map_err(|e| {
-            GatewayError::internal(format!(
-                "backend sent an invalid {}: {e}",
-                ty.descriptor.full_name()
-            ))
-        })?;
-        self.encode_into(&message, out)
+        self.encode_into(&ty.decode(bytes)?, &mut out)?;
+        Ok(out)
     }
 
     /// Parses a JSON body into a message of type `desc`. An empty body is the empty
@@ -168,19 +169,6 @@ impl JsonCodec {
         let mut serializer = serde_json::Serializer::new(out);
         message
             .serialize_with_options(&mut serializer, &self.serialize)
-            .map_err(|e| GatewayError::internal(format!("cannot encode response as JSON: {e}")))
-    }
-
-    /// `message` as a JSON `String`, without re-checking UTF-8 (serde_json only writes
-    /// valid UTF-8): for text frames, which must be strings.
-    pub fn encode_string(&self, message: &DynamicMessage) -> Result<String, GatewayError> {
-        struct WithOptions<'a>(&'a DynamicMessage, &'a SerializeOptions);
-        impl serde::Serialize for WithOptions<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                self.0.serialize_with_options(serializer, self.1)
-            }
-        }
-        serde_json::to_string(&WithOptions(message, &self.serialize))
             .map_err(|e| GatewayError::internal(format!("cannot encode response as JSON: {e}")))
     }
 

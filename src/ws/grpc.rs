@@ -201,10 +201,7 @@ async fn relay(
         // The next message is read only once the previous one is queued for the socket:
         // a slow client leaves the rest in HTTP/2 flow control.
         while let Some(message) = stream.message().await.map_err(to_error)? {
-            let mut json = Vec::with_capacity(2 * message.len() + 16);
-            table
-                .json
-                .proto_to_json(&bridge.output, &message, &mut json)?;
+            let json = table.json.proto_to_json(&bridge.output, &message)?;
             let json = String::from_utf8(json)
                 .map_err(|_| GatewayError::internal("the JSON transcoder wrote invalid UTF-8"))?;
             let frame = Outbound::json(json);

@@ -74,11 +74,10 @@ pub fn reply_body(
         response_type,
         content_type.as_ref().map(ShortString::as_str),
     ) {
-        (Some(response_type), None | Some(PROTOBUF)) => {
-            let mut body = Vec::with_capacity(2 * reply.body.len() + 16);
-            json.proto_to_json(response_type, &reply.body, &mut body)?;
-            Ok((body, Some(JSON.into())))
-        }
+        (Some(response_type), None | Some(PROTOBUF)) => Ok((
+            json.proto_to_json(response_type, &reply.body)?,
+            Some(JSON.into()),
+        )),
         _ => Ok((reply.body, content_type)),
     }
 }

@@ -17,11 +17,6 @@ impl DynamicCodec {
     pub fn new(response: MessageDescriptor) -> Self {
         Self { response }
     }
-
-    /// The response message type.
-    pub fn response(&self) -> &MessageDescriptor {
-        &self.response
-    }
 }
 
 impl Codec for DynamicCodec {

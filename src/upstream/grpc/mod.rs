@@ -119,9 +119,8 @@ impl GrpcUpstream {
     /// A unary call with the upstream's policies: the circuit breaker admits it, the
     /// deadline bounds it (sent as `grpc-timeout` and enforced here: one timer per
     /// attempt), and an idempotent call is retried on UNAVAILABLE within the deadline and
-    /// the retry budget.
-    /// One unary call (retried when safe and allowed); the response message comes back
-    /// encoded, for the caller to transcode.
+    /// the retry budget. The response message comes back encoded, for the caller to
+    /// transcode.
     pub async fn unary(&self, call: Call) -> Result<Response<Bytes>, Status> {
         let deadline = Instant::now() + call.timeout;
         let retry = self.retry.as_ref().filter(|_| call.idempotent);
