@@ -1,16 +1,37 @@
 //! The one error type of the gateway. Every failure — made by the gateway or returned
 //! by a backend — becomes a `google.rpc.Status` JSON body with the HTTP status of the
-//! standard gRPC → HTTP table (contract §5).
+//! standard gRPC → HTTP table (docs/http.md).
+//!
+//! An error knows where it came from ([`Origin`]): the circuit breaker and retries
+//! decide from origin and code, never from message text. An error may carry a `cause`
+//! that is for the log only (addresses, broker texts, type names); the client then sees a
+//! generic message for its code, and the trace id in `x-trace-id` to quote to an operator.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tonic::Code;
 
+/// Who caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The request itself: bad input, missing credentials, a limit, a deadline the client
+    /// shortened. Never counts against a backend.
+    Client,
+    /// The gateway: its configuration or an internal step.
+    Gateway,
+    /// A backend: its answer, or failing to reach it in time.
+    Upstream,
+}
+
 /// A failure on its way to the client, shaped like `google.rpc.Status`.
 #[derive(Debug, Clone)]
 pub struct GatewayError {
     pub code: Code,
+    /// What the client reads. Never an address, a broker text or a stack of causes.
     pub message: String,
+    pub origin: Origin,
+    /// For the log only: the detail behind a generic `message`.
+    pub cause: Option<Box<str>>,
     /// `details` as already-rendered JSON values (`{"@type": …, …}`).
     pub details: Vec<serde_json::Value>,
     /// Overrides the status derived from `code` (413, 414, 405, …).
@@ -21,10 +42,28 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
+    /// An error whose origin follows from its code: codes that describe the request
+    /// (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, …) are the client's, others the
+    /// gateway's. Backend answers are marked [`Origin::Upstream`] where they are converted.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let origin = match code {
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Cancelled
+            | Code::Unimplemented => Origin::Client,
+            _ => Origin::Gateway,
+        };
         Self {
             code,
             message: message.into(),
+            origin,
+            cause: None,
             details: Vec::new(),
             http_status: None,
             headers: None,
@@ -47,8 +86,31 @@ impl GatewayError {
         Self::new(Code::DeadlineExceeded, message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(Code::Internal, message)
+    /// An internal failure: `cause` goes to the log, the client reads "internal error".
+    pub fn internal(cause: impl Into<String>) -> Self {
+        Self::new(Code::Internal, "internal error").with_cause(cause)
+    }
+
+    /// A failure whose client-facing text is `message` and whose detail (an address, a
+    /// broker error, a file) stays in the log.
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into().into_boxed_str());
+        self
+    }
+
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Whether this failure may count against a backend (circuit breaker, outlier
+    /// detection): only upstream-caused UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL.
+    pub fn is_backend_failure(&self) -> bool {
+        self.origin == Origin::Upstream
+            && matches!(
+                self.code,
+                Code::Unavailable | Code::DeadlineExceeded | Code::Internal
+            )
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -95,7 +157,13 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&self.to_json()).unwrap_or_default())
     }
 
+    /// The rescue: every error leaves the gateway through here. The cause, if any, is
+    /// logged (inside the request's span, so with its trace id); the client gets the
+    /// `google.rpc.Status` body without it.
     pub fn into_response(self) -> http::Response<axum::body::Body> {
+        if let Some(cause) = &self.cause {
+            tracing::warn!(code = ?self.code, origin = ?self.origin, %cause, "{}", self.message);
+        }
         let status = self.http_status();
         let body = self.body_bytes();
         let mut response = http::Response::new(axum::body::Body::from(body));
@@ -114,7 +182,11 @@ impl GatewayError {
 
 impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
+        write!(f, "{:?}: {}", self.code, self.message)?;
+        match &self.cause {
+            Some(cause) => write!(f, " ({cause})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -229,6 +301,22 @@ mod tests {
             code_for_http_status(StatusCode::BAD_GATEWAY),
             Code::Internal
         );
+    }
+
+    #[test]
+    fn causes_stay_out_of_the_body() {
+        let err = GatewayError::unavailable("upstream `catalog` is unavailable")
+            .with_origin(Origin::Upstream)
+            .with_cause("cannot connect to http://10.1.2.3:50051: connection refused");
+        let body = String::from_utf8(err.body_bytes().to_vec()).unwrap();
+        assert!(!body.contains("10.1.2.3"), "{body}");
+        assert!(err.is_backend_failure());
+        let internal = GatewayError::internal("cannot encode shop.catalog.v1.Product");
+        let body = String::from_utf8(internal.body_bytes().to_vec()).unwrap();
+        assert!(!body.contains("shop.catalog"), "{body}");
+        assert_eq!(internal.origin, Origin::Gateway);
+        assert!(!internal.is_backend_failure());
+        assert_eq!(GatewayError::invalid_argument("x").origin, Origin::Client);
     }
 
     #[test]

@@ -1,26 +1,110 @@
-//! Client-supplied deadlines: a smaller `grpc-timeout` or `x-request-timeout` than the
-//! route's timeout shortens the backend call (never lengthens it).
+//! The deadline of a request: the route's timeout, or the client's `grpc-timeout` /
+//! `x-request-timeout` when that is shorter (never longer). It is fixed once, at
+//! admission ([`Deadline::admit`]), and every later phase spends from the same budget:
+//! reading the body, each backend attempt, a composed step.
+//!
+//! A deadline the client shortened is the client's choice: when it runs out, the failure
+//! is the client's ([`Origin::Client`]) and never counts against the backend (so a
+//! client cannot open a circuit breaker for everyone with `x-request-timeout: 0`).
 
+use crate::error::{GatewayError, Origin};
 use http::HeaderMap;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// The effective deadline of a call: the route's, or the client's if smaller.
+/// Client deadlines below this are refused with 400: no backend can answer in less, and
+/// they would only turn into guaranteed DEADLINE_EXCEEDED answers.
+pub const MIN_CLIENT_DEADLINE: Duration = Duration::from_millis(1);
+
+/// When a request must be answered by, fixed at admission.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+    /// The whole budget, as granted at admission.
+    pub budget: Duration,
+    /// The client's own deadline, shorter than the route's, set this one.
+    pub client_set: bool,
+}
+
+impl Deadline {
+    /// The request's deadline from the route's timeout and the client's headers. A
+    /// malformed, zero or too-short client deadline is a 400.
+    pub fn admit(route_timeout: Duration, headers: &HeaderMap) -> Result<Self, GatewayError> {
+        let client = client_deadline(headers)?;
+        let (budget, client_set) = match client {
+            Some(client) if client < route_timeout => (client, true),
+            _ => (route_timeout, false),
+        };
+        Ok(Self {
+            at: Instant::now() + budget,
+            budget,
+            client_set,
+        })
+    }
+
+    /// A deadline `budget` from now that no client chose (a step, a background call).
+    pub fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+            budget,
+            client_set: false,
+        }
+    }
+
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
+    /// What is left of the budget (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// The DEADLINE_EXCEEDED error for `what` running out of this deadline: the
+    /// client's own when the client shortened it.
+    pub fn exceeded(&self, what: impl Into<String>) -> GatewayError {
+        let error = GatewayError::deadline_exceeded(what);
+        if self.client_set {
+            error.with_origin(Origin::Client)
+        } else {
+            error.with_origin(Origin::Upstream)
+        }
+    }
+}
+
+/// The shorter of the client's `grpc-timeout` and `x-request-timeout`, if any.
+fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
+    let mut shortest: Option<Duration> = None;
+    for (name, parse) in [
+        (
+            "grpc-timeout",
+            parse_grpc_timeout as fn(&str) -> Option<Duration>,
+        ),
+        ("x-request-timeout", parse_request_timeout),
+    ] {
+        let Some(value) = headers.get(name) else {
+            continue;
+        };
+        let parsed =
+            value.to_str().ok().and_then(parse).ok_or_else(|| {
+                GatewayError::invalid_argument(format!("malformed `{name}` header"))
+            })?;
+        if parsed < MIN_CLIENT_DEADLINE {
+            return Err(GatewayError::invalid_argument(format!(
+                "`{name}` must be at least {MIN_CLIENT_DEADLINE:?}"
+            )));
+        }
+        shortest = Some(shortest.map_or(parsed, |s| s.min(parsed)));
+    }
+    Ok(shortest)
+}
+
+/// The effective deadline of a call: the route's, or the client's if smaller. Malformed
+/// client values are ignored here (WebSocket streams, which have no request deadline).
 pub fn effective_timeout(route_timeout: Duration, headers: &HeaderMap) -> Duration {
-    let client = headers
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .into_iter()
-        .chain(
-            headers
-                .get("x-request-timeout")
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_request_timeout),
-        )
-        .min();
-    match client {
-        Some(client) => client.min(route_timeout),
-        None => route_timeout,
+    match client_deadline(headers) {
+        Ok(Some(client)) => client.min(route_timeout),
+        _ => route_timeout,
     }
 }
 
@@ -76,5 +160,40 @@ mod tests {
         let mut junk = HeaderMap::new();
         junk.insert("grpc-timeout", "soon".parse().unwrap());
         assert_eq!(effective_timeout(route, &junk), route);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_fixes_one_budget() {
+        let route = Duration::from_secs(2);
+        let deadline = Deadline::admit(route, &HeaderMap::new()).unwrap();
+        assert!(!deadline.client_set);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(deadline.remaining(), Duration::from_millis(1500));
+        assert_eq!(deadline.exceeded("x").origin, Origin::Upstream);
+
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-timeout", "250ms".parse().unwrap());
+        let shortened = Deadline::admit(route, &headers).unwrap();
+        assert!(shortened.client_set);
+        assert_eq!(shortened.budget, Duration::from_millis(250));
+        assert_eq!(shortened.exceeded("x").origin, Origin::Client);
+    }
+
+    #[test]
+    fn zero_tiny_or_malformed_client_deadlines_are_refused() {
+        let route = Duration::from_secs(2);
+        for (name, value) in [
+            ("x-request-timeout", "0"),
+            ("grpc-timeout", "1n"),
+            ("grpc-timeout", "0S"),
+            ("grpc-timeout", "soon"),
+            ("x-request-timeout", "-1"),
+            ("x-request-timeout", "NaN"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            let error = Deadline::admit(route, &headers).unwrap_err();
+            assert_eq!(error.code, tonic::Code::InvalidArgument, "{name}: {value}");
+        }
     }
 }

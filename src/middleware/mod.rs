@@ -1,7 +1,5 @@
-//! The shared middleware of every route, in the order a request meets it:
-//! CORS (preflight answered here) → authentication → scopes → rate limit → the target,
-//! whose upstream applies circuit breaking, retries and the deadline
-//! (`upstream::breaker`, `upstream::retry`).
+//! The shared middleware of every route. The order a request meets it in is written
+//! once, in the request pipeline (`crate::proxy`); this module holds the pieces.
 //!
 //! `Middleware` holds what one configuration shares (token verifier, limiters, CORS,
 //! trusted proxies) and is reused across reloads where its config did not change, so
@@ -141,41 +139,59 @@ pub struct Identity {
     pub forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// A request that passed admission.
-pub struct Admitted {
-    pub identity: Identity,
-    /// Counters to report in `RateLimit-*` headers.
-    pub rate_limit: Option<Decision>,
+impl Middleware {
+    /// Removes the headers only the gateway may set (`forward_claims` targets, also as
+    /// `grpc-metadata-<name>`), whatever the route's auth mode: nothing later may read a
+    /// client's own `x-user-id`.
+    pub fn strip_reserved(&self, headers: &mut HeaderMap) {
+        for name in &self.reserved_headers {
+            headers.remove(name);
+        }
+    }
 }
 
 impl RoutePolicy {
-    /// Authenticates and rate-limits a request. Reserved headers are stripped from it
-    /// first, whatever the route's auth mode.
-    pub async fn admit(
+    /// The route's rate limit when its key needs no verified token (client address, a
+    /// header): checked before authentication, so a flood of bad tokens is limited
+    /// before each costs a signature check.
+    pub async fn limit_before_auth(
         &self,
         middleware: &Middleware,
-        headers: &mut HeaderMap,
+        headers: &HeaderMap,
         peer: IpAddr,
-    ) -> Result<Admitted, GatewayError> {
-        for name in &middleware.reserved_headers {
-            headers.remove(name);
-        }
-        let identity = self.authenticate(middleware, headers).await?;
-        let rate_limit = match &self.rate_limit {
-            Some(limiter) => {
-                let key = limit_key(&limiter.key, identity.claims.as_deref(), headers)
+    ) -> Result<Option<Decision>, GatewayError> {
+        match &self.rate_limit {
+            Some(limiter) if !matches!(limiter.key, LimitKey::Claim(_)) => {
+                let key = limit_key(&limiter.key, None, headers)
                     .unwrap_or_else(|| middleware.client_ip(peer, headers).to_string());
-                Some(limiter.check(&key).await?)
+                limiter.check(&key).await.map(Some)
             }
-            None => None,
-        };
-        Ok(Admitted {
-            identity,
-            rate_limit,
-        })
+            _ => Ok(None),
+        }
     }
 
-    async fn authenticate(
+    /// The route's rate limit when it is keyed by a claim: needs the verified token (no
+    /// token: the client address, as for every key without a value).
+    pub async fn limit_after_auth(
+        &self,
+        middleware: &Middleware,
+        identity: &Identity,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Result<Option<Decision>, GatewayError> {
+        match &self.rate_limit {
+            Some(limiter) if matches!(limiter.key, LimitKey::Claim(_)) => {
+                let key = limit_key(&limiter.key, identity.claims.as_deref(), headers)
+                    .unwrap_or_else(|| middleware.client_ip(peer, headers).to_string());
+                limiter.check(&key).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Verifies the bearer token as the route's auth mode asks, then its scopes (403
+    /// when one is missing). Anonymous where the mode allows it.
+    pub async fn authenticate(
         &self,
         middleware: &Middleware,
         headers: &HeaderMap,

@@ -18,7 +18,8 @@ use super::auth::Claims;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 pub struct TokenCache {
     max_entries: usize,
@@ -166,6 +167,16 @@ mod tests {
     fn entries_live_at_most_ttl() {
         let cache = TokenCache::new(10, Duration::ZERO, 0).unwrap();
         cache.insert("t", &claims(json!({"exp": unix_now() + 100})));
+        assert!(cache.get("t").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_ttl_on_the_runtime_clock() {
+        let cache = TokenCache::new(10, Duration::from_secs(60), 0).unwrap();
+        cache.insert("t", &claims(json!({"exp": unix_now() + 3600})));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(cache.get("t").is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert!(cache.get("t").is_none());
     }
 

@@ -7,21 +7,19 @@
 use super::body::read_limited;
 use crate::error::GatewayError;
 use crate::middleware::Identity;
-use crate::middleware::deadline::effective_timeout;
+use crate::middleware::deadline::Deadline;
 use crate::routing::RouteTable;
 use crate::routing::amqp::AmqpRoute;
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::parse_query;
 use crate::upstream::amqp::message::{self, JSON, PROTOBUF, text};
 use crate::upstream::amqp::{Message, Reply};
+use crate::upstream::metadata::gateway_headers;
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use std::collections::BTreeMap;
-
-static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub async fn call(
     table: &RouteTable,
@@ -29,15 +27,18 @@ pub async fn call(
     request: Request<Body>,
     captures: Vec<String>,
     trace: &TraceContext,
+    deadline: Deadline,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
     let body = if route.reads_body {
-        read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?
+        read_limited(body, &parts.headers, table.limits.max_body.0, deadline).await?
     } else {
         Bytes::new()
     };
     let (payload, content_type) = encode_body(table, route, &parts.headers, body)?;
-    let timeout = effective_timeout(route.timeout, &parts.headers);
+    // The message's `expiration` is the request's whole budget (the route timeout, or
+    // the client's shorter one); the wait for the broker ends with the request deadline.
+    let timeout = deadline.budget;
     let routing_key = route
         .routing_key
         .resolve(&captures)
@@ -51,7 +52,9 @@ pub async fn call(
         properties,
     };
     if !route.reply {
-        route.upstream.publish(message, timeout).await?;
+        tokio::time::timeout_at(deadline.instant(), route.upstream.publish(message, timeout))
+            .await
+            .map_err(|_| deadline.exceeded("the broker did not confirm in time"))??;
         let mut response = Response::new(Body::from("{}"));
         *response.status_mut() = StatusCode::ACCEPTED;
         response
@@ -59,7 +62,9 @@ pub async fn call(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
         return Ok(response);
     }
-    let reply = route.upstream.call(message, timeout).await?;
+    let reply = tokio::time::timeout_at(deadline.instant(), route.upstream.call(message, timeout))
+        .await
+        .map_err(|_| deadline.exceeded("no reply in time"))??;
     reply_response(table, route, reply)
 }
 
@@ -98,16 +103,8 @@ fn message_headers(
     captures: &[String],
     trace: &TraceContext,
 ) -> Result<FieldTable, GatewayError> {
-    let trace_headers = [
-        (&X_TRACE_ID, &trace.trace_id),
-        (&TRACEPARENT, &trace.traceparent),
-    ];
-    let forwarded = parts
-        .extensions
-        .get::<Identity>()
-        .into_iter()
-        .flat_map(|identity| identity.forwarded.iter().map(|(name, value)| (name, value)));
-    let mut headers = message::header_table(trace_headers.into_iter().chain(forwarded));
+    let mut headers =
+        message::header_table(gateway_headers(trace, parts.extensions.get::<Identity>()));
     for (name, value) in route.path_headers.iter().zip(captures) {
         headers.insert(name.clone(), text(value.as_bytes()));
     }

@@ -1,18 +1,19 @@
-//! Reading request bodies whole, within `max_body` and a deadline.
+//! Reading request bodies whole, within `max_body` and the request's deadline (the same
+//! budget the backend call spends from next, so a slow body leaves the call less time).
 
 use crate::error::GatewayError;
+use crate::middleware::deadline::Deadline;
 use axum::body::Body;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use std::time::Duration;
 
 /// The whole body, or 413 when it is (or announces to be) larger than `limit`.
 pub async fn read_limited(
     body: Body,
     headers: &HeaderMap,
     limit: u64,
-    deadline: Duration,
+    deadline: Deadline,
 ) -> Result<Bytes, GatewayError> {
     let announced = headers
         .get(http::header::CONTENT_LENGTH)
@@ -22,9 +23,11 @@ pub async fn read_limited(
         return Err(GatewayError::body_too_large(limit));
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(deadline, limited.collect()).await {
+    match tokio::time::timeout_at(deadline.instant(), limited.collect()).await {
+        // The client stalled while sending: its fault, whoever set the deadline.
         Err(_) => Err(
             GatewayError::deadline_exceeded("timed out reading the request body")
+                .with_origin(crate::error::Origin::Client)
                 .with_status(http::StatusCode::REQUEST_TIMEOUT),
         ),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

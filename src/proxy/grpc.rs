@@ -4,18 +4,17 @@
 use super::body::read_limited;
 use crate::error::GatewayError;
 use crate::middleware::Identity;
-use crate::middleware::deadline::effective_timeout;
+use crate::middleware::deadline::Deadline;
 use crate::routing::{BodyRule, GrpcRoute, RouteTable};
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::set_field_from_str;
-use crate::upstream::grpc::status::{
-    append_metadata_headers, metadata_from_headers, status_to_error,
-};
+use crate::upstream::grpc::status::{append_metadata_headers, status_to_error};
 use crate::upstream::grpc::{Call, unary};
+use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use prost_reflect::{DynamicMessage, Value};
 use std::sync::Arc;
 use tonic::Streaming;
@@ -29,44 +28,47 @@ pub async fn call(
     request: Request<Body>,
     captures: Vec<String>,
     trace: &TraceContext,
+    deadline: Deadline,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
-    let framed = build_request(table, route, &parts, body, captures).await?;
-
-    let mut metadata = HeaderMap::new();
-    metadata_from_headers(&parts.headers, &mut metadata);
-    metadata.insert("x-trace-id", trace.trace_id.clone());
-    metadata.insert("traceparent", trace.traceparent.clone());
-    if route.forward_authorization
-        && let Some(authorization) = parts.headers.get(header::AUTHORIZATION)
-    {
-        metadata.insert(header::AUTHORIZATION, authorization.clone());
-    }
-    // Claims the middleware verified (`forward_claims`); clients cannot set these names.
-    if let Some(identity) = parts.extensions.get::<Identity>() {
-        for (name, value) in &identity.forwarded {
-            metadata.insert(name.clone(), value.clone());
-        }
-    }
-    let timeout = effective_timeout(route.timeout, &parts.headers);
+    let framed = build_request(table, route, &parts, body, captures, deadline).await?;
+    let metadata = grpc_metadata(
+        &parts.headers,
+        trace,
+        parts.extensions.get::<Identity>(),
+        ClientMetadata {
+            grpc_metadata: true,
+            authorization: route.forward_authorization,
+        },
+    );
+    // What is left after reading the body: one budget for the whole request.
+    let timeout = deadline.remaining();
     let call = Call {
         path: route.path.clone(),
         codec: route.codec.clone(),
         metadata: MetadataMap::from_headers(metadata),
         framed,
         timeout,
+        client_deadline: deadline.client_set,
         idempotent: route.idempotent,
     };
 
     let upstream = &route.upstream;
     let deadline_error = || {
-        GatewayError::deadline_exceeded(format!(
-            "upstream `{}` did not answer within {timeout:?}",
-            upstream.name
+        deadline.exceeded(format!(
+            "upstream `{}` did not answer within {:?}",
+            upstream.name, deadline.budget
         ))
     };
-    let to_error =
-        |status: tonic::Status| status_to_error(&status, &table.schema.pool, &table.json);
+    let to_error = |status: tonic::Status| {
+        let error = status_to_error(&status, &table.schema.pool, &table.json);
+        // The client's own short deadline ran out: not the backend's failure.
+        if deadline.client_set && error.code == tonic::Code::DeadlineExceeded {
+            error.with_origin(crate::error::Origin::Client)
+        } else {
+            error
+        }
+    };
 
     if !route.server_streaming {
         let response = upstream.unary(call).await.map_err(to_error)?;
@@ -91,7 +93,7 @@ pub async fn call(
         let first = stream.message().await?;
         Ok::<_, tonic::Status>((metadata, stream, first))
     };
-    let (metadata, stream, first) = tokio::time::timeout(timeout, opened)
+    let (metadata, stream, first) = tokio::time::timeout_at(deadline.instant(), opened)
         .await
         .map_err(|_| deadline_error())?
         .map_err(to_error)?;
@@ -131,19 +133,19 @@ async fn build_request(
     parts: &http::request::Parts,
     body: Body,
     captures: Vec<String>,
+    deadline: Deadline,
 ) -> Result<Bytes, GatewayError> {
     let framed = if matches!(route.body, BodyRule::Whole)
         && route.path_fields.is_empty()
         && parts.uri.query().is_none_or(str::is_empty)
     {
-        let json =
-            read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+        let json = read_limited(body, &parts.headers, table.limits.max_body.0, deadline).await?;
         let mut framed = Vec::with_capacity(unary::FRAME_PREFIX.len() + json.len());
         framed.extend_from_slice(&unary::FRAME_PREFIX);
         table.json.json_to_proto(&route.input, &json, &mut framed)?;
         unary::finish_frame(framed)
     } else {
-        unary::frame(&build_message(table, route, parts, body, captures).await?)
+        unary::frame(&build_message(table, route, parts, body, captures, deadline).await?)
     };
     framed.map_err(|status| GatewayError::internal(status.message().to_owned()))
 }
@@ -155,18 +157,19 @@ async fn build_message(
     parts: &http::request::Parts,
     body: Body,
     captures: Vec<String>,
+    deadline: Deadline,
 ) -> Result<DynamicMessage, GatewayError> {
     let input = route.method.input();
     let mut message = match &route.body {
         BodyRule::None => DynamicMessage::new(input.clone()),
         BodyRule::Whole => {
             let bytes =
-                read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+                read_limited(body, &parts.headers, table.limits.max_body.0, deadline).await?;
             table.json.decode(&input, &bytes)?
         }
         BodyRule::Field(path) => {
             let bytes =
-                read_limited(body, &parts.headers, table.limits.max_body.0, route.timeout).await?;
+                read_limited(body, &parts.headers, table.limits.max_body.0, deadline).await?;
             let mut message = DynamicMessage::new(input.clone());
             let field = path.last();
             if !bytes.iter().all(u8::is_ascii_whitespace) {

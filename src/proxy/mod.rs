@@ -1,5 +1,25 @@
-//! The client-facing request path: trace id → route lookup → target → response, with
-//! every failure turned into a `google.rpc.Status` response.
+//! The request pipeline. Every client request — plain HTTP and WebSocket upgrades alike —
+//! goes through [`handle`], whose phases run in this order:
+//!
+//! | # | phase | why it sits there |
+//! |---|-------|-------------------|
+//! | 1 | trace id | every log line and every answer, refusals included, carries it |
+//! | 2 | request line | URI length and path syntax: the cheapest refusals (414, 400) first |
+//! | 3 | strip reserved headers | nothing later may read a client's own `x-user-id` |
+//! | 4 | CORS preflight | browsers send preflights without credentials: answered here |
+//! | 5 | route lookup | 404 / 405 before any per-route work; path variables captured once |
+//! | 6 | browser credentials | WebSocket only: a token in the subprotocol or `access_token` becomes `Authorization` for phase 8 |
+//! | 7 | cheap limits | rate limits keyed by address or header, before a signature check costs CPU |
+//! | 8 | authentication, scopes | 401 / 403; the verified claims become the request's `Identity` |
+//! | 9 | keyed limits | rate limits keyed by a claim need phase 8 |
+//! | 10 | deadline | one budget from the route timeout and the client's shorter one, spent by every later phase |
+//! | 11 | target | static, gRPC, AMQP or WebSocket; upstreams add breaker, retries and balancing |
+//! | 12 | response decoration | `RateLimit-*`, `x-trace-id`, CORS headers, on errors too |
+//! | 13 | metrics, access log | with the route's name and the final status |
+//!
+//! Every failure becomes a `google.rpc.Status` response in one place
+//! ([`GatewayError::into_response`], the rescue): clients read a safe message, the log gets
+//! the cause.
 
 mod amqp;
 mod body;
@@ -7,9 +27,11 @@ mod grpc;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::middleware::{cors, ratelimit};
+use crate::middleware::deadline::Deadline;
+use crate::middleware::ratelimit::{self, Decision};
+use crate::middleware::{Identity, cors};
 use crate::routing::template::RequestPath;
-use crate::routing::{Lookup, RouteTable, Target};
+use crate::routing::{Lookup, Route, RouteTable, Target};
 use crate::telemetry::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -24,22 +46,31 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
     let started = Instant::now();
     // The request keeps this table to the end, whatever reloads happen meanwhile.
     let table = gateway.table();
+    // 1. Trace id.
     let trace = TraceContext::from_headers(request.headers());
     let span = tracing::info_span!("request", trace_id = trace.id(), method = %request.method(), path = request.uri().path());
     async move {
         let method = request.method().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let preflight = cors::is_preflight(&method, request.headers());
-        let (route_name, result) = dispatch(&table, request, &trace, &gateway.ws).await;
+        let mut outcome = Outcome::default();
+        let result = run(&table, request, &trace, &gateway.ws, &mut outcome).await;
+        // The rescue: one place turns every error into the client's answer.
         let mut response = result.unwrap_or_else(GatewayError::into_response);
-        response
-            .headers_mut()
-            .insert("x-trace-id", trace.trace_id.clone());
-        if let (Some(cors), false) = (&table.middleware.cors, preflight) {
-            cors.decorate(origin.as_ref(), response.headers_mut());
+
+        // 12. Response decoration.
+        let headers = response.headers_mut();
+        if let Some(decision) = &outcome.rate_limit {
+            ratelimit::add_headers(decision, headers);
         }
+        headers.insert("x-trace-id", trace.trace_id.clone());
+        if let (Some(cors), false) = (&table.middleware.cors, preflight) {
+            cors.decorate(origin.as_ref(), headers);
+        }
+
+        // 13. Metrics and access log.
         let status = response.status();
-        match route_name {
+        match outcome.route {
             Some(index) => table.routes[index]
                 .metrics
                 .record(status, started.elapsed()),
@@ -49,7 +80,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
             target: "switchboard::access",
             %method,
             status = status.as_u16(),
-            route = route_name.map(|i| table.routes[i].name.as_str()).unwrap_or("-"),
+            route = outcome.route.map(|i| table.routes[i].name.as_str()).unwrap_or("-"),
             micros = started.elapsed().as_micros() as u64,
             "request"
         );
@@ -59,45 +90,148 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
     .await
 }
 
-/// Finds the route and runs its target. Returns the route's index for metrics.
-async fn dispatch(
+/// What the phases learned that decoration and metrics need, even when a phase failed.
+#[derive(Default)]
+struct Outcome {
+    /// Index of the matched route in the table.
+    route: Option<usize>,
+    /// The rate-limit decision, reported in `RateLimit-*` headers.
+    rate_limit: Option<Decision>,
+}
+
+/// Phases 2 to 11.
+async fn run(
     table: &Arc<RouteTable>,
-    request: Request<Body>,
+    mut request: Request<Body>,
     trace: &TraceContext,
     ws: &Arc<crate::ws::Hub>,
-) -> (Option<usize>, Result<Response<Body>, GatewayError>) {
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    // 2. Request line.
+    check_uri_length(table, &request)?;
+    let uri = request.uri().clone();
+    let path = RequestPath::parse(uri.path())
+        .map_err(|e| GatewayError::invalid_argument(e.to_string()))?;
+
+    // 3. Strip reserved headers.
+    table.middleware.strip_reserved(request.headers_mut());
+
+    // 4. CORS preflight.
+    if let Some(cors) = &table.middleware.cors
+        && cors::is_preflight(request.method(), request.headers())
+    {
+        return preflight(cors, table, &request, &path);
+    }
+
+    // 5. Route lookup.
+    let index = lookup(table, &request, &path)?;
+    outcome.route = Some(index);
+    let route = &table.routes[index];
+    let captures = route
+        .template
+        .captures(&path)
+        .map_err(|e| GatewayError::invalid_argument(e.to_string()))?;
+
+    // 6. Browser credentials.
+    if let Target::WebSocket(_) = &route.target {
+        crate::ws::browser_credentials(&mut request);
+    }
+
+    // 7. Cheap limits.
+    let middleware = &table.middleware;
+    let peer = peer_ip(&request);
+    outcome.rate_limit = route
+        .policy
+        .limit_before_auth(middleware, request.headers(), peer)
+        .await
+        .map_err(|e| with_limit_headers(e, outcome))?;
+
+    // 8. Authentication and scopes.
+    let identity = route
+        .policy
+        .authenticate(middleware, request.headers())
+        .await
+        .map_err(|e| with_limit_headers(e, outcome))?;
+
+    // 9. Keyed limits.
+    if let Some(decision) = route
+        .policy
+        .limit_after_auth(middleware, &identity, request.headers(), peer)
+        .await?
+    {
+        outcome.rate_limit = Some(decision);
+    }
+    request.extensions_mut().insert::<Identity>(identity);
+
+    // 10. Deadline.
+    let deadline = match route_timeout(route) {
+        Some(timeout) => Deadline::admit(timeout, request.headers())?,
+        None => Deadline::after(std::time::Duration::MAX / 4),
+    };
+
+    // 11. Target.
+    match &route.target {
+        Target::Static(target) => {
+            let mut response = Response::new(Body::from(target.body.clone()));
+            *response.status_mut() = target.status;
+            response.headers_mut().extend(target.headers.clone());
+            Ok(response)
+        }
+        Target::Grpc(target) => grpc::call(table, target, request, captures, trace, deadline).await,
+        Target::Amqp(target) => amqp::call(table, target, request, captures, trace, deadline).await,
+        // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
+        Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
+    }
+}
+
+/// A refusal after phase 7 still reports the client's rate-limit counters.
+fn with_limit_headers(mut error: GatewayError, outcome: &Outcome) -> GatewayError {
+    if let Some(decision) = &outcome.rate_limit {
+        ratelimit::add_headers(decision, error.headers_mut());
+    }
+    error
+}
+
+/// The route's own deadline; `None` for targets that have none (static, WebSocket).
+fn route_timeout(route: &Route) -> Option<std::time::Duration> {
+    match &route.target {
+        Target::Grpc(target) => Some(target.timeout),
+        Target::Amqp(target) => Some(target.timeout),
+        Target::Static(_) | Target::WebSocket(_) => None,
+    }
+}
+
+fn check_uri_length(table: &RouteTable, request: &Request<Body>) -> Result<(), GatewayError> {
     let uri_len = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str().len())
         .unwrap_or(0);
     if uri_len as u64 > table.limits.max_uri.0 {
-        let error = GatewayError::invalid_argument(format!(
+        return Err(GatewayError::invalid_argument(format!(
             "request URI longer than {} bytes",
             table.limits.max_uri.0
         ))
-        .with_status(StatusCode::URI_TOO_LONG);
-        return (None, Err(error));
+        .with_status(StatusCode::URI_TOO_LONG));
     }
-    let uri = request.uri().clone();
-    let path = match RequestPath::parse(uri.path()) {
-        Ok(path) => path,
-        Err(e) => return (None, Err(GatewayError::invalid_argument(e.to_string()))),
-    };
-    if let Some(cors) = &table.middleware.cors
-        && cors::is_preflight(request.method(), request.headers())
-    {
-        return (None, preflight(cors, table, &request, &path));
-    }
-    let index = match table.lookup(request.method(), &path) {
-        Lookup::Matched(index) => index,
+    Ok(())
+}
+
+/// The matching route's index, or 404 / 405 (with `Allow`).
+fn lookup(
+    table: &RouteTable,
+    request: &Request<Body>,
+    path: &RequestPath<'_>,
+) -> Result<usize, GatewayError> {
+    match table.lookup(request.method(), path) {
+        Lookup::Matched(index) => Ok(index),
         Lookup::MethodNotAllowed(allowed) => {
             let allow = allowed
                 .iter()
                 .map(|m| m.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            let error = GatewayError::new(
+            Err(GatewayError::new(
                 tonic::Code::Unimplemented,
                 format!("method {} not allowed here", request.method()),
             )
@@ -105,65 +239,23 @@ async fn dispatch(
             .with_header(
                 header::ALLOW,
                 HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
-            );
-            return (None, Err(error));
+            ))
         }
-        Lookup::NotFound => {
-            return (
-                None,
-                Err(GatewayError::not_found(format!(
-                    "no route for {} {}",
-                    request.method(),
-                    uri.path()
-                ))),
-            );
-        }
-    };
-    let route = &table.routes[index];
-    let mut request = request;
-    if let Target::WebSocket(_) = &route.target {
-        // Browsers cannot set headers on a WebSocket: their token becomes one here.
-        crate::ws::browser_credentials(&mut request);
+        Lookup::NotFound => Err(GatewayError::not_found(format!(
+            "no route for {} {}",
+            request.method(),
+            request.uri().path()
+        ))),
     }
-    let peer = request
+}
+
+/// The TCP peer (the client address policies start from).
+fn peer_ip(request: &Request<Body>) -> IpAddr {
+    request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let admitted = match route
-        .policy
-        .admit(&table.middleware, request.headers_mut(), peer)
-        .await
-    {
-        Ok(admitted) => admitted,
-        Err(error) => return (Some(index), Err(error)),
-    };
-    request.extensions_mut().insert(admitted.identity);
-    let mut result = match &route.target {
-        Target::Static(target) => {
-            let mut response = Response::new(Body::from(target.body.clone()));
-            *response.status_mut() = target.status;
-            response.headers_mut().extend(target.headers.clone());
-            Ok(response)
-        }
-        Target::Grpc(target) => match route.template.captures(&path) {
-            Ok(captures) => grpc::call(table, target, request, captures, trace).await,
-            Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
-        },
-        Target::Amqp(target) => match route.template.captures(&path) {
-            Ok(captures) => amqp::call(table, target, request, captures, trace).await,
-            Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
-        },
-        // Auth and rate limits ran above; socket limits are checked in `ws::upgrade`.
-        Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
-    };
-    if let Some(decision) = &admitted.rate_limit {
-        match &mut result {
-            Ok(response) => ratelimit::add_headers(decision, response.headers_mut()),
-            Err(error) => ratelimit::add_headers(decision, error.headers_mut()),
-        }
-    }
-    (Some(index), result)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 /// A CORS preflight: the methods the path serves, if the origin is allowed.

@@ -145,14 +145,22 @@ impl RouteTable {
     /// Finds the most specific route for the path, then checks the method. `HEAD` is
     /// served by a `GET` route when no `HEAD` route exists.
     pub fn lookup(&self, method: &Method, path: &RequestPath<'_>) -> Lookup {
-        let literal = path
-            .first_segment()
-            .and_then(|s| self.by_first_literal.get(s))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let bucket = |segment: Option<&str>| {
+            segment
+                .and_then(|s| self.by_first_literal.get(s))
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+        };
+        let literal = bucket(path.first_segment());
+        // `/ping:check`: a template `/ping:check` is bucketed under `ping`.
+        let verb_stripped = bucket(path.first_segment_without_verb());
         let mut allowed: Vec<Method> = Vec::new();
         let mut head_fallback = None;
-        for index in merge_sorted(literal, &self.wildcard_first) {
+        let candidates = merge_sorted(
+            merge_sorted(literal.iter().copied(), verb_stripped.iter().copied()),
+            self.wildcard_first.iter().copied(),
+        );
+        for index in candidates {
             let route = &self.routes[index];
             if !route.template.matches(path) {
                 continue;
@@ -178,22 +186,16 @@ impl RouteTable {
     }
 }
 
-/// Two ascending index lists as one ascending sequence (both are precedence-ordered).
-fn merge_sorted<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
-        (Some(&x), Some(&y)) if x <= y => {
-            i += 1;
-            Some(x)
-        }
-        (_, Some(&y)) => {
-            j += 1;
-            Some(y)
-        }
-        (Some(&x), None) => {
-            i += 1;
-            Some(x)
-        }
+/// Two ascending index sequences as one ascending sequence (all are precedence-ordered).
+fn merge_sorted(
+    a: impl Iterator<Item = usize>,
+    b: impl Iterator<Item = usize>,
+) -> impl Iterator<Item = usize> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(&x), Some(&y)) if x <= y => a.next(),
+        (_, Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
         (None, None) => None,
     })
 }
@@ -204,7 +206,8 @@ mod tests {
 
     #[test]
     fn merge_keeps_order() {
-        let merged: Vec<usize> = merge_sorted(&[1, 4, 6], &[0, 2, 5, 9]).collect();
+        let merged: Vec<usize> =
+            merge_sorted([1, 4, 6].into_iter(), [0, 2, 5, 9].into_iter()).collect();
         assert_eq!(merged, vec![0, 1, 2, 4, 5, 6, 9]);
     }
 }

@@ -106,6 +106,15 @@ impl<'a> RequestPath<'a> {
     pub fn first_segment(&self) -> Option<&str> {
         self.decoded.first().map(|s| s.as_ref())
     }
+
+    /// The first segment without its `:verb`, when it is also the last one and has a
+    /// verb (`/ping:check` → `ping`): templates with a verb bucket under that literal.
+    pub fn first_segment_without_verb(&self) -> Option<&str> {
+        match &self.last_without_verb {
+            Some((_, stripped)) if self.segments.len() == 1 => Some(stripped),
+            _ => None,
+        }
+    }
 }
 
 /// Percent-decodes one piece of path. With `keep_slash`, `%2F` stays escaped.

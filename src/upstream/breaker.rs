@@ -8,7 +8,9 @@ use crate::config::BreakerConfig;
 use crate::error::GatewayError;
 use metrics::{Counter, Gauge};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so tests can pause and advance time instead of sleeping.
+use tokio::time::Instant;
 use tonic::Code;
 
 /// Buckets of the rolling window.
@@ -254,8 +256,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn walks_through_all_states() {
+    #[tokio::test(start_paused = true)]
+    async fn walks_through_all_states() {
         let b = breaker(50);
         for code in [
             Code::Ok,
@@ -267,14 +269,14 @@ mod tests {
         }
         assert_eq!(b.state(), BreakerState::Open, "2 of 4 failed");
         assert!(b.acquire().is_err());
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let (p1, p2) = (b.acquire().unwrap(), b.acquire().unwrap());
         assert!(b.acquire().is_err(), "only two probes");
         p1.record(Code::Ok);
         p2.record(Code::Unavailable);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         b.acquire().unwrap().record(Code::Ok);
         b.acquire().unwrap().record(Code::Ok);
         assert_eq!(b.state(), BreakerState::Closed);

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod breaker;
 pub mod grpc;
+pub mod metadata;
 pub mod retry;
 
 use crate::config::{GatewayConfig, LoadErrors, Location};

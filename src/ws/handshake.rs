@@ -6,7 +6,7 @@
 //! pair `["bearer", "<token>"]` (`new WebSocket(url, ["bearer", token])`) or as the query
 //! parameter `access_token`. [`browser_credentials`] moves either into
 //! `Authorization: Bearer <token>` (unless the request has one already), the form the
-//! route's auth policy reads; `proxy::dispatch` calls it before that policy runs.
+//! route's auth policy reads; the request pipeline (`proxy`) calls it before that policy runs.
 
 use super::session::{self, Session};
 use super::{Hub, Permit, WsRoute};
@@ -14,7 +14,7 @@ use crate::error::GatewayError;
 use crate::middleware::Identity;
 use crate::routing::{RouteTable, Target};
 use crate::telemetry::trace::TraceContext;
-use crate::upstream::grpc::status::metadata_from_headers;
+use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::extract::ws::WebSocketUpgrade;
@@ -75,22 +75,15 @@ pub async fn upgrade(
         upgrade.set_selected_protocol(protocol);
     }
 
-    let mut metadata = HeaderMap::new();
-    if route.backend.takes_client_metadata() {
-        metadata_from_headers(&parts.headers, &mut metadata);
-    }
-    metadata.insert("x-trace-id", trace.trace_id.clone());
-    metadata.insert("traceparent", trace.traceparent.clone());
-    if route.forward_authorization
-        && let Some(authorization) = parts.headers.get(header::AUTHORIZATION)
-    {
-        metadata.insert(header::AUTHORIZATION, authorization.clone());
-    }
-    if let Some(identity) = parts.extensions.get::<Identity>() {
-        for (name, value) in &identity.forwarded {
-            metadata.insert(name.clone(), value.clone());
-        }
-    }
+    let metadata = grpc_metadata(
+        &parts.headers,
+        trace,
+        parts.extensions.get::<Identity>(),
+        ClientMetadata {
+            grpc_metadata: route.backend.takes_client_metadata(),
+            authorization: route.forward_authorization,
+        },
+    );
 
     let max_frame = usize::try_from(table.limits.max_ws_frame.0).unwrap_or(usize::MAX);
     let span =
@@ -111,7 +104,7 @@ pub async fn upgrade(
 }
 
 /// The checks a socket needs before the upgrade, after the route's auth and rate-limit
-/// policy (which `proxy::dispatch` runs for every route). A check that returns `Err`
+/// policy (which the request pipeline runs for every route). A check that returns `Err`
 /// refuses with that error's HTTP status and body; one that must act later fills the
 /// [`Admission`] hooks (closing with 1008).
 fn admit(

@@ -9,6 +9,7 @@
 //! `Connection` is also a tower `Service`, so `tonic::client::Grpc` and generated
 //! clients (streaming calls, health checks, reflection) run over it unchanged.
 
+use super::status::local_status;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, Scheme};
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// A request body: one framed unary message, or whatever tonic streams.
 pub type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
@@ -105,7 +106,8 @@ impl Connection {
         parts.scheme = Some(self.shared.scheme.clone());
         parts.authority = Some(self.shared.authority.clone());
         parts.path_and_query = Some(path);
-        Uri::from_parts(parts).map_err(|e| Status::internal(format!("request URI: {e}")))
+        Uri::from_parts(parts)
+            .map_err(|e| local_status(Code::Internal, format!("request URI: {e}")))
     }
 
     /// Sends one request. The caller bounds the whole call (and so this) with its deadline.
@@ -120,12 +122,13 @@ impl Connection {
         sender.send_request(request).await.map_err(|e| {
             if e.is_canceled() || sender.is_closed() {
                 // The connection went away under the call; the next call reconnects.
-                Status::unavailable(format!(
-                    "connection to `{}` closed: {e}",
-                    self.shared.endpoint
-                ))
+                local_status(
+                    Code::Unavailable,
+                    format!("connection to `{}` closed: {e}", self.shared.endpoint),
+                )
             } else {
-                Status::from_error(Box::new(e))
+                let cause = format!("request to `{}` failed: {e}", self.shared.endpoint);
+                local_status(Status::from_error(Box::new(e)).code(), cause)
             }
         })
     }
@@ -159,7 +162,7 @@ impl Connection {
                     .min(MAX_BACKOFF);
                 state.failures = state.failures.saturating_add(1);
                 state.retry_at = Some((Instant::now() + backoff, error.clone()));
-                Err(Status::unavailable(error))
+                Err(local_status(Code::Unavailable, error))
             }
         }
     }
@@ -175,7 +178,9 @@ impl Connection {
             state.sender = None;
         }
         match &state.retry_at {
-            Some((at, error)) if Instant::now() < *at => Err(Status::unavailable(error.clone())),
+            Some((at, error)) if Instant::now() < *at => {
+                Err(local_status(Code::Unavailable, error.clone()))
+            }
             _ => Ok(None),
         }
     }

@@ -159,7 +159,7 @@ impl GrpcUpstream {
                     self.name
                 ))),
             };
-            let code = self.record(&result, started, permit);
+            let code = self.record(&result, started, permit, call.client_deadline);
             let Some(retry) = retry else { return result };
             attempt += 1;
             if result.is_ok() || !retry.should_retry(attempt, code) {
@@ -183,28 +183,35 @@ impl GrpcUpstream {
         let permit = self.admit()?;
         // The message without its gRPC prefix: tonic frames it again.
         let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
-        let mut request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
-        request.set_timeout(call.timeout);
+        // No `grpc-timeout`: a stream outlives the route deadline (which the caller
+        // enforces on opening it and its first message), and servers that bind handlers
+        // to the deadline (grpc-go, grpc-java) would cut it.
+        let request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         let started = Instant::now();
         let mut grpc = tonic::client::Grpc::new(self.connection().clone());
         let result = grpc.server_streaming(request, call.path, call.codec).await;
-        self.record(&result, started, permit);
+        self.record(&result, started, permit, call.client_deadline);
         result
     }
 
-    /// Counts an outcome in the metrics and reports it to the breaker.
+    /// Counts an outcome in the metrics and reports it to the breaker. A deadline the
+    /// client shortened that ran out says nothing about the backend: the permit is
+    /// released without an outcome.
     fn record<T>(
         &self,
         result: &Result<T, Status>,
         started: Instant,
         permit: Option<Permit>,
+        client_deadline: bool,
     ) -> tonic::Code {
         let code = result
             .as_ref()
             .map(|_| tonic::Code::Ok)
             .unwrap_or_else(|s| s.code());
         self.metrics.record(code, started.elapsed());
-        if let Some(permit) = permit {
+        if let Some(permit) = permit
+            && !(client_deadline && code == tonic::Code::DeadlineExceeded)
+        {
             permit.record(code);
         }
         code
@@ -230,6 +237,8 @@ pub struct Call {
     /// The request message with its gRPC prefix (`unary::frame`, `unary::finish_frame`).
     pub framed: Bytes,
     pub timeout: Duration,
+    /// The client shortened the deadline: running out of it is not the backend's fault.
+    pub client_deadline: bool,
     /// Safe to retry (GET, or a route marked `idempotent`).
     pub idempotent: bool,
 }

@@ -1,7 +1,7 @@
 //! gRPC statuses and metadata crossing into HTTP: status → `GatewayError` (details
 //! rendered as JSON from the descriptor pool), metadata ↔ `Grpc-Metadata-*` headers.
 
-use crate::error::{GatewayError, code_from_i32};
+use crate::error::{GatewayError, Origin, code_from_i32};
 use crate::transcode::JsonCodec;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -19,15 +19,53 @@ struct RpcStatus {
     details: Vec<prost_types::Any>,
 }
 
+/// Metadata that marks a status the gateway made itself while calling a backend
+/// (connecting, framing, a broken connection), as opposed to one the backend sent.
+const LOCAL_MARK: &str = "x-switchboard-local";
+
+/// A status made by the gateway's own gRPC client. Its message is a cause for the log
+/// (it names endpoints and transport errors); clients get a generic text for the code.
+pub fn local_status(code: tonic::Code, cause: impl Into<String>) -> tonic::Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(LOCAL_MARK, tonic::metadata::MetadataValue::from_static("1"));
+    tonic::Status::with_metadata(code, cause, metadata)
+}
+
+/// What a client reads for a failure whose cause stays in the log.
+fn generic_message(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unavailable => "upstream unavailable",
+        tonic::Code::DeadlineExceeded => "upstream did not answer in time",
+        tonic::Code::Cancelled => "upstream call cancelled",
+        _ => "upstream call failed",
+    }
+}
+
 /// A backend status as the client sees it. Details whose type the pool knows are JSON
-/// objects with `@type`; others keep their bytes in base64 under `value`.
+/// objects with `@type`; others keep their bytes in base64 under `value`. A status the
+/// gateway made itself ([`local_status`], or one tonic made from a transport error)
+/// keeps its text for the log only.
 pub fn status_to_error(
     status: &tonic::Status,
     pool: &DescriptorPool,
     json: &JsonCodec,
 ) -> GatewayError {
     let code = code_from_i32(status.code() as i32);
-    let mut error = GatewayError::new(code, status.message());
+    let local =
+        status.metadata().get(LOCAL_MARK).is_some() || std::error::Error::source(status).is_some();
+    if local {
+        let origin = match code {
+            // Unreachable or too slow: the backend's side, and the breaker's business.
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Origin::Upstream
+            }
+            _ => Origin::Gateway,
+        };
+        return GatewayError::new(code, generic_message(code))
+            .with_origin(origin)
+            .with_cause(status.message());
+    }
+    let mut error = GatewayError::new(code, status.message()).with_origin(Origin::Upstream);
     if !status.details().is_empty()
         && let Ok(rpc) = RpcStatus::decode(status.details())
     {

@@ -1,0 +1,127 @@
+//! What the gateway tells every backend about a request, whatever the protocol: one
+//! builder for gRPC metadata (HTTP and WebSocket routes) and AMQP message headers.
+//!
+//! Order matters: client-supplied `Grpc-Metadata-*` go in first, then the gateway's own
+//! names (trace, verified claims, a forwarded `authorization`) replace any client value
+//! of the same name, so a client can never choose what a backend reads as who the caller
+//! is or which trace it belongs to.
+
+use crate::middleware::Identity;
+use crate::telemetry::trace::TraceContext;
+use crate::upstream::grpc::status::metadata_from_headers;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The headers only the gateway sets toward backends: the trace and the claims it
+/// verified (`forward_claims`, e.g. `x-user-id`).
+pub fn gateway_headers<'a>(
+    trace: &'a TraceContext,
+    identity: Option<&'a Identity>,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+    [
+        (&X_TRACE_ID, &trace.trace_id),
+        (&TRACEPARENT, &trace.traceparent),
+    ]
+    .into_iter()
+    .chain(
+        identity
+            .into_iter()
+            .flat_map(|identity| identity.forwarded.iter().map(|(name, value)| (name, value))),
+    )
+}
+
+/// How a route passes client headers on to a gRPC backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientMetadata {
+    /// `Grpc-Metadata-<name>` request headers become metadata `<name>`.
+    pub grpc_metadata: bool,
+    /// The client's `Authorization` is forwarded (the route says `forward_authorization`).
+    pub authorization: bool,
+}
+
+/// The gRPC metadata of a call made for `headers` (the client's request).
+pub fn grpc_metadata(
+    headers: &HeaderMap,
+    trace: &TraceContext,
+    identity: Option<&Identity>,
+    client: ClientMetadata,
+) -> HeaderMap {
+    let mut metadata = HeaderMap::new();
+    if client.grpc_metadata {
+        metadata_from_headers(headers, &mut metadata);
+    }
+    // `authorization` reaches a backend only as the client's real header, on routes
+    // that ask for it: never from `Grpc-Metadata-Authorization`.
+    metadata.remove(header::AUTHORIZATION);
+    if client.authorization
+        && let Some(authorization) = headers.get(header::AUTHORIZATION)
+    {
+        metadata.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    for (name, value) in gateway_headers(trace, identity) {
+        metadata.insert(name.clone(), value.clone());
+    }
+    metadata
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_names_win_over_client_metadata() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "grpc-metadata-x-trace-id",
+            HeaderValue::from_static("forged"),
+        );
+        headers.insert("grpc-metadata-x-user-id", HeaderValue::from_static("admin"));
+        headers.insert(
+            "grpc-metadata-authorization",
+            HeaderValue::from_static("Bearer forged"),
+        );
+        headers.insert("grpc-metadata-x-tenant", HeaderValue::from_static("a"));
+        let trace = TraceContext::from_headers(&HeaderMap::new());
+        let identity = Identity {
+            claims: None,
+            forwarded: vec![(
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_static("u-1"),
+            )],
+        };
+        let metadata = grpc_metadata(
+            &headers,
+            &trace,
+            Some(&identity),
+            ClientMetadata {
+                grpc_metadata: true,
+                authorization: false,
+            },
+        );
+        assert_eq!(metadata["x-trace-id"], trace.trace_id);
+        assert_eq!(metadata["x-user-id"], "u-1");
+        assert_eq!(metadata.get_all("x-user-id").iter().count(), 1);
+        assert_eq!(metadata["x-tenant"], "a");
+        assert!(metadata.get(header::AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn authorization_only_from_the_real_header_when_the_route_forwards_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer real"),
+        );
+        let trace = TraceContext::from_headers(&HeaderMap::new());
+        let forwarded = ClientMetadata {
+            grpc_metadata: true,
+            authorization: true,
+        };
+        let metadata = grpc_metadata(&headers, &trace, None, forwarded);
+        assert_eq!(metadata[header::AUTHORIZATION], "Bearer real");
+        let not = grpc_metadata(&headers, &trace, None, ClientMetadata::default());
+        assert!(not.get(header::AUTHORIZATION).is_none());
+    }
+}
