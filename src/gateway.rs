@@ -32,9 +32,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads and compiles the configuration at `config_path`.
+    /// Loads and compiles the configuration at `config_path`, and starts its upstreams'
+    /// background work (connections, health checks): the gateway that will serve it.
     pub async fn load(config_path: &Path) -> Result<Self, LoadErrors> {
         let table = build_table(config_path, None).await?;
+        table.upstreams.start();
         Ok(Self {
             table: ArcSwap::from_pointee(table),
             config_path: config_path.to_path_buf(),
@@ -73,6 +75,7 @@ impl Gateway {
                     );
                 }
                 let routes = table.routes.len();
+                table.upstreams.start();
                 self.table.store(Arc::new(table));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -93,7 +96,10 @@ impl Gateway {
     }
 }
 
-/// Config → upstreams → descriptors (files and reflection) → route table.
+/// Config → upstreams → descriptors (files and reflection) → route table. Pure but for
+/// reflection (`reflection: true` upstreams are asked for their descriptors): it opens
+/// no other connection and spawns nothing; [`Upstreams::start`] does that for a table
+/// that goes live.
 pub async fn build_table(
     config_path: &Path,
     previous: Option<&RouteTable>,
@@ -107,11 +113,17 @@ pub async fn build_table(
                 e.to_string(),
             ))
         })??;
-    let upstreams = Upstreams::build(&config, previous.map(|t| &*t.upstreams))?;
-    let middleware = Middleware::build(&config, previous.map(|t| &*t.middleware))?;
+    // Every stage runs, so one `check` reports the errors of all of them; the route
+    // compile needs working upstreams and middleware, so it waits for them.
+    let mut errors = LoadErrors::default();
+    let upstreams = Upstreams::build(&config, previous.map(|t| &*t.upstreams))
+        .map_err(|e| errors.0.extend(e.0))
+        .unwrap_or_default();
+    let middleware = Middleware::build(&config, previous.map(|t| &*t.middleware))
+        .map_err(|e| errors.0.extend(e.0))
+        .unwrap_or_default();
 
     let mut reflected = Vec::new();
-    let mut errors = LoadErrors::default();
     for (name, spanned) in &config.upstreams {
         let wants_reflection = spanned.value.grpc.as_ref().is_some_and(|g| g.reflection);
         if let (true, Some(upstream)) = (wants_reflection, upstreams.grpc.get(name)) {

@@ -71,38 +71,40 @@ async fn run(cli: Cli) -> ExitCode {
     if matches!(command, Command::Serve) {
         telemetry::prometheus();
     }
-    let gateway = match Gateway::load(&config).await {
-        Ok(gateway) => Arc::new(gateway),
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return ExitCode::FAILURE;
+    let print_errors = |errors: switchboard::config::LoadErrors| {
+        for error in &errors.0 {
+            eprintln!("{error}");
         }
+        ExitCode::FAILURE
+    };
+    if let Command::Serve = command {
+        return match Gateway::load(&config).await {
+            Ok(gateway) => serve(Arc::new(gateway)).await,
+            Err(errors) => print_errors(errors),
+        };
+    }
+    // The offline commands compile the configuration and start nothing: no broker
+    // connection, no health check (only `reflection: true` upstreams are asked for
+    // their descriptors, which compiling needs).
+    let table = match switchboard::gateway::build_table(&config, None).await {
+        Ok(table) => table,
+        Err(errors) => return print_errors(errors),
     };
     match command {
         Command::Check => {
-            println!(
-                "{}: ok, {} routes",
-                config.display(),
-                gateway.table().routes.len()
-            );
-            ExitCode::SUCCESS
+            println!("{}: ok, {} routes", config.display(), table.routes.len());
         }
-        Command::Routes => {
-            print_routes(&gateway);
-            ExitCode::SUCCESS
-        }
+        Command::Routes => print_routes(&table),
         Command::Openapi => {
-            let document = switchboard::openapi::document(&gateway.table());
+            let document = switchboard::openapi::document(&table);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&document).unwrap_or_default()
             );
-            ExitCode::SUCCESS
         }
-        Command::Serve => serve(gateway).await,
+        Command::Serve => {}
     }
+    ExitCode::SUCCESS
 }
 
 async fn serve(gateway: Arc<Gateway>) -> ExitCode {
@@ -129,8 +131,7 @@ async fn serve(gateway: Arc<Gateway>) -> ExitCode {
     }
 }
 
-fn print_routes(gateway: &Gateway) {
-    let table = gateway.table();
+fn print_routes(table: &switchboard::routing::RouteTable) {
     for route in &table.routes {
         let target = match &route.target {
             Target::Grpc(grpc) => format!(

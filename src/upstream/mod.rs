@@ -1,5 +1,7 @@
 //! Backends behind the gateway, one module per protocol. The registry keeps upstreams
 //! (and their open connections) across reloads when their config did not change.
+//! Building an upstream is pure; [`Upstreams::start`] is the one place that spawns its
+//! background work.
 
 pub mod amqp;
 pub mod breaker;
@@ -61,7 +63,7 @@ impl Upstreams {
                     .cloned();
                 match reused
                     .map(Ok)
-                    .unwrap_or_else(|| AmqpUpstream::start(name, amqp).map(Arc::new))
+                    .unwrap_or_else(|| AmqpUpstream::new(name, amqp).map(Arc::new))
                 {
                     Ok(u) => {
                         upstreams.amqp.insert(name.clone(), u);
@@ -83,13 +85,9 @@ impl Upstreams {
                 .and_then(|p| p.grpc.get(name))
                 .filter(|old| old.same_settings(upstream))
                 .cloned();
-            let built = reused.map(Ok).unwrap_or_else(|| {
-                GrpcUpstream::new(name, grpc, upstream).map(|u| {
-                    let u = Arc::new(u);
-                    u.start_health_checks();
-                    u
-                })
-            });
+            let built = reused
+                .map(Ok)
+                .unwrap_or_else(|| GrpcUpstream::new(name, grpc, upstream).map(Arc::new));
             match built {
                 Ok(u) => {
                     upstreams.grpc.insert(name.clone(), u);
@@ -98,5 +96,18 @@ impl Upstreams {
             }
         }
         errors.into_result(upstreams)
+    }
+
+    /// Starts what runs in the background: AMQP connections and gRPC health checks.
+    /// Building opens nothing, so `switchboard check` stays offline; the serving gateway
+    /// calls this when a table goes live (upstreams kept from the previous table are
+    /// already running: starting is once per upstream).
+    pub fn start(&self) {
+        for upstream in self.amqp.values() {
+            upstream.start();
+        }
+        for upstream in self.grpc.values() {
+            upstream.start_health_checks();
+        }
     }
 }

@@ -53,7 +53,15 @@ pub struct AmqpUpstream {
     /// The URL without its password, for the admin API and logs.
     pub display_url: String,
     shared: Arc<Shared>,
+    /// The connection task's inputs until [`AmqpUpstream::start`] spawns it.
+    pending: std::sync::Mutex<Option<PendingStart>>,
     _stop: oneshot::Sender<()>,
+}
+
+struct PendingStart {
+    uri: AMQPUri,
+    declare: Option<AmqpDeclare>,
+    stopped: oneshot::Receiver<()>,
 }
 
 impl std::fmt::Debug for AmqpUpstream {
@@ -91,8 +99,9 @@ pub struct Message<'a> {
 }
 
 impl AmqpUpstream {
-    /// Checks the URL and starts connecting in the background (needs a tokio runtime).
-    pub fn start(name: &str, config: &AmqpUpstreamConfig) -> Result<Self, String> {
+    /// Checks the URL and names; connects nothing yet (see [`AmqpUpstream::start`]), so
+    /// `switchboard check` stays offline.
+    pub fn new(name: &str, config: &AmqpUpstreamConfig) -> Result<Self, String> {
         let mut uri: AMQPUri = config
             .url
             .parse()
@@ -106,8 +115,6 @@ impl AmqpUpstream {
             topology::check_names(declare).map_err(|e| format!("upstream `{name}`: {e}"))?;
         }
         uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| format!("upstream `{name}`: AMQP needs a tokio runtime"))?;
         let display_url = format!(
             "amqp://{}@{}:{}/{}",
             uri.authority.userinfo.username,
@@ -123,19 +130,36 @@ impl AmqpUpstream {
             metrics: AmqpMetrics::new(name),
         });
         let (stop, stopped) = oneshot::channel();
-        runtime.spawn(maintain(
-            shared.clone(),
-            uri,
-            config.declare.clone(),
-            stopped,
-        ));
         Ok(Self {
             name: name.to_string(),
             config: config.clone(),
             display_url,
             shared,
+            pending: std::sync::Mutex::new(Some(PendingStart {
+                uri,
+                declare: config.declare.clone(),
+                stopped,
+            })),
             _stop: stop,
         })
+    }
+
+    /// Starts connecting (and reconnecting) in the background; once. Needs a tokio
+    /// runtime: the serving gateway calls it when a table goes live.
+    pub fn start(&self) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(PendingStart {
+            uri,
+            declare,
+            stopped,
+        }) = pending
+        {
+            tokio::spawn(maintain(self.shared.clone(), uri, declare, stopped));
+        }
     }
 
     pub fn connected(&self) -> bool {
@@ -549,10 +573,10 @@ mod tests {
             url: url.into(),
             declare: None,
         };
-        assert!(AmqpUpstream::start("x", &config("http://nope")).is_err());
-        let tls = AmqpUpstream::start("x", &config("amqps://h/%2f")).unwrap_err();
+        assert!(AmqpUpstream::new("x", &config("http://nope")).is_err());
+        let tls = AmqpUpstream::new("x", &config("amqps://h/%2f")).unwrap_err();
         assert!(tls.contains("amqps"), "{tls}");
-        let ok = AmqpUpstream::start("x", &config("amqp://u:secret@127.0.0.1:1/%2f")).unwrap();
+        let ok = AmqpUpstream::new("x", &config("amqp://u:secret@127.0.0.1:1/%2f")).unwrap();
         assert!(!ok.display_url.contains("secret"), "{}", ok.display_url);
         assert!(!ok.connected());
     }

@@ -40,6 +40,8 @@ pub struct GrpcUpstream {
     pub retry: Option<RetryPolicy>,
     /// Which endpoints the balancer may use (all, without `health_check`).
     pub health: health::EndpointHealth,
+    /// Health checks were started (once per upstream, however many tables share it).
+    health_started: std::sync::atomic::AtomicBool,
 }
 
 impl GrpcUpstream {
@@ -82,6 +84,7 @@ impl GrpcUpstream {
                 .transpose()?,
             retry: policies.retry.as_ref().map(RetryPolicy::new),
             health,
+            health_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -111,6 +114,9 @@ impl GrpcUpstream {
         let Some(config) = self.health.config.clone() else {
             return;
         };
+        if self.health_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let weak = Arc::downgrade(self);
         let connections = self.connections[..self.endpoints.len()].to_vec();
         tokio::spawn(health::run(weak, connections, config));
