@@ -34,7 +34,7 @@ pub async fn call(
     let framed = build_request(table, route, &parts, body, captures).await?;
 
     let mut metadata = HeaderMap::new();
-    metadata_from_headers(&parts.headers, &mut metadata);
+    metadata_from_headers(&parts.headers, &mut metadata)?;
     metadata.insert("x-trace-id", trace.trace_id.clone());
     metadata.insert("traceparent", trace.traceparent.clone());
     if route.forward_authorization
@@ -176,6 +176,9 @@ async fn build_message(
                     }
                     _ => {
                         // Lists, maps and scalars: parse as the field inside its message.
+                        crate::transcode::check_duplicate_keys(&bytes).map_err(|e| {
+                            GatewayError::invalid_argument(format!("invalid JSON body: {e}"))
+                        })?;
                         let json: serde_json::Value =
                             serde_json::from_slice(&bytes).map_err(|e| {
                                 GatewayError::invalid_argument(format!("invalid JSON body: {e}"))

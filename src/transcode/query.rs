@@ -3,7 +3,7 @@
 //! Keys are field paths (`a.b=…`, proto or JSON names); repeated fields take every
 //! occurrence (`tag=a&tag=b`).
 
-use super::field_path::{FieldPath, set_field_from_str, settable_from_text};
+use super::field_path::{FieldPath, MAX_FIELD_PATH_DEPTH, set_field_from_str, settable_from_text};
 use crate::error::GatewayError;
 use percent_encoding::percent_decode_str;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -88,6 +88,12 @@ impl QueryBinding {
                     )));
                 }
                 continue;
+            }
+            // Too deep is refused even where unknown keys are ignored: it is never a typo.
+            if key.bytes().filter(|b| *b == b'.').count() >= MAX_FIELD_PATH_DEPTH {
+                return Err(GatewayError::invalid_argument(format!(
+                    "query parameter name is deeper than {MAX_FIELD_PATH_DEPTH} fields"
+                )));
             }
             let path = match FieldPath::resolve(desc, &key) {
                 Ok(path) => path,
