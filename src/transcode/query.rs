@@ -122,6 +122,44 @@ impl QueryBinding {
 mod tests {
     use super::*;
 
+    /// `message Node { Node c = 1; string n = 2; }`, the shape of the crash.
+    fn node() -> MessageDescriptor {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-query-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let proto =
+            "syntax = \"proto3\";\npackage q;\nmessage Node { Node c = 1; string n = 2; }\n";
+        std::fs::write(dir.join("q.proto"), proto).unwrap();
+        let schema = crate::schema::Schema::load(std::slice::from_ref(&dir), &[]).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        schema.pool.get_message_by_name("q.Node").unwrap()
+    }
+
+    #[test]
+    fn field_paths_deeper_than_the_bound_are_400_strict_or_not() {
+        let desc = node();
+        for strict in [false, true] {
+            let binding = QueryBinding {
+                bound: Vec::new(),
+                body_is_whole: false,
+                strict,
+            };
+            let mut message = DynamicMessage::new(desc.clone());
+            let deep = format!("{}n=x", "c.".repeat(4000));
+            let error = binding.apply(&desc, &mut message, &deep).unwrap_err();
+            assert_eq!(error.code, tonic::Code::InvalidArgument);
+            assert!(error.message.contains("deeper than"), "{}", error.message);
+            let edge = format!("{}n=x", "c.".repeat(MAX_FIELD_PATH_DEPTH - 1));
+            binding.apply(&desc, &mut message, &edge).unwrap();
+            let over = format!("{}n=x", "c.".repeat(MAX_FIELD_PATH_DEPTH));
+            assert!(binding.apply(&desc, &mut message, &over).is_err());
+        }
+        assert!(FieldPath::resolve(&desc, &format!("{}n", "c.".repeat(100))).is_err());
+    }
+
     #[test]
     fn pairs_are_decoded() {
         let pairs = parse_query("a=1&b=x+y&c=%E2%82%AC&d&&e=").unwrap();
