@@ -84,7 +84,9 @@ pub async fn serve(
     limits: impl Fn() -> Limits + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) {
-    let max = limits().max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let max = limits()
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(Semaphore::new(max));
     loop {
         let permit = tokio::select! {

@@ -564,6 +564,23 @@ async fn a_failing_jwks_is_not_fetched_by_every_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_during_a_jwks_fetch_share_it() {
+    let echo = echo::start().await;
+    let jwks = std::fs::read_to_string(repo().join("tests/fixtures/keys/jwks.json")).unwrap();
+    let (base, hits) = jwks_server(200, jwks, Duration::from_millis(500)).await;
+    let url = format!("{base}/jwks.json");
+    let gw = jwks_gateway(&echo, &jwks_auth(&url, "    jwks_allow_http: true\n")).await;
+    let token = rs256_token();
+    let calls = (0..4).map(|_| {
+        let request = client().get(gw.url("/private/1")).bearer_auth(&token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert_eq!(statuses, [200, 200, 200, 200]);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_redirects_big_bodies_and_plain_http_are_refused() {
     let echo = echo::start().await;
     let jwks = std::fs::read_to_string(repo().join("tests/fixtures/keys/jwks.json")).unwrap();

@@ -37,7 +37,7 @@ pub struct RemoteJwks {
 #[derive(Default)]
 struct State {
     keys: Option<(KeyMaps, Instant)>,
-    /// When the last fetch started, whatever its outcome (the rate limit).
+    /// When the last fetch ended, whatever its outcome (the rate limit).
     last_attempt: Option<Instant>,
 }
 
@@ -104,11 +104,14 @@ impl RemoteJwks {
         if self.attempted_recently() {
             return self.without_fetch(cached, kid);
         }
+        let fetched = self.fetch().await;
+        // Stamped when the fetch ends, under the lock: callers that waited for this one
+        // see it as recent and use its outcome instead of fetching again.
         self.state
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .last_attempt = Some(Instant::now());
-        match self.fetch().await {
+        match fetched {
             Ok(keys) => {
                 let found = pick(&keys.0, &keys.1, alg, kid);
                 self.state.write().unwrap_or_else(|e| e.into_inner()).keys =
