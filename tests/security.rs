@@ -223,6 +223,24 @@ async fn connections_are_capped_and_freed_by_the_timeouts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let (_echo, gw) = setup("", "").await;
+    let addr = gw.addr;
+    let slow = tokio::spawn(
+        client()
+            .get(gw.url("/v1/echo/slow"))
+            .header("grpc-metadata-x-echo-delay-ms", "800")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(gw); // asks the server to shut down
+    let response = slow.await.unwrap().expect("the in-flight request finished");
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_still_works_under_the_new_listener() {
     let (_echo, gw) = setup("", "").await;
     let h2 = reqwest::Client::builder()
