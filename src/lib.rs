@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod listener;
 pub mod middleware;
 pub mod openapi;
 pub mod proxy;

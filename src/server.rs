@@ -45,7 +45,6 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
         let grace = self.gateway.table().config.shutdown_grace();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -55,20 +54,26 @@ impl Server {
         let app = axum::Router::new()
             .fallback(proxy_entry)
             .with_state(self.gateway.clone());
-        let listener = self.http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let main = tokio::spawn(
-            // The peer address feeds rate limiting by client address.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-        );
+        // Our own accept loop: `axum::serve` sets no header-read timer, idle limit or
+        // connection cap (see `listener`).
+        let limits = {
+            let gateway = self.gateway.clone();
+            move || gateway.table().limits
+        };
+        let main = tokio::spawn(crate::listener::serve(
+            self.http,
+            app,
+            limits,
+            stop_rx.clone(),
+        ));
         let admin = self.admin.map(|listener| {
-            let router = crate::admin::router(self.gateway.clone());
+            // Host / Origin / form checks and the optional token (`admin::guard`).
+            let router = crate::admin::router(self.gateway.clone()).layer(
+                axum::middleware::from_fn_with_state(
+                    self.gateway.clone(),
+                    crate::admin::guard::check,
+                ),
+            );
             tokio::spawn(
                 axum::serve(listener, router)
                     .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -88,7 +93,7 @@ impl Server {
         // Upgraded sockets are not the listener's to drain: tell them to close (1001).
         self.gateway.ws.shut_down();
         let drained = async {
-            let result = main.await;
+            let result = main.await.map(|()| Ok(()));
             if let Some(admin) = admin {
                 let _ = admin.await;
             }

@@ -355,7 +355,8 @@ async fn jwks_url_is_cached_and_refreshed_on_unknown_kid_with_a_rate_limit() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let gw = gateway_with(&echo, &jwt_section(&url, "RS256"), "", ROUTES).await;
+    let jwt = format!("{}    jwks_allow_http: true\n", jwt_section(&url, "RS256"));
+    let gw = gateway_with(&echo, &jwt, "", ROUTES).await;
 
     let first = sign(Algorithm::RS256, Some("rsa-1"), &claims("a", ""));
     assert_eq!(status_of(&gw, "/private/1", Some(&first)).await, 200);

@@ -1,6 +1,8 @@
 //! The admin listener (contract §6): health, readiness, Prometheus metrics, the route
 //! table, upstreams, reload, and a small dashboard page for people.
 
+pub mod guard;
+
 use crate::gateway::Gateway;
 use crate::routing::Target;
 use axum::Json;

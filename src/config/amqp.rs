@@ -61,6 +61,11 @@ pub struct AmqpTarget {
     pub exchange: String,
     /// May name path variables: `shop.{kind}`.
     pub routing_key: String,
+    /// A path variable in `routing_key` may hold `.` (several topic words). Off: a value
+    /// with `.` is refused (400), so a client cannot reach other bindings of a topic
+    /// exchange. `#` and `*` are refused either way.
+    #[serde(default)]
+    pub routing_key_allow_dots: bool,
     /// `false`: publish with confirms and answer 202, wait for no reply.
     #[serde(default = "default_reply")]
     pub reply: bool,

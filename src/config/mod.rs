@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API (`/admin/*`) requires, when set (`${ADMIN_TOKEN}`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub descriptors: Vec<PathBuf>,
     #[serde(default)]
@@ -118,6 +121,21 @@ pub struct Limits {
     /// The gateway pings every WebSocket this often and drops a client that has not
     /// answered a ping one interval later; 0 = no pings.
     pub ws_ping_interval: ConfigDuration,
+    /// A client must send a request's whole head (line + headers) within this; HTTP/1
+    /// counts the wait for the next request of a kept-alive connection too.
+    pub header_read_timeout: ConfigDuration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: ConfigDuration,
+    /// Open client connections; more wait to be accepted (fixed at start).
+    pub max_connections: usize,
+    /// Largest request head (request line + headers); larger is 431.
+    pub max_header_bytes: ByteSize,
+    /// WebSockets one client address may hold at once; more are refused (429).
+    pub max_ws_per_client: usize,
+    /// Client frame bytes one socket may hold (queued for the backend or being handled
+    /// by it, e.g. AMQP calls in flight); the socket is not read while over it. At least
+    /// one `max_ws_frame`.
+    pub max_ws_buffered: ByteSize,
 }
 
 impl Default for Limits {
@@ -129,6 +147,12 @@ impl Default for Limits {
             max_uri: ByteSize(8 << 10),
             ws_idle_timeout: ConfigDuration(Duration::from_secs(300)),
             ws_ping_interval: ConfigDuration(Duration::from_secs(30)),
+            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            idle_timeout: ConfigDuration(Duration::from_secs(60)),
+            max_connections: 20_000,
+            max_header_bytes: ByteSize(32 << 10),
+            max_ws_per_client: 64,
+            max_ws_buffered: ByteSize(1 << 20),
         }
     }
 }
@@ -188,6 +212,14 @@ pub struct JwtConfig {
     /// The token's `aud` must name one of these, when set.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accept tokens without checking `iss` (no `issuer`). Off: a missing `issuer` is a
+    /// load error, so the check is never off by omission.
+    #[serde(default)]
+    pub allow_any_issuer: bool,
+    /// Accept tokens without checking `aud` (no `audiences`). Off: an empty or missing
+    /// `audiences` is a load error.
+    #[serde(default)]
+    pub allow_any_audience: bool,
     /// Accepted algorithms (pinned: a token naming another is refused).
     pub algorithms: Vec<String>,
     /// JWKS for asymmetric algorithms: a file path, or an http(s) URL (cached, refreshed).
@@ -208,6 +240,9 @@ pub struct JwtConfig {
     pub jwks_ttl: Option<ConfigDuration>,
     #[serde(default)]
     pub jwks_min_refresh: Option<ConfigDuration>,
+    /// Accept an `http://` JWKS URL (keys fetched without TLS). Off: refused at load.
+    #[serde(default)]
+    pub jwks_allow_http: bool,
     /// How many verified tokens to remember (default 10000; 0 verifies every request).
     #[serde(default)]
     pub token_cache: Option<usize>,

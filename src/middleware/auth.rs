@@ -1,5 +1,5 @@
 //! JWT bearer authentication (`auth.jwt`): algorithms pinned by config, keys from a JWKS
-//! file or URL (cached; refetched on an unknown `kid`, at most once per
+//! file or URL (`jwks.rs`: cached; refetched on an unknown `kid`, at most once per
 //! `jwks_min_refresh`) or a shared secret for HS*, `iss`/`aud`/`exp`/`nbf` with leeway.
 //!
 //! Key confusion cannot happen: an HS* token is only ever checked against the secret,
@@ -8,6 +8,7 @@
 
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
+use crate::middleware::jwks::RemoteJwks;
 use crate::middleware::token_cache::TokenCache;
 use http::{HeaderName, HeaderValue, header};
 use jsonwebtoken::jwk::JwkSet;
@@ -16,12 +17,10 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 
-/// How long fetching a JWKS URL may take.
-const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Verified tokens remembered by default (`auth.jwt.token_cache`).
 const DEFAULT_TOKEN_CACHE: usize = 10_000;
 /// The longest a verified token is trusted without checking its signature again: bounds
@@ -73,6 +72,22 @@ impl JwtVerifier {
         if algorithms.is_empty() {
             return Err("auth.jwt.algorithms must name at least one algorithm".into());
         }
+        // A token minted for another service (or by another issuer the keys also sign
+        // for) must not pass by omission: turning a check off takes an explicit key.
+        if config.issuer.is_none() && !config.allow_any_issuer {
+            return Err(
+                "`issuer` is not set, so tokens of any issuer would pass; set it, \
+                        or set `allow_any_issuer: true` to accept that"
+                    .into(),
+            );
+        }
+        if config.audiences.is_empty() && !config.allow_any_audience {
+            return Err(
+                "`audiences` is empty, so tokens for any audience would pass; list \
+                        them, or set `allow_any_audience: true` to accept that"
+                    .into(),
+            );
+        }
         let wants_secret = algorithms
             .iter()
             .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
@@ -99,6 +114,7 @@ impl JwtVerifier {
             {
                 KeySource::Remote(Arc::new(RemoteJwks::new(
                     source.clone(),
+                    config.jwks_allow_http,
                     config
                         .jwks_ttl
                         .map(|d| d.0)
@@ -108,7 +124,7 @@ impl JwtVerifier {
                         .map(|d| d.0)
                         .unwrap_or(Duration::from_secs(30)),
                     cache.clone(),
-                )))
+                )?))
             }
             (Some(path), true) => {
                 let path = if Path::new(path).is_absolute() {
@@ -218,13 +234,13 @@ pub fn invalid(reason: impl Into<String>) -> GatewayError {
     )
 }
 
-type KeyMaps = (
+pub(super) type KeyMaps = (
     HashMap<String, (Algorithm, DecodingKey)>,
     Vec<(Algorithm, DecodingKey)>,
 );
 
 /// Usable keys of a JWKS document, by `kid` (keys without one are tried in order).
-fn parse_jwks(text: &str) -> Result<KeyMaps, String> {
+pub(super) fn parse_jwks(text: &str) -> Result<KeyMaps, String> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
     let mut by_kid = HashMap::new();
     let mut without_kid = Vec::new();
@@ -252,7 +268,7 @@ fn parse_jwks(text: &str) -> Result<KeyMaps, String> {
 }
 
 /// The key for `kid` (or the first key-id-less key of the right family).
-fn pick(
+pub(super) fn pick(
     by_kid: &HashMap<String, (Algorithm, DecodingKey)>,
     without_kid: &[(Algorithm, DecodingKey)],
     alg: Algorithm,
@@ -278,108 +294,6 @@ fn family(alg: Algorithm) -> u8 {
         Algorithm::ES256 | Algorithm::ES384 => 1,
         Algorithm::EdDSA => 2,
         _ => 3,
-    }
-}
-
-/// A JWKS fetched over HTTP(S), kept for `ttl`, refetched early (rate-limited) when a
-/// token names a key it does not have.
-struct RemoteJwks {
-    url: String,
-    ttl: Duration,
-    min_refresh: Duration,
-    state: RwLock<Option<RemoteState>>,
-    fetch_lock: tokio::sync::Mutex<()>,
-    /// Emptied on every fetch: tokens are checked against the new key set.
-    tokens: Option<Arc<TokenCache>>,
-}
-
-struct RemoteState {
-    keys: KeyMaps,
-    fetched: Instant,
-}
-
-impl RemoteJwks {
-    fn new(
-        url: String,
-        ttl: Duration,
-        min_refresh: Duration,
-        tokens: Option<Arc<TokenCache>>,
-    ) -> Self {
-        Self {
-            tokens,
-            url,
-            ttl,
-            min_refresh,
-            state: RwLock::new(None),
-            fetch_lock: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    async fn key(&self, alg: Algorithm, kid: Option<&str>) -> Result<DecodingKey, GatewayError> {
-        let (cached, age) = self.lookup(alg, kid);
-        if let Some(key) = cached
-            .as_ref()
-            .filter(|_| age.is_some_and(|a| a < self.ttl))
-        {
-            return Ok(key.clone());
-        }
-        // Unknown key, stale set, or nothing yet: refetch, unless a fetch happened very
-        // recently (so unknown-kid tokens cannot make us hammer the JWKS endpoint).
-        let _one_fetch = self.fetch_lock.lock().await;
-        let (cached_now, age) = self.lookup(alg, kid);
-        let recently = age.is_some_and(|a| a < self.min_refresh);
-        if recently {
-            return cached_now.ok_or_else(|| invalid(format!("no key for kid {kid:?}")));
-        }
-        match self.fetch().await {
-            Ok(keys) => {
-                let found = pick(&keys.0, &keys.1, alg, kid);
-                *self.state.write().unwrap_or_else(|e| e.into_inner()) = Some(RemoteState {
-                    keys,
-                    fetched: Instant::now(),
-                });
-                if let Some(tokens) = &self.tokens {
-                    tokens.clear();
-                }
-                found
-            }
-            Err(e) => {
-                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the keys we have");
-                cached_now.or(cached).ok_or_else(|| {
-                    GatewayError::unavailable(format!("cannot fetch signing keys: {e}"))
-                })
-            }
-        }
-    }
-
-    /// The cached key (if any) and the age of the cached set.
-    fn lookup(&self, alg: Algorithm, kid: Option<&str>) -> (Option<DecodingKey>, Option<Duration>) {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        match state.as_ref() {
-            Some(s) => (
-                pick(&s.keys.0, &s.keys.1, alg, kid).ok(),
-                Some(s.fetched.elapsed()),
-            ),
-            None => (None, None),
-        }
-    }
-
-    async fn fetch(&self) -> Result<KeyMaps, String> {
-        crate::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(JWKS_FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let response = client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        parse_jwks(&text)
     }
 }
 
@@ -423,6 +337,8 @@ mod tests {
         JwtConfig {
             issuer: Some("https://auth.test".into()),
             audiences: vec!["api".into()],
+            allow_any_issuer: false,
+            allow_any_audience: false,
             algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
             jwks: None,
             secret: Some("s3cret-s3cret-s3cret-s3cret-s3cret".into()),
@@ -430,6 +346,7 @@ mod tests {
             forward_claims: Default::default(),
             jwks_ttl: None,
             jwks_min_refresh: None,
+            jwks_allow_http: false,
             token_cache: None,
         }
     }
@@ -498,6 +415,24 @@ mod tests {
                 .cache
                 .is_none()
         );
+    }
+
+    #[test]
+    fn unchecked_issuer_or_audience_needs_an_explicit_opt_out() {
+        let dir = Path::new(".");
+        let mut no_issuer = config(&["HS256"]);
+        no_issuer.issuer = None;
+        let error = JwtVerifier::new(&no_issuer, dir).err().unwrap();
+        assert!(error.contains("allow_any_issuer"), "{error}");
+        no_issuer.allow_any_issuer = true;
+        assert!(JwtVerifier::new(&no_issuer, dir).is_ok());
+
+        let mut no_audience = config(&["HS256"]);
+        no_audience.audiences.clear();
+        let error = JwtVerifier::new(&no_audience, dir).err().unwrap();
+        assert!(error.contains("allow_any_audience"), "{error}");
+        no_audience.allow_any_audience = true;
+        assert!(JwtVerifier::new(&no_audience, dir).is_ok());
     }
 
     #[tokio::test]

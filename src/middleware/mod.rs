@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod cors;
 pub mod deadline;
+pub mod jwks;
 pub mod ratelimit;
 pub mod token_cache;
 
@@ -247,12 +248,54 @@ fn limit_key(
     match key {
         LimitKey::ClientIp => None,
         LimitKey::Claim(name) => match claims?.get(name)? {
-            serde_json::Value::String(s) => Some(format!("claim:{s}")),
-            other => Some(format!("claim:{other}")),
+            serde_json::Value::String(s) => Some(hashed_key("claim", s.as_bytes())),
+            other => Some(hashed_key("claim", other.to_string().as_bytes())),
         },
         LimitKey::Header(name) => headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|v| format!("header:{v}")),
+            .map(|v| hashed_key("header", v.as_bytes())),
+    }
+}
+
+/// `<kind>:<hex SHA-256>`: whatever a client puts in the header (up to the header limit),
+/// a key costs 71 bytes in memory and in Redis. A cryptographic hash, so that a client
+/// cannot craft a value that shares another client's bucket.
+fn hashed_key(kind: &str, value: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(value);
+    let mut key = String::with_capacity(kind.len() + 1 + 64);
+    key.push_str(kind);
+    key.push(':');
+    for byte in digest {
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_claim_keys_have_a_fixed_size() {
+        let key = LimitKey::Header(HeaderName::from_static("x-api-key"));
+        let mut headers = HeaderMap::new();
+        let huge = "k".repeat(100_000);
+        headers.insert("x-api-key", huge.parse().unwrap());
+        let long = limit_key(&key, None, &headers).unwrap();
+        headers.insert("x-api-key", "a".parse().unwrap());
+        let short = limit_key(&key, None, &headers).unwrap();
+        assert_eq!(long.len(), "header:".len() + 64);
+        assert_eq!(short.len(), long.len());
+        assert_ne!(short, long);
+        // The same value is the same bucket.
+        assert_eq!(limit_key(&key, None, &headers).unwrap(), short);
+
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), serde_json::Value::String("x".repeat(10_000)));
+        let claim = limit_key(&LimitKey::Claim("sub".into()), Some(&claims), &headers).unwrap();
+        assert_eq!(claim.len(), "claim:".len() + 64);
     }
 }

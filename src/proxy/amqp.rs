@@ -86,7 +86,17 @@ fn encode_body(
                 .to_str()
                 .ok()
                 .and_then(|t| ShortString::try_new(t).ok());
-            Some(text.ok_or_else(|| GatewayError::invalid_argument("invalid Content-Type"))?)
+            let text =
+                text.ok_or_else(|| GatewayError::invalid_argument("invalid Content-Type"))?;
+            // Workers decode protobuf by content type: on a route that declares no
+            // `request_type` the client must not make its bytes pass for a protobuf message.
+            if message::is_protobuf_type(text.as_str()) {
+                return Err(GatewayError::invalid_argument(
+                    "this route takes no protobuf bodies (it declares no request_type)",
+                )
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+            }
+            Some(text)
         }
         None if route.reads_body => Some(JSON.into()),
         None => None,

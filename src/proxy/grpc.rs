@@ -40,7 +40,7 @@ pub async fn call(
             grpc_metadata: true,
             authorization: route.forward_authorization,
         },
-    );
+    )?;
     // What is left after reading the body: one budget for the whole request.
     let timeout = deadline.remaining();
     let call = Call {
@@ -179,6 +179,9 @@ async fn build_message(
                     }
                     _ => {
                         // Lists, maps and scalars: parse as the field inside its message.
+                        crate::transcode::check_duplicate_keys(&bytes).map_err(|e| {
+                            GatewayError::invalid_argument(format!("invalid JSON body: {e}"))
+                        })?;
                         let json: serde_json::Value =
                             serde_json::from_slice(&bytes).map_err(|e| {
                                 GatewayError::invalid_argument(format!("invalid JSON body: {e}"))

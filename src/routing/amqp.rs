@@ -38,6 +38,8 @@ pub struct AmqpRoute {
 pub struct RoutingKey {
     pub text: String,
     parts: Vec<KeyPart>,
+    /// `routing_key_allow_dots`: a variable may span several topic words.
+    allow_dots: bool,
 }
 
 #[derive(Debug)]
@@ -48,7 +50,7 @@ enum KeyPart {
 }
 
 impl RoutingKey {
-    fn parse(text: &str, template: &PathTemplate) -> Result<Self, String> {
+    fn parse(text: &str, template: &PathTemplate, allow_dots: bool) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -83,16 +85,28 @@ impl RoutingKey {
         Ok(Self {
             text: text.to_string(),
             parts,
+            allow_dots,
         })
     }
 
-    /// The key for one request's path captures.
+    /// The key for one request's path captures. A captured value is client data: it must
+    /// stay one topic word (no `.`, unless the route allows it; never `#` or `*`), or the
+    /// client picks which bindings of a topic exchange see the message.
     pub fn resolve(&self, captures: &[String]) -> Result<ShortString, String> {
         let mut key = String::with_capacity(self.text.len() + 16);
         for part in &self.parts {
             match part {
                 KeyPart::Literal(text) => key.push_str(text),
-                KeyPart::Variable(i) => key.push_str(captures.get(*i).map_or("", String::as_str)),
+                KeyPart::Variable(i) => {
+                    let value = captures.get(*i).map_or("", String::as_str);
+                    if value.contains(['#', '*']) || (!self.allow_dots && value.contains('.')) {
+                        return Err(format!(
+                            "path value `{value}` cannot go into the routing key: it must be one \
+                             topic word (no `.`, `#` or `*`)"
+                        ));
+                    }
+                    key.push_str(value);
+                }
             }
         }
         ShortString::try_new(key).map_err(|e| format!("routing key too long: {e}"))
@@ -201,7 +215,11 @@ pub fn compile_target(
     Ok(AmqpRoute {
         upstream,
         exchange,
-        routing_key: RoutingKey::parse(&target.routing_key, template)?,
+        routing_key: RoutingKey::parse(
+            &target.routing_key,
+            template,
+            target.routing_key_allow_dots,
+        )?,
         reply: target.reply,
         persistent: target.persistent,
         reads_body,
@@ -217,7 +235,32 @@ mod tests {
     use super::*;
 
     fn key(text: &str, template: &str) -> Result<RoutingKey, String> {
-        RoutingKey::parse(text, &PathTemplate::parse(template).unwrap())
+        RoutingKey::parse(text, &PathTemplate::parse(template).unwrap(), false)
+    }
+
+    #[test]
+    fn a_variable_is_one_topic_word() {
+        let k = key("shop.{kind}", "/v1/events/{kind}").unwrap();
+        for hostile in ["admin.delete", "#", "a*", "x.#", ".", "*"] {
+            let error = k.resolve(&[hostile.to_string()]).unwrap_err();
+            assert!(error.contains("one topic word"), "{hostile}: {error}");
+        }
+        assert_eq!(
+            k.resolve(&["order-placed".into()]).unwrap().as_str(),
+            "shop.order-placed"
+        );
+        let dotted = RoutingKey::parse(
+            "shop.{kind}",
+            &PathTemplate::parse("/v1/events/{kind}").unwrap(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            dotted.resolve(&["eu.order".into()]).unwrap().as_str(),
+            "shop.eu.order"
+        );
+        assert!(dotted.resolve(&["eu.#".into()]).is_err());
+        assert!(dotted.resolve(&["*.order".into()]).is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub fn compile(
 ) -> Result<RouteTable, LoadErrors> {
     let mut errors = LoadErrors::default();
     check_unsupported_sections(&config, &mut errors);
+    for problem in crate::listener::check(&config) {
+        errors.push(Location::new(&config.path, 0), problem);
+    }
 
     let files = crate::config::collect_files(&config.mappings, &["yaml", "yml"], &mut errors);
     let mut compiler = Compiler {

@@ -5,6 +5,12 @@ use base64::Engine;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
 use std::fmt;
 
+/// The most fields a path may go through. Query keys are client data: on a type that nests
+/// itself (`message Node { Node c = 1; }`) each step is one more level of recursion when
+/// the message is encoded, dropped or rendered, so an unbounded `c.c.c…` key overflowed the
+/// stack. prost refuses to decode more than 100 levels; this stays well below that.
+pub const MAX_FIELD_PATH_DEPTH: usize = 32;
+
 /// A resolved path of fields from a message type down to one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldPath {
@@ -17,6 +23,12 @@ impl FieldPath {
     pub fn resolve(desc: &MessageDescriptor, path: &str) -> Result<Self, String> {
         let mut fields = Vec::new();
         let mut current = desc.clone();
+        // Counted before splitting, so a hostile key costs no allocation per step.
+        if path.bytes().filter(|b| *b == b'.').count() >= MAX_FIELD_PATH_DEPTH {
+            return Err(format!(
+                "field path is deeper than {MAX_FIELD_PATH_DEPTH} fields"
+            ));
+        }
         let parts: Vec<&str> = path.split('.').collect();
         for (i, name) in parts.iter().enumerate() {
             let field = current

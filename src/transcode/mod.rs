@@ -9,13 +9,15 @@
 
 #[cfg(test)]
 mod differential_tests;
+mod duplicates;
 mod field_path;
 mod plan;
 mod query;
 mod to_json;
 mod to_proto;
 
-pub use field_path::{FieldPath, set_field_from_str, settable_from_text};
+pub use duplicates::check as check_duplicate_keys;
+pub use field_path::{FieldPath, MAX_FIELD_PATH_DEPTH, set_field_from_str, settable_from_text};
 pub use query::{QueryBinding, parse_query};
 
 use crate::config::JsonConfig;
@@ -137,6 +139,9 @@ impl JsonCodec {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DynamicMessage::new(desc.clone()));
         }
+        // prost-reflect keeps the last of repeated keys; the proto3 JSON mapping refuses them.
+        duplicates::check(body)
+            .map_err(|e| GatewayError::invalid_argument(format!("invalid JSON body: {e}")))?;
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         let message = DynamicMessage::deserialize_with_options(
             desc.clone(),

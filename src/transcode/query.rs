@@ -3,7 +3,7 @@
 //! Keys are field paths (`a.b=…`, proto or JSON names); repeated fields take every
 //! occurrence (`tag=a&tag=b`).
 
-use super::field_path::{FieldPath, set_field_from_str, settable_from_text};
+use super::field_path::{FieldPath, MAX_FIELD_PATH_DEPTH, set_field_from_str, settable_from_text};
 use crate::error::GatewayError;
 use percent_encoding::percent_decode_str;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -89,6 +89,12 @@ impl QueryBinding {
                 }
                 continue;
             }
+            // Too deep is refused even where unknown keys are ignored: it is never a typo.
+            if key.bytes().filter(|b| *b == b'.').count() >= MAX_FIELD_PATH_DEPTH {
+                return Err(GatewayError::invalid_argument(format!(
+                    "query parameter name is deeper than {MAX_FIELD_PATH_DEPTH} fields"
+                )));
+            }
             let path = match FieldPath::resolve(desc, &key) {
                 Ok(path) => path,
                 Err(reason) if self.strict => {
@@ -115,6 +121,44 @@ impl QueryBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `message Node { Node c = 1; string n = 2; }`, the shape of the crash.
+    fn node() -> MessageDescriptor {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-query-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let proto =
+            "syntax = \"proto3\";\npackage q;\nmessage Node { Node c = 1; string n = 2; }\n";
+        std::fs::write(dir.join("q.proto"), proto).unwrap();
+        let schema = crate::schema::Schema::load(std::slice::from_ref(&dir), &[]).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        schema.pool.get_message_by_name("q.Node").unwrap()
+    }
+
+    #[test]
+    fn field_paths_deeper_than_the_bound_are_400_strict_or_not() {
+        let desc = node();
+        for strict in [false, true] {
+            let binding = QueryBinding {
+                bound: Vec::new(),
+                body_is_whole: false,
+                strict,
+            };
+            let mut message = DynamicMessage::new(desc.clone());
+            let deep = format!("{}n=x", "c.".repeat(4000));
+            let error = binding.apply(&desc, &mut message, &deep).unwrap_err();
+            assert_eq!(error.code, tonic::Code::InvalidArgument);
+            assert!(error.message.contains("deeper than"), "{}", error.message);
+            let edge = format!("{}n=x", "c.".repeat(MAX_FIELD_PATH_DEPTH - 1));
+            binding.apply(&desc, &mut message, &edge).unwrap();
+            let over = format!("{}n=x", "c.".repeat(MAX_FIELD_PATH_DEPTH));
+            assert!(binding.apply(&desc, &mut message, &over).is_err());
+        }
+        assert!(FieldPath::resolve(&desc, &format!("{}n", "c.".repeat(100))).is_err());
+    }
 
     #[test]
     fn pairs_are_decoded() {

@@ -65,6 +65,12 @@ impl CircuitBreaker {
                 "upstream `{upstream}`: circuit_breaker.failure_ratio must be in (0, 1]"
             ));
         }
+        // No probe could ever be let through, so an opened breaker would never close.
+        if config.half_open_requests == 0 {
+            return Err(format!(
+                "upstream `{upstream}`: circuit_breaker.half_open_requests must be at least 1"
+            ));
+        }
         if config.window.0.is_zero() {
             return Err(format!(
                 "upstream `{upstream}`: circuit_breaker.window must be positive"
@@ -254,6 +260,23 @@ mod tests {
             )
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn a_breaker_that_could_never_close_is_refused() {
+        let config = BreakerConfig {
+            failure_ratio: 0.5,
+            min_requests: 4,
+            window: ConfigDuration(Duration::from_secs(10)),
+            open_for: ConfigDuration(Duration::from_secs(1)),
+            half_open_requests: 0,
+            trip_on_internal: false,
+        };
+        let error = CircuitBreaker::new("t", &config).err().unwrap();
+        assert!(
+            error.contains("half_open_requests must be at least 1"),
+            "{error}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

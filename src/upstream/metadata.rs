@@ -6,6 +6,7 @@
 //! of the same name, so a client can never choose what a backend reads as who the caller
 //! is or which trace it belongs to.
 
+use crate::error::GatewayError;
 use crate::middleware::Identity;
 use crate::telemetry::trace::TraceContext;
 use crate::upstream::grpc::status::metadata_from_headers;
@@ -41,16 +42,17 @@ pub struct ClientMetadata {
     pub authorization: bool,
 }
 
-/// The gRPC metadata of a call made for `headers` (the client's request).
+/// The gRPC metadata of a call made for `headers` (the client's request). A malformed
+/// client `Grpc-Metadata-*-bin` value is a 400.
 pub fn grpc_metadata(
     headers: &HeaderMap,
     trace: &TraceContext,
     identity: Option<&Identity>,
     client: ClientMetadata,
-) -> HeaderMap {
+) -> Result<HeaderMap, GatewayError> {
     let mut metadata = HeaderMap::new();
     if client.grpc_metadata {
-        metadata_from_headers(headers, &mut metadata);
+        metadata_from_headers(headers, &mut metadata)?;
     }
     // `authorization` reaches a backend only as the client's real header, on routes
     // that ask for it: never from `Grpc-Metadata-Authorization`.
@@ -63,7 +65,7 @@ pub fn grpc_metadata(
     for (name, value) in gateway_headers(trace, identity) {
         metadata.insert(name.clone(), value.clone());
     }
-    metadata
+    Ok(metadata)
 }
 
 #[cfg(test)]
@@ -99,7 +101,8 @@ mod tests {
                 grpc_metadata: true,
                 authorization: false,
             },
-        );
+        )
+        .unwrap();
         assert_eq!(metadata["x-trace-id"], trace.trace_id);
         assert_eq!(metadata["x-user-id"], "u-1");
         assert_eq!(metadata.get_all("x-user-id").iter().count(), 1);
@@ -119,9 +122,9 @@ mod tests {
             grpc_metadata: true,
             authorization: true,
         };
-        let metadata = grpc_metadata(&headers, &trace, None, forwarded);
+        let metadata = grpc_metadata(&headers, &trace, None, forwarded).unwrap();
         assert_eq!(metadata[header::AUTHORIZATION], "Bearer real");
-        let not = grpc_metadata(&headers, &trace, None, ClientMetadata::default());
+        let not = grpc_metadata(&headers, &trace, None, ClientMetadata::default()).unwrap();
         assert!(not.get(header::AUTHORIZATION).is_none());
     }
 }

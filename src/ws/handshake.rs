@@ -9,18 +9,19 @@
 //! route's auth policy reads; the request pipeline (`proxy`) calls it before that policy runs.
 
 use super::session::{self, Session};
-use super::{Hub, Permit, WsRoute};
+use super::{Full, Hub, Permit, WsRoute};
 use crate::error::GatewayError;
 use crate::middleware::Identity;
 use crate::routing::{RouteTable, Target};
 use crate::telemetry::trace::TraceContext;
 use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
-use axum::extract::FromRequestParts;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use percent_encoding::percent_decode_str;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -83,7 +84,7 @@ pub async fn upgrade(
             grpc_metadata: route.backend.takes_client_metadata(),
             authorization: route.forward_authorization,
         },
-    );
+    )?;
 
     let max_frame = usize::try_from(table.limits.max_ws_frame.0).unwrap_or(usize::MAX);
     let span =
@@ -111,20 +112,58 @@ fn admit(
     hub: &Arc<Hub>,
     table: &RouteTable,
     route: &WsRoute,
-    _parts: &Parts,
+    parts: &Parts,
 ) -> Result<Admission, GatewayError> {
     if hub.is_shutting_down() {
         return Err(GatewayError::unavailable("the gateway is shutting down"));
     }
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let client = table.middleware.client_ip(peer, &parts.headers);
     let limit = table.limits.max_ws_connections;
-    let permit = hub.try_acquire(limit, &route.metrics).ok_or_else(|| {
-        GatewayError::unavailable(format!("too many WebSocket connections (limit {limit})"))
-    })?;
+    let per_client = table.limits.max_ws_per_client;
+    let permit = match hub.try_acquire(limit, client, per_client, &route.metrics) {
+        Ok(permit) => permit,
+        Err(Full::Gateway) => {
+            return Err(GatewayError::unavailable(format!(
+                "too many WebSocket connections (limit {limit})"
+            )));
+        }
+        Err(Full::Client) => {
+            return Err(GatewayError::new(
+                tonic::Code::ResourceExhausted,
+                format!("too many WebSocket connections from this client (limit {per_client})"),
+            ));
+        }
+    };
+    // The socket must not outlive the token that opened it (contract: close 1008).
+    let expires_at = parts
+        .extensions
+        .get::<Identity>()
+        .and_then(|identity| identity.claims.as_ref())
+        .and_then(|claims| claims.get("exp"))
+        .and_then(expiry_instant);
     Ok(Admission {
         permit,
         frame_policy: None,
-        expires_at: None,
+        expires_at,
     })
+}
+
+/// A JWT `exp` (seconds since the epoch, possibly fractional) as a tokio instant.
+fn expiry_instant(exp: &serde_json::Value) -> Option<tokio::time::Instant> {
+    let exp = exp.as_f64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let left = (exp - now).max(0.0);
+    // A far-future `exp` is "never" for a socket (and must not overflow the instant).
+    let left = std::time::Duration::try_from_secs_f64(left.min(1e9)).ok()?;
+    tokio::time::Instant::now().checked_add(left)
 }
 
 /// Moves a browser's token (the subprotocol after `bearer`, or `access_token`) into
@@ -221,6 +260,23 @@ mod tests {
         browser_credentials(&mut r);
         assert_eq!(r.headers()[header::AUTHORIZATION], "Bearer h");
         assert_eq!(chosen_protocol(r.headers()).unwrap(), "chat.v1");
+    }
+
+    #[test]
+    fn token_expiry_becomes_the_socket_deadline() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let soon = expiry_instant(&serde_json::json!(now + 60)).unwrap();
+        let left = soon - tokio::time::Instant::now();
+        assert!(
+            left > std::time::Duration::from_secs(55) && left <= std::time::Duration::from_secs(61)
+        );
+        let past = expiry_instant(&serde_json::json!(now - 60)).unwrap();
+        assert!(past <= tokio::time::Instant::now());
+        assert!(expiry_instant(&serde_json::json!(1e300)).is_some());
+        assert!(expiry_instant(&serde_json::json!("soon")).is_none());
     }
 
     #[test]

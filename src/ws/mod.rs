@@ -31,8 +31,10 @@ use crate::telemetry::WsMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use http::HeaderMap;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, watch};
 
 /// A compiled `websocket:` route.
@@ -220,6 +222,9 @@ pub struct Exchange {
 /// `limits.max_ws_connections`) and the shutdown signal that closes them with 1001.
 pub struct Hub {
     open: AtomicUsize,
+    /// Open sockets per client address (`limits.max_ws_per_client`); an address leaves
+    /// the map with its last socket.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     shutdown: watch::Sender<bool>,
     /// Woken when the last socket closes.
     all_closed: Notify,
@@ -229,6 +234,7 @@ impl Default for Hub {
     fn default() -> Self {
         Self {
             open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
             all_closed: Notify::new(),
         }
@@ -263,25 +269,63 @@ impl Hub {
         *self.shutdown.borrow()
     }
 
-    /// A place for one more socket, unless `limit` are open.
-    fn try_acquire(self: &Arc<Self>, limit: usize, metrics: &WsMetrics) -> Option<Permit> {
+    /// A place for one more socket, unless `limit` are open, or `per_client` of
+    /// `client`'s (one client must not hold every socket of the gateway).
+    fn try_acquire(
+        self: &Arc<Self>,
+        limit: usize,
+        client: IpAddr,
+        per_client: usize,
+        metrics: &WsMetrics,
+    ) -> Result<Permit, Full> {
+        {
+            let mut clients = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let count = clients.entry(client).or_insert(0);
+            if *count >= per_client {
+                return Err(Full::Client);
+            }
+            *count += 1;
+        }
+        // From here on the permit owns the client's place: dropping it gives it back.
+        let mut permit = Permit {
+            hub: self.clone(),
+            gauge: metrics.connections.clone(),
+            client,
+            counted: false,
+        };
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < limit).then_some(open + 1)
             })
-            .ok()?;
+            .map_err(|_| Full::Gateway)?;
+        permit.counted = true;
         metrics.connections.increment(1.0);
-        Some(Permit {
-            hub: self.clone(),
-            gauge: metrics.connections.clone(),
-        })
+        Ok(permit)
     }
+
+    /// Sockets `client` holds now.
+    pub fn open_for(&self, client: IpAddr) -> usize {
+        let clients = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        clients.get(&client).copied().unwrap_or(0)
+    }
+}
+
+/// Why no socket place was free.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// `limits.max_ws_connections` are open: 503.
+    Gateway,
+    /// This client holds `limits.max_ws_per_client`: 429.
+    Client,
 }
 
 /// One open socket, counted in the hub and the route's gauge until dropped.
 pub struct Permit {
     hub: Arc<Hub>,
     gauge: metrics::Gauge,
+    client: IpAddr,
+    /// Counted in `open` (and the gauge), not only in `per_client`.
+    counted: bool,
 }
 
 impl Permit {
@@ -292,9 +336,57 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        {
+            let mut clients = self
+                .hub
+                .per_client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = clients.get_mut(&self.client) {
+                *count -= 1;
+                if *count == 0 {
+                    clients.remove(&self.client);
+                }
+            }
+        }
+        if !self.counted {
+            return;
+        }
         self.gauge.decrement(1.0);
         if self.hub.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.hub.all_closed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_cannot_take_every_socket() {
+        let hub = Arc::new(Hub::default());
+        let metrics = WsMetrics::new("test");
+        let greedy = IpAddr::from([10, 0, 0, 1]);
+        let other = IpAddr::from([10, 0, 0, 2]);
+        let held: Vec<_> = (0..2)
+            .map(|_| hub.try_acquire(10, greedy, 2, &metrics).unwrap())
+            .collect();
+        assert_eq!(
+            hub.try_acquire(10, greedy, 2, &metrics).err(),
+            Some(Full::Client)
+        );
+        let theirs = hub.try_acquire(10, other, 2, &metrics).unwrap();
+        assert_eq!((hub.open(), hub.open_for(greedy)), (3, 2));
+        drop(held);
+        assert_eq!((hub.open(), hub.open_for(greedy)), (1, 0));
+        // The gateway-wide limit still holds, and a refusal there leaves no trace.
+        assert_eq!(
+            hub.try_acquire(1, greedy, 2, &metrics).err(),
+            Some(Full::Gateway)
+        );
+        assert_eq!(hub.open_for(greedy), 0);
+        drop(theirs);
+        assert_eq!(hub.open(), 0);
     }
 }

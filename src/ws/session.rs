@@ -22,7 +22,7 @@ use http::HeaderMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 /// Client frames waiting for the backend, and backend messages waiting for the client.
@@ -87,6 +87,7 @@ pub async fn run(socket: WebSocket, session: Session) {
     let started = Instant::now();
     let activity = Activity::new(started);
     let limits = &table.limits;
+    let budget = Budget::new(limits.max_ws_buffered.0.max(limits.max_ws_frame.0));
     let idle_timeout = nonzero(limits.ws_idle_timeout.0);
     let ping_interval = nonzero(limits.ws_ping_interval.0);
     tracing::debug!("websocket open");
@@ -106,7 +107,7 @@ pub async fn run(socket: WebSocket, session: Session) {
     // and a future moved around unboxed can reserve its size more than once.
     let end = tokio::select! {
         _ = shutdown.wait_for(|stopping| *stopping) => End::Shutdown,
-        end = read(&mut stream, inbound_tx, ws, &admission, &activity) => end,
+        end = read(&mut stream, inbound_tx, ws, &admission, &activity, &budget) => end,
         end = relay(
             Box::pin(ws.backend.run(exchange)),
             write(&mut sink, &mut outbound_rx, ws, ping_interval, &activity),
@@ -152,6 +153,7 @@ async fn read(
     ws: &WsRoute,
     admission: &Admission,
     activity: &Activity,
+    budget: &Budget,
 ) -> End {
     loop {
         let payload = match stream.next().await {
@@ -176,13 +178,13 @@ async fn read(
         {
             return End::Policy(refusal);
         }
+        // Waiting here is the backpressure; it is not a silent peer.
+        activity.waiting.store(true, Ordering::Relaxed);
         let frame = if is_end_marker(&payload) {
             Inbound::End
         } else {
-            Inbound::Frame(payload)
+            Inbound::Frame(budget.hold(payload).await)
         };
-        // Waiting here is the backpressure; it is not a silent peer.
-        activity.waiting.store(true, Ordering::Relaxed);
         let sent = inbound.send(Box::new(frame)).await;
         activity.waiting.store(false, Ordering::Relaxed);
         if sent.is_err() {
@@ -356,6 +358,59 @@ fn is_too_big(error: &axum::Error) -> bool {
     )
 }
 
+/// The client frame bytes one socket holds (`limits.max_ws_buffered`): a frame takes its
+/// size from the budget before it is queued for the backend and gives it back when the
+/// last copy of its bytes is dropped — after the backend used it (an AMQP call in flight
+/// keeps it). While the budget is spent the reader waits, so the socket is not read and
+/// TCP slows the client down: a socket's frames cost at most the budget plus the one
+/// frame being read.
+struct Budget {
+    bytes: Arc<Semaphore>,
+    total: u32,
+}
+
+/// A frame's bytes and their share of the budget, released together.
+struct Held {
+    bytes: Bytes,
+    _share: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Budget {
+    fn new(total: u64) -> Self {
+        let total = u32::try_from(total)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32)
+            .max(1);
+        Self {
+            bytes: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// `payload`, once its size fits in what is left of the budget.
+    async fn hold(&self, payload: Bytes) -> Bytes {
+        // A frame is never larger than the budget (it is at least `max_ws_frame`); the
+        // clamp only keeps a miscount from waiting forever.
+        let size = u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        match self.bytes.clone().acquire_many_owned(size).await {
+            Ok(share) => Bytes::from_owner(Held {
+                bytes: payload,
+                _share: share,
+            }),
+            // Never closed; without a budget the frame still goes through.
+            Err(_) => payload,
+        }
+    }
+}
+
 fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
@@ -436,6 +491,30 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn frames_wait_while_the_budget_is_spent() {
+        let budget = Budget::new(100);
+        let first = budget.hold(Bytes::from(vec![1u8; 60])).await;
+        let second = budget.hold(Bytes::from(vec![2u8; 40])).await;
+        assert_eq!(budget.bytes.available_permits(), 0);
+        // The third waits until a held frame's bytes are dropped (backend done with it).
+        let third = budget.hold(Bytes::from(vec![3u8; 50]));
+        tokio::pin!(third);
+        assert!(futures_util::poll!(third.as_mut()).is_pending());
+        let copy = first.clone();
+        drop(first);
+        assert!(
+            futures_util::poll!(third.as_mut()).is_pending(),
+            "a copy still holds it"
+        );
+        drop(copy);
+        let third = third.await;
+        assert_eq!(&third[..], &[3u8; 50][..]);
+        assert_eq!(budget.bytes.available_permits(), 10);
+        drop((second, third));
+        assert_eq!(budget.bytes.available_permits(), 100);
+    }
 
     #[tokio::test]
     async fn watchdog_closes_idle_sockets() {

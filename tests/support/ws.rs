@@ -18,7 +18,7 @@ pub const JWT_SECRET: &str = "a-long-enough-test-secret-0123456789";
 /// Config lines: HS256 tokens signed with [`JWT_SECRET`], `sub` forwarded as `x-user-id`.
 pub fn jwt_auth() -> String {
     format!(
-        "auth:\n  jwt:\n    algorithms: [HS256]\n    secret: {JWT_SECRET}\n    forward_claims: {{ sub: x-user-id }}\n"
+        "auth:\n  jwt:\n    allow_any_issuer: true\n    allow_any_audience: true\n    algorithms: [HS256]\n    secret: {JWT_SECRET}\n    forward_claims: {{ sub: x-user-id }}\n"
     )
 }
 

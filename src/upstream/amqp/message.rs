@@ -27,6 +27,20 @@ pub fn typed_payload(
     Ok(payload)
 }
 
+/// Whether a content type announces protobuf (or gRPC) bytes: `application/x-protobuf`,
+/// `application/protobuf`, `application/vnd.google.protobuf`, `application/grpc…`, with
+/// any parameters and in any case.
+pub fn is_protobuf_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("application/")
+        && (essence.contains("protobuf") || essence.starts_with("application/grpc"))
+}
+
 /// An AMQP header value carrying text (or bytes) as a long string.
 pub fn text(bytes: &[u8]) -> AMQPValue {
     AMQPValue::LongString(LongString::from(bytes))
@@ -125,6 +139,22 @@ fn status_from(value: &AMQPValue) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protobuf_content_types_are_recognised() {
+        for yes in [
+            "application/x-protobuf",
+            "Application/X-Protobuf; proto=shop.v1.Quote",
+            "application/protobuf",
+            "application/vnd.google.protobuf",
+            "application/grpc+proto",
+        ] {
+            assert!(is_protobuf_type(yes), "{yes}");
+        }
+        for no in ["application/json", "text/plain", "application/octet-stream"] {
+            assert!(!is_protobuf_type(no), "{no}");
+        }
+    }
 
     #[test]
     fn x_status_takes_integers_and_numeric_strings() {

@@ -136,17 +136,73 @@ pub fn append_metadata_headers(metadata: &HeaderMap, out: &mut HeaderMap) {
     }
 }
 
-/// `Grpc-Metadata-<name>` request headers → metadata `<name>`.
-pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) {
+/// Whether a client may name `name` through `Grpc-Metadata-<name>`. Refused: hop-by-hop
+/// and connection-level names (an HTTP/2 client would act on them: `connection: te`
+/// strips `te`), names of the protocol (`content-type`, every `grpc-*`), `authorization`
+/// (only the gateway sets it, from a checked token or `forward_authorization`), and the
+/// trace headers the gateway sets itself. Claim names from `forward_claims` are stripped
+/// by the middleware before this runs.
+pub fn client_may_set(name: &str) -> bool {
+    !(matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "trailers"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-type"
+            | "content-length"
+            | "content-encoding"
+            | "authorization"
+            | "cookie"
+            | "x-trace-id"
+            | "traceparent"
+            | "tracestate"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "user-agent"
+            | "date"
+            | "server"
+    ) || name.starts_with("grpc-")
+        || name.starts_with("proxy-")
+        || name.starts_with(':'))
+}
+
+/// `Grpc-Metadata-<name>` request headers → metadata `<name>`. Names a client may not set
+/// (see [`client_may_set`]) are dropped; a `-bin` value that is not base64 is refused
+/// (400), since the backend would otherwise fail the whole call on it.
+pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) -> Result<(), GatewayError> {
     for (name, value) in headers {
-        if let Some(stripped) = name.as_str().strip_prefix("grpc-metadata-")
-            && !stripped.is_empty()
-            && !is_protocol_header(stripped)
-            && let Ok(name) = HeaderName::try_from(stripped)
-        {
+        let Some(stripped) = name.as_str().strip_prefix("grpc-metadata-") else {
+            continue;
+        };
+        if stripped.is_empty() || !client_may_set(stripped) {
+            if !stripped.is_empty() {
+                tracing::debug!(name = stripped, "dropped client metadata the gateway owns");
+            }
+            continue;
+        }
+        if stripped.ends_with("-bin") && !is_base64(value.as_bytes()) {
+            return Err(GatewayError::invalid_argument(format!(
+                "header `{name}`: a binary metadata value must be base64"
+            )));
+        }
+        if let Ok(name) = HeaderName::try_from(stripped) {
             out.append(name, value.clone());
         }
     }
+    Ok(())
+}
+
+/// Standard base64, padded or not (gRPC accepts both for `-bin` metadata).
+fn is_base64(value: &[u8]) -> bool {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    STANDARD.decode(value).is_ok() || STANDARD_NO_PAD.decode(value).is_ok()
 }
 
 /// A header value that is known to be valid (ASCII we produced ourselves).
@@ -198,13 +254,51 @@ mod tests {
     }
 
     #[test]
+    fn client_metadata_cannot_name_what_the_gateway_owns() {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "authorization",
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "host",
+            "transfer-encoding",
+            "proxy-authorization",
+            "content-type",
+            "content-length",
+            "grpc-timeout",
+            "grpc-encoding",
+            "x-trace-id",
+            "traceparent",
+        ] {
+            let header = HeaderName::try_from(format!("grpc-metadata-{name}")).unwrap();
+            headers.insert(header, HeaderValue::from_static("forged"));
+        }
+        headers.insert("grpc-metadata-tenant", HeaderValue::from_static("acme"));
+        headers.insert("grpc-metadata-blob-bin", HeaderValue::from_static("aGk="));
+        let mut metadata = HeaderMap::new();
+        metadata_from_headers(&headers, &mut metadata).unwrap();
+        let names: Vec<&str> = metadata.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["tenant", "blob-bin"]);
+
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "grpc-metadata-blob-bin",
+            HeaderValue::from_static("not base64!"),
+        );
+        let error = metadata_from_headers(&bad, &mut HeaderMap::new()).unwrap_err();
+        assert_eq!(error.code, tonic::Code::InvalidArgument);
+    }
+
+    #[test]
     fn metadata_prefixes() {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-metadata-tenant", HeaderValue::from_static("acme"));
         headers.insert("grpc-metadata-grpc-status", HeaderValue::from_static("0"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         let mut metadata = HeaderMap::new();
-        metadata_from_headers(&headers, &mut metadata);
+        metadata_from_headers(&headers, &mut metadata).unwrap();
         assert_eq!(metadata.len(), 1);
         assert_eq!(metadata["tenant"], "acme");
         let mut back = HeaderMap::new();

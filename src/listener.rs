@@ -1,0 +1,297 @@
+//! The client listener's accept loop, with the limits `axum::serve` cannot set
+//! (`limits.header_read_timeout`, `idle_timeout`, `max_connections`, `max_header_bytes`):
+//! without them a client trickling one header line every few seconds, or a silent
+//! connection, is held for minutes, and enough of them exhaust file descriptors.
+//!
+//! - at most `max_connections` connections are open; further ones wait in the kernel's
+//!   accept queue (fixed at start: a reload does not resize it);
+//! - a connection that has not delivered a complete request head within
+//!   `header_read_timeout` of being accepted is closed (this covers the protocol sniffing
+//!   and the HTTP/2 preface too, which have no timer of their own); HTTP/1 also applies it
+//!   to every later request head (hyper's timer), which bounds idle kept-alive HTTP/1
+//!   connections to the same time;
+//! - a connection with no request in flight for `idle_timeout` is shut down gracefully
+//!   (HTTP/2: GOAWAY);
+//! - a request head larger than `max_header_bytes` is answered 431 (HTTP/1) or refused by
+//!   the HTTP/2 header-list limit.
+//!
+//! WebSocket upgrades leave this loop once the connection is handed over (the socket has
+//! its own idle and ping limits); HTTP/2 with prior knowledge is sniffed as before.
+
+use crate::config::{GatewayConfig, Limits};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// hyper's HTTP/1 read buffer cannot be smaller than this.
+pub const MIN_HEADER_BYTES: u64 = 8 << 10;
+/// Beyond this a "header limit" no longer protects anything.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// What is wrong with the listener limits (and the admin token), if anything: load errors.
+pub fn check(config: &GatewayConfig) -> Vec<String> {
+    let mut problems = check_limits(&config.limits);
+    if config
+        .admin_token
+        .as_deref()
+        .is_some_and(|token| token.trim().is_empty())
+    {
+        problems.push("admin_token is empty (is its environment variable set?)".to_string());
+    }
+    problems
+}
+
+fn check_limits(limits: &Limits) -> Vec<String> {
+    let mut problems = Vec::new();
+    if limits.header_read_timeout.0.is_zero() {
+        problems.push("limits.header_read_timeout must be positive".to_string());
+    }
+    if limits.max_connections == 0 {
+        problems.push("limits.max_connections must be at least 1".to_string());
+    }
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&limits.max_header_bytes.0) {
+        problems.push(format!(
+            "limits.max_header_bytes must be between {}KiB and {}KiB",
+            MIN_HEADER_BYTES >> 10,
+            MAX_HEADER_BYTES >> 10
+        ));
+    }
+    if limits.max_ws_per_client == 0 {
+        problems.push("limits.max_ws_per_client must be at least 1".to_string());
+    }
+    problems
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then waits for every connection
+/// to finish (each is told to shut down gracefully). `limits` is read for each new
+/// connection, so a reload applies to connections accepted after it.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: impl Fn() -> Limits + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max = limits()
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_error(e).await;
+                continue;
+            }
+        };
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            app.clone(),
+            limits(),
+            stop.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    // Every connection holds a permit until it ends: all of them back means all done.
+    let _ = permits.acquire_many(max as u32).await;
+}
+
+/// As hyper 0.14 and `axum::serve` did: a reset while accepting is the client's business;
+/// anything else (EMFILE) is logged and the loop pauses so connections can close.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept error");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The connection builder for `limits`.
+fn builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let head = usize::try_from(limits.max_header_bytes.0)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_HEADER_BYTES as usize, MAX_HEADER_BYTES as usize);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        // The read buffer is where the head must fit: beyond it hyper answers 431.
+        .max_buf_size(head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        // WebSockets over HTTP/2 (RFC 8441), as `axum::serve` offers them.
+        .enable_connect_protocol();
+    builder
+}
+
+/// Requests in flight on one connection and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    started: AtomicBool,
+    last_done: Mutex<Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// One request, from its head until its response body is done (or dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        started: AtomicBool::new(false),
+        last_done: Mutex::new(accepted),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let in_flight = activity.begin();
+            let mut request = request.map(Body::new);
+            // The peer address feeds rate limiting by client address.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let app = app.clone();
+            async move {
+                let response = match app.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                // The request stays in flight until its body is sent (or dropped).
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
+            }
+        })
+    };
+    let builder = builder(&limits);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+
+    let header_timeout = limits.header_read_timeout.0;
+    let idle_timeout = limits.idle_timeout.0;
+    let first_head = tokio::time::sleep_until(accepted + header_timeout);
+    tokio::pin!(first_head);
+    let mut shutting_down = false;
+    loop {
+        let idle_check = tokio::time::sleep(idle_timeout.saturating_sub(activity.idle_for()));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.wait_for(|stop| *stop), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut first_head, if !activity.started.load(Ordering::Relaxed) => {
+                tracing::debug!(%peer, "no request head within header_read_timeout; closing");
+                break;
+            }
+            _ = idle_check, if !shutting_down && !idle_timeout.is_zero() => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!(%peer, "connection idle; closing");
+                    shutting_down = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, ConfigDuration};
+
+    #[test]
+    fn limits_that_protect_nothing_are_refused() {
+        assert!(check_limits(&Limits::default()).is_empty());
+        let bad = Limits {
+            header_read_timeout: ConfigDuration(Duration::ZERO),
+            max_connections: 0,
+            max_header_bytes: ByteSize(1024),
+            max_ws_per_client: 0,
+            ..Limits::default()
+        };
+        let problems = check_limits(&bad).join("\n");
+        for key in [
+            "header_read_timeout",
+            "max_connections",
+            "max_header_bytes",
+            "max_ws_per_client",
+        ] {
+            assert!(problems.contains(key), "{key} in {problems}");
+        }
+    }
+}
