@@ -109,6 +109,16 @@ pub async fn build_table(
         })??;
     let upstreams = Upstreams::build(&config, previous.map(|t| &*t.upstreams))?;
     let middleware = Middleware::build(&config, previous.map(|t| &*t.middleware))?;
+    let cache = crate::cache::ResponseCache::build(
+        config.cache.as_ref(),
+        previous.and_then(|t| t.cache.as_ref()),
+    )
+    .map_err(|e| {
+        LoadErrors::from(crate::config::LoadError::new(
+            Location::new(&config.path, 0),
+            e,
+        ))
+    })?;
 
     let mut reflected = Vec::new();
     let mut errors = LoadErrors::default();
@@ -128,12 +138,14 @@ pub async fn build_table(
 
     tokio::task::spawn_blocking(move || {
         let schema = Schema::load(&config.descriptors, &reflected)?;
-        compile(
+        let mut table = compile(
             Arc::new(config),
             schema,
             Arc::new(upstreams),
             Arc::new(middleware),
-        )
+        )?;
+        table.cache = Some(cache);
+        Ok(table)
     })
     .await
     .map_err(|e| {

@@ -138,24 +138,39 @@ async fn dispatch(
         Ok(admitted) => admitted,
         Err(error) => return (Some(index), Err(error)),
     };
+    // Cache phase: the lookup is prepared before the target consumes the request.
+    let cached = route
+        .cache
+        .as_ref()
+        .zip(table.cache.as_ref())
+        .map(|(policy, cache)| {
+            let lookup = policy.lookup(&request, admitted.identity.claims.as_deref());
+            (policy, cache, lookup)
+        });
     request.extensions_mut().insert(admitted.identity);
-    let mut result = match &route.target {
-        Target::Static(target) => {
-            let mut response = Response::new(Body::from(target.body.clone()));
-            *response.status_mut() = target.status;
-            response.headers_mut().extend(target.headers.clone());
-            Ok(response)
+    let target = async {
+        match &route.target {
+            Target::Static(target) => {
+                let mut response = Response::new(Body::from(target.body.clone()));
+                *response.status_mut() = target.status;
+                response.headers_mut().extend(target.headers.clone());
+                Ok(response)
+            }
+            Target::Grpc(target) => match route.template.captures(&path) {
+                Ok(captures) => grpc::call(table, target, request, captures, trace).await,
+                Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
+            },
+            Target::Amqp(target) => match route.template.captures(&path) {
+                Ok(captures) => amqp::call(table, target, request, captures, trace).await,
+                Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
+            },
+            // Auth and rate limits ran above; socket limits are checked in `ws::upgrade`.
+            Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
         }
-        Target::Grpc(target) => match route.template.captures(&path) {
-            Ok(captures) => grpc::call(table, target, request, captures, trace).await,
-            Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
-        },
-        Target::Amqp(target) => match route.template.captures(&path) {
-            Ok(captures) => amqp::call(table, target, request, captures, trace).await,
-            Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
-        },
-        // Auth and rate limits ran above; socket limits are checked in `ws::upgrade`.
-        Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
+    };
+    let mut result = match cached {
+        Some((policy, cache, lookup)) => cache.serve(policy, lookup, target).await,
+        None => target.await,
     };
     if let Some(decision) = &admitted.rate_limit {
         match &mut result {
