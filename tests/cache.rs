@@ -89,7 +89,10 @@ async fn a_hit_never_reaches_the_backend() {
     assert_eq!(header(&first, "cache-control"), "max-age=30");
     assert!(!header(&first, "x-trace-id").is_empty());
     let first_body: Value = first.json().await.unwrap();
-    assert_eq!(first_body, json!({"id": "1", "name": "a", "small": 2}));
+    assert_eq!(
+        (&first_body["id"], &first_body["name"], &first_body["small"]),
+        (&json!("1"), &json!("a"), &json!(2))
+    );
     assert_eq!(calls(&echo), 1);
 
     // Same query in another order: the same entry.
@@ -117,6 +120,11 @@ async fn a_hit_never_reaches_the_backend() {
         assert_eq!(fetch(&gw, "/v1/echo/2", &[]).await.1, "hit");
     }
     assert_eq!(calls(&echo), 3);
+
+    // A reload that leaves the `cache:` section alone keeps the entries.
+    gw.gateway.reload().await.expect("reload");
+    assert_eq!(fetch(&gw, "/v1/echo/2", &[]).await.1, "hit");
+    assert_eq!(calls(&echo), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,18 +132,18 @@ async fn entries_expire_after_their_ttl() {
     let echo = echo::start().await;
     let routes = format!(
         "routes:\n{}",
-        cached_route("ttl", "/v1/echo/{id}", "{ ttl: 400ms }", "")
+        cached_route("ttl", "/v1/echo/{id}", "{ ttl: 1s }", "")
     );
     let gw = gateway_with(&echo, "", &routes).await;
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "miss");
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "hit");
     assert_eq!(calls(&echo), 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "miss");
     assert_eq!(calls(&echo), 2);
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "hit");
     // Without `stale_if_error` an expired entry does not stand in for a failure.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, cache, _) = fetch(&gw, "/v1/echo/1", &[("grpc-metadata-x-echo-fail", "14")]).await;
     assert_eq!((status, cache.as_str()), (503, "miss"));
 }
@@ -149,7 +157,7 @@ async fn stale_if_error_covers_failures_and_deadlines_but_not_client_errors() {
             "stale",
             "/v1/echo/{id}",
             "{ ttl: 300ms, stale_if_error: 30s }",
-            "    timeout: 300ms\n"
+            "    timeout: 1s\n"
         )
     );
     let gw = gateway_with(&echo, "", &routes).await;
@@ -185,7 +193,7 @@ async fn stale_if_error_covers_failures_and_deadlines_but_not_client_errors() {
     let (status, cache, body) = fetch(
         &gw,
         "/v1/echo/1?name=x",
-        &[("grpc-metadata-x-echo-delay-ms", "1000")],
+        &[("grpc-metadata-x-echo-delay-ms", "3000")],
     )
     .await;
     assert_eq!((status, cache.as_str(), &body), (200, "stale", &fresh));
@@ -225,7 +233,7 @@ async fn concurrent_misses_make_one_backend_call() {
         tokio::spawn(async move {
             let response = client()
                 .get(url)
-                .header("grpc-metadata-x-echo-delay-ms", "300")
+                .header("grpc-metadata-x-echo-delay-ms", "1000")
                 .send()
                 .await
                 .expect("request");
@@ -235,17 +243,27 @@ async fn concurrent_misses_make_one_backend_call() {
         })
     });
     let answers = futures_util::future::join_all(requests).await;
+    // On a loaded machine a request may only arrive once the answer is stored: a hit.
+    let mut hits = 0;
     for answer in answers {
         let (status, cache, body) = answer.expect("task");
         assert_eq!(status, 200);
-        assert_eq!(cache, "miss");
-        assert_eq!(body, json!({"id": "7", "name": "herd"}));
+        assert!(cache == "miss" || cache == "hit", "x-cache {cache}");
+        hits += u32::from(cache == "hit");
+        assert_eq!((&body["id"], &body["name"]), (&json!("7"), &json!("herd")));
     }
+    assert!(hits < 25, "{hits} of 50 requests came after the fetch");
     assert_eq!(calls(&echo), 1, "50 concurrent misses, one backend call");
     let metrics = metrics(&gw).await;
-    let line = format!("switchboard_cache_coalesced_total{{route=\"{name}\"}} 49");
+    let line = format!(
+        "switchboard_cache_coalesced_total{{route=\"{name}\"}} {}",
+        49 - hits
+    );
     assert!(metrics.contains(&line), "{line} in\n{metrics}");
-    let line = format!("switchboard_cache_requests_total{{route=\"{name}\",result=\"miss\"}} 50");
+    let line = format!(
+        "switchboard_cache_requests_total{{route=\"{name}\",result=\"miss\"}} {}",
+        50 - hits
+    );
     assert!(metrics.contains(&line), "{line} in\n{metrics}");
 }
 
@@ -269,7 +287,7 @@ async fn waiting_requests_share_a_failure_and_a_stale_answer() {
             tokio::spawn(async move {
                 let response = client()
                     .get(url)
-                    .header("grpc-metadata-x-echo-delay-ms", "200")
+                    .header("grpc-metadata-x-echo-delay-ms", "1000")
                     .header("grpc-metadata-x-echo-fail", "14")
                     .send()
                     .await
@@ -429,8 +447,9 @@ async fn answers_larger_than_max_entry_bytes_pass_through_unstored() {
         "routes:\n{}",
         cached_route("large", "/v1/echo/{id}", "{ ttl: 30s }", "")
     );
-    let gw = gateway_with(&echo, "cache: { max_entry_bytes: 64 }\n", &routes).await;
-    let long = "x".repeat(200);
+    // An answer without `name` is about 300 bytes.
+    let gw = gateway_with(&echo, "cache: { max_entry_bytes: 1KiB }\n", &routes).await;
+    let long = "x".repeat(2000);
     let path = format!("/v1/echo/1?name={long}");
     for _ in 0..2 {
         let (status, cache, body) = fetch(&gw, &path, &[]).await;
@@ -467,6 +486,14 @@ async fn admin_purges_all_one_route_or_a_key_prefix() {
         }
     };
     fill(&["/a/1", "/a/12", "/a/2", "/b/1"]).await;
+    let listed = gateway::get_json(gw.admin_url("/admin/routes")).await;
+    let route = listed["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "purge-a")
+        .unwrap();
+    assert_eq!(route["cache"]["ttl_ms"], 30000);
     assert_eq!(fetch(&gw, "/a/12", &[]).await.1, "hit");
 
     assert_eq!(
@@ -556,7 +583,7 @@ async fn redis_down_still_serves_from_the_backend() {
         let started = std::time::Instant::now();
         let (status, cache, body) = fetch(&gw, "/v1/echo/1", &[]).await;
         assert_eq!((status, cache.as_str()), (200, "miss"));
-        assert_eq!(body, json!({"id": "1"}));
+        assert_eq!(body["id"], "1");
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     assert_eq!(calls(&echo), 3);
@@ -617,10 +644,10 @@ routes:
     gateway::assert_refused(
         &config,
         &[
-            "m.yaml:2: `cache` applies to GET routes only (this route is POST)",
-            "m.yaml:5: `cache` cannot apply to a server-streaming route",
-            "m.yaml:8: `cache` cannot apply to a websocket route",
-            "m.yaml:11: `cache.ttl` must be more than 0",
+            "m.yaml:3: `cache` applies to GET routes only (this route is POST)",
+            "m.yaml:6: `cache` cannot apply to a server-streaming route",
+            "m.yaml:9: `cache` cannot apply to a websocket route",
+            "m.yaml:12: `cache.ttl` must be more than 0",
         ],
     )
     .await;
