@@ -438,6 +438,19 @@ async fn only_200_answers_are_stored() {
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "miss");
     assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "hit");
     assert_eq!(calls(&echo), 3);
+
+    // A GET with a body neither reads nor fills the cache: the key does not cover it.
+    for _ in 0..2 {
+        let response = client()
+            .get(gw.url("/v1/echo/1"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&response, "x-cache"), "miss");
+    }
+    assert_eq!(calls(&echo), 5);
+    assert_eq!(fetch(&gw, "/v1/echo/1", &[]).await.1, "hit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,6 +632,10 @@ routes:
   - http: { get: "/v1/echo/{id}" }
     grpc: { upstream: echo, method: test.echo.v1.EchoService/Get }
     cache: { ttl: 0s, vary: ["bad header"] }
+  - http: { get: "/v1/forwarded/{id}" }
+    grpc: { upstream: echo, method: test.echo.v1.EchoService/Get }
+    forward_authorization: true
+    cache: { ttl: 1s }
 "#,
     );
     let config = dir.write(
@@ -648,6 +665,7 @@ routes:
             "m.yaml:6: `cache` cannot apply to a server-streaming route",
             "m.yaml:9: `cache` cannot apply to a websocket route",
             "m.yaml:12: `cache.ttl` must be more than 0",
+            "m.yaml:15: `cache` with `forward_authorization: true` needs `auth: required` or `optional`",
         ],
     )
     .await;

@@ -96,11 +96,13 @@ pub(super) struct RouteCacheMetrics {
 
 impl RouteCache {
     /// Checks the policy against its route: GET only, and an answer that is one body.
+    /// `authenticates`: the route verifies tokens, so the key can hold the user.
     pub fn compile(
         spec: &RouteCacheSpec,
         name: &str,
         method: &Method,
         target: &Target,
+        authenticates: bool,
     ) -> Result<Self, String> {
         if *method != Method::GET {
             return Err(format!(
@@ -113,6 +115,13 @@ impl RouteCache {
             }
             Target::Grpc(grpc) if grpc.server_streaming => {
                 return Err("`cache` cannot apply to a server-streaming route".into());
+            }
+            // The backend may answer per caller, but the key would not say who called.
+            Target::Grpc(grpc) if grpc.forward_authorization && !authenticates => {
+                return Err(
+                    "`cache` with `forward_authorization: true` needs `auth: required` or `optional`"
+                        .into(),
+                );
             }
             Target::Grpc(grpc) => grpc.timeout,
             Target::Amqp(amqp) => amqp.timeout,

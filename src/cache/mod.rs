@@ -87,7 +87,8 @@ pub struct ResponseCache {
 
 /// One request's cache lookup, prepared before the target consumes the request.
 pub struct Lookup {
-    /// `None`: the request must not share answers (an authenticated user without `sub`).
+    /// `None`: the request must not share answers (an authenticated user without `sub`,
+    /// a request with a body).
     key: Option<CacheKey>,
     /// The client asked for `no-cache` on a route that honours it.
     bypass: bool,
@@ -110,7 +111,13 @@ impl RouteCache {
         let bypass = self.client_bypass && asks_no_cache(request.headers());
         let deadline =
             crate::middleware::deadline::effective_timeout(self.timeout, request.headers());
-        let key = user.map(|user| {
+        // A GET with a body: the backend may read it, the key does not; not shared.
+        let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|n| n.as_bytes() != b"0");
+        let key = user.filter(|_| !has_body).map(|user| {
             CacheKey::build(
                 &self.route,
                 request.uri().path(),

@@ -530,7 +530,14 @@ impl Compiler<'_> {
         };
         let cache = match &spec.cache {
             Some(cache) => {
-                match crate::cache::RouteCache::compile(cache, &name, &method, &target) {
+                let authenticates = spec.auth != AuthMode::None;
+                match crate::cache::RouteCache::compile(
+                    cache,
+                    &name,
+                    &method,
+                    &target,
+                    authenticates,
+                ) {
                     Ok(cache) => Some(cache),
                     Err(message) => return self.errors.push(location.clone(), message),
                 }
