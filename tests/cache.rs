@@ -268,7 +268,7 @@ async fn concurrent_misses_make_one_backend_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_requests_share_a_failure_and_a_stale_answer() {
+async fn waiting_requests_share_a_failure_a_refusal_and_a_stale_answer() {
     let echo = echo::start().await;
     let routes = format!(
         "routes:\n{}",
@@ -280,7 +280,7 @@ async fn waiting_requests_share_a_failure_and_a_stale_answer() {
         )
     );
     let gw = gateway_with(&echo, "", &routes).await;
-    let herd = |path: &'static str| {
+    let herd = |path: &'static str, fail: &'static str| {
         let gw_url = gw.url(path);
         (0..10).map(move |_| {
             let url = gw_url.clone();
@@ -288,7 +288,7 @@ async fn waiting_requests_share_a_failure_and_a_stale_answer() {
                 let response = client()
                     .get(url)
                     .header("grpc-metadata-x-echo-delay-ms", "1000")
-                    .header("grpc-metadata-x-echo-fail", "14")
+                    .header("grpc-metadata-x-echo-fail", fail)
                     .send()
                     .await
                     .expect("request");
@@ -300,17 +300,22 @@ async fn waiting_requests_share_a_failure_and_a_stale_answer() {
         })
     };
     // Nothing stored: all ten get the failure, from one backend call.
-    for answer in futures_util::future::join_all(herd("/v1/echo/1")).await {
+    for answer in futures_util::future::join_all(herd("/v1/echo/1", "14")).await {
         assert_eq!(answer.unwrap(), (503, "miss".to_string()));
     }
     assert_eq!(calls(&echo), 1);
+    // A refusal (NOT_FOUND) is shared the same way.
+    for answer in futures_util::future::join_all(herd("/v1/echo/3", "5")).await {
+        assert_eq!(answer.unwrap(), (404, "miss".to_string()));
+    }
+    assert_eq!(calls(&echo), 2);
     // Stored, then expired: all ten get the stale entry, from one backend call.
     assert_eq!(fetch(&gw, "/v1/echo/2", &[]).await.1, "miss");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for answer in futures_util::future::join_all(herd("/v1/echo/2")).await {
+    for answer in futures_util::future::join_all(herd("/v1/echo/2", "14")).await {
         assert_eq!(answer.unwrap(), (200, "stale".to_string()));
     }
-    assert_eq!(calls(&echo), 3);
+    assert_eq!(calls(&echo), 4);
 }
 
 fn token(sub: &str) -> String {

@@ -67,6 +67,8 @@ enum Shared {
     Stale(Arc<Entry>, Duration),
     /// The backend failed and nothing may stand in for it.
     Failed(GatewayError),
+    /// The backend refused the request (404, 400, …): the same refusal for everyone.
+    Refused(GatewayError),
     /// The answer could not be shared (too large to buffer): fetch for yourself.
     Alone,
 }
@@ -294,6 +296,7 @@ impl ResponseCache {
                     Some(Shared::Failed(error)) => {
                         return self.failed(route, stale, Err(error));
                     }
+                    Some(Shared::Refused(error)) => return with_miss_headers(route, Err(error)),
                     Some(Shared::Alone) | None => None,
                 }
             }
@@ -326,8 +329,12 @@ impl ResponseCache {
                 };
                 (shared, answer)
             }
-            // Client-side outcomes (4xx, other 2xx/3xx) depend on nothing cached: the
-            // waiting requests fetch for themselves rather than share them.
+            Err(error) => (
+                Shared::Refused(error.clone()),
+                with_miss_headers(route, Err(error)),
+            ),
+            // Other answers (3xx, 2xx but 200, a 4xx body from an AMQP reply) are not
+            // buffered: the waiting requests fetch for themselves.
             other => (Shared::Alone, with_miss_headers(route, other)),
         };
         if let Some(guard) = flight {
