@@ -122,6 +122,12 @@ pub async fn build_table(
     let middleware = Middleware::build(&config, previous.map(|t| &*t.middleware))
         .map_err(|e| errors.0.extend(e.0))
         .unwrap_or_default();
+    let cache = crate::cache::ResponseCache::build(
+        config.cache.as_ref(),
+        previous.and_then(|t| t.cache.as_ref()),
+    )
+    .map_err(|e| errors.push(Location::new(&config.path, 0), e))
+    .ok();
 
     let mut reflected = Vec::new();
     for (name, spanned) in &config.upstreams {
@@ -140,12 +146,14 @@ pub async fn build_table(
 
     tokio::task::spawn_blocking(move || {
         let schema = Schema::load(&config.descriptors, &reflected)?;
-        compile(
+        let mut table = compile(
             Arc::new(config),
             schema,
             Arc::new(upstreams),
             Arc::new(middleware),
-        )
+        )?;
+        table.cache = cache;
+        Ok(table)
     })
     .await
     .map_err(|e| {

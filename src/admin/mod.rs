@@ -1,6 +1,7 @@
 //! The admin listener (contract §6): health, readiness, Prometheus metrics, the route
 //! table, upstreams, reload, and a small dashboard page for people.
 
+mod cache;
 pub mod guard;
 
 use crate::gateway::Gateway;
@@ -26,6 +27,7 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/admin/routes", get(routes))
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/reload", post(reload))
+        .route("/admin/cache", axum::routing::delete(cache::purge))
         .with_state(gateway)
 }
 
@@ -61,6 +63,9 @@ async fn routes(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
                 "path": route.template.text,
                 "source": route.location.to_string(),
             });
+            if let Some(cache) = &route.cache {
+                entry["cache"] = cache.describe();
+            }
             match &route.target {
                 Target::Grpc(grpc) => {
                     entry["target"] = json!({

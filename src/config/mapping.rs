@@ -50,9 +50,11 @@ pub struct RouteSpec {
     /// RabbitMQ request-reply or publish (with `http:`).
     pub amqp: Option<super::AmqpTarget>,
 
+    /// Response cache of a GET route (`crate::cache`).
+    pub cache: Option<crate::cache::RouteCacheSpec>,
+
     // Parts of the contract this build does not implement yet (refused with a clear error).
     pub compose: Option<serde_json::Value>,
-    pub cache: Option<serde_json::Value>,
 }
 
 /// The HTTP side, in `google.api.HttpRule` form.

@@ -56,8 +56,9 @@ pub struct GatewayConfig {
     pub auth: Option<AuthConfig>,
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,
+    /// The response cache store (`crate::cache`).
     #[serde(default)]
-    pub cache: Option<serde_json::Value>,
+    pub cache: Option<crate::cache::CacheConfig>,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs or single addresses).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,

@@ -13,9 +13,10 @@
 //! | 8 | authentication, scopes | 401 / 403; the verified claims become the request's `Identity` |
 //! | 9 | keyed limits | rate limits keyed by a claim need phase 8 |
 //! | 10 | deadline | one budget from the route timeout and the client's shorter one, spent by every later phase |
-//! | 11 | target | static, gRPC, AMQP or WebSocket; upstreams add breaker, retries and balancing |
-//! | 12 | response decoration | `RateLimit-*`, `x-trace-id`, CORS headers, on errors too |
-//! | 13 | metrics, access log | with the route's name and the final status |
+//! | 11 | cache | GET routes with `cache:`: a hit never reaches phase 12; concurrent misses of one key make one call |
+//! | 12 | target | static, gRPC, AMQP, composed or WebSocket; upstreams add breaker, retries and balancing |
+//! | 13 | response decoration | `RateLimit-*`, `x-trace-id`, CORS headers, on errors too |
+//! | 14 | metrics, access log | with the route's template and the final status |
 //!
 //! Every failure becomes a `google.rpc.Status` response in one place
 //! ([`GatewayError::into_response`], the rescue): clients read a safe message, the log gets
@@ -58,7 +59,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
         // The rescue: one place turns every error into the client's answer.
         let mut response = result.unwrap_or_else(GatewayError::into_response);
 
-        // 12. Response decoration.
+        // 13. Response decoration.
         let headers = response.headers_mut();
         if let Some(decision) = &outcome.rate_limit {
             ratelimit::add_headers(decision, headers);
@@ -68,7 +69,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
             cors.decorate(origin.as_ref(), headers);
         }
 
-        // 13. Metrics and access log.
+        // 14. Metrics and access log.
         let status = response.status();
         match outcome.route {
             Some(index) => table.routes[index]
@@ -99,7 +100,7 @@ struct Outcome {
     rate_limit: Option<Decision>,
 }
 
-/// Phases 2 to 11.
+/// Phases 2 to 12.
 async fn run(
     table: &Arc<RouteTable>,
     mut request: Request<Body>,
@@ -161,7 +162,6 @@ async fn run(
     {
         outcome.rate_limit = Some(decision);
     }
-    request.extensions_mut().insert::<Identity>(identity);
 
     // 10. Deadline.
     let deadline = match route_timeout(route) {
@@ -169,18 +169,43 @@ async fn run(
         None => Deadline::after(std::time::Duration::MAX / 4),
     };
 
-    // 11. Target.
-    match &route.target {
-        Target::Static(target) => {
-            let mut response = Response::new(Body::from(target.body.clone()));
-            *response.status_mut() = target.status;
-            response.headers_mut().extend(target.headers.clone());
-            Ok(response)
+    // 11. Cache: GET routes with `cache:`. The key (route, path, query, user, `vary`
+    // headers) is taken before the target consumes the request.
+    let cached = route
+        .cache
+        .as_ref()
+        .zip(table.cache.as_ref())
+        .map(|(policy, cache)| {
+            (
+                policy,
+                cache,
+                policy.lookup(&request, identity.claims.as_deref()),
+            )
+        });
+    request.extensions_mut().insert::<Identity>(identity);
+
+    // 12. Target.
+    let target = async {
+        match &route.target {
+            Target::Static(target) => {
+                let mut response = Response::new(Body::from(target.body.clone()));
+                *response.status_mut() = target.status;
+                response.headers_mut().extend(target.headers.clone());
+                Ok(response)
+            }
+            Target::Grpc(target) => {
+                grpc::call(table, target, request, captures, trace, deadline).await
+            }
+            Target::Amqp(target) => {
+                amqp::call(table, target, request, captures, trace, deadline).await
+            }
+            // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
+            Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
         }
-        Target::Grpc(target) => grpc::call(table, target, request, captures, trace, deadline).await,
-        Target::Amqp(target) => amqp::call(table, target, request, captures, trace, deadline).await,
-        // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
-        Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
+    };
+    match cached {
+        Some((policy, cache, lookup)) => cache.serve(policy, lookup, target).await,
+        None => target.await,
     }
 }
 

@@ -65,10 +65,7 @@ pub fn compile(
 /// Contract sections that this build parses but does not implement yet.
 fn check_unsupported_sections(config: &GatewayConfig, errors: &mut LoadErrors) {
     let location = Location::new(&config.path, 0);
-    for (present, key) in [
-        (config.tls.is_some(), "tls"),
-        (config.cache.is_some(), "cache"),
-    ] {
+    for (present, key) in [(config.tls.is_some(), "tls")] {
         if present {
             errors.push(
                 location.clone(),
@@ -91,10 +88,7 @@ struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn route(&mut self, spec: &RouteSpec, location: Location) {
-        for (present, key) in [
-            (spec.compose.is_some(), "compose"),
-            (spec.cache.is_some(), "cache"),
-        ] {
+        for (present, key) in [(spec.compose.is_some(), "compose")] {
             if present {
                 self.errors.push(
                     location.clone(),
@@ -537,7 +531,24 @@ impl Compiler<'_> {
             (Some(name), None) => name.clone(),
             _ => format!("{method} {}", template.text),
         };
+        let cache = match &spec.cache {
+            Some(cache) => {
+                let authenticates = spec.auth != AuthMode::None;
+                match crate::cache::RouteCache::compile(
+                    cache,
+                    &name,
+                    &method,
+                    &target,
+                    authenticates,
+                ) {
+                    Ok(cache) => Some(cache),
+                    Err(message) => return self.errors.push(location.clone(), message),
+                }
+            }
+            None => None,
+        };
         self.routes.push(Route {
+            cache,
             metrics: RouteMetrics::new(&name),
             name,
             method,

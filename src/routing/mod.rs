@@ -33,6 +33,8 @@ pub struct RouteTable {
     pub limits: Limits,
     /// Sorted most specific first; indices below are into this.
     pub routes: Vec<Route>,
+    /// The response cache store; set by `gateway::build_table` (kept across reloads).
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
     by_first_literal: HashMap<String, Vec<usize>>,
     /// Routes whose first segment is not a literal: candidates for every path.
     wildcard_first: Vec<usize>,
@@ -48,6 +50,8 @@ pub struct Route {
     /// Authentication, scopes and rate limit of this route.
     pub policy: RoutePolicy,
     pub metrics: RouteMetrics,
+    /// `cache:` of a GET route; served by `RouteTable::cache`.
+    pub cache: Option<crate::cache::RouteCache>,
 }
 
 pub enum Target {
@@ -137,6 +141,7 @@ impl RouteTable {
             upstreams,
             middleware,
             routes,
+            cache: None,
             by_first_literal,
             wildcard_first,
         }
