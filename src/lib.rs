@@ -6,6 +6,7 @@
 //! on reload by `gateway::Gateway`.
 
 pub mod admin;
+pub mod compose;
 pub mod config;
 pub mod error;
 pub mod gateway;

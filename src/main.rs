@@ -147,6 +147,7 @@ fn print_routes(gateway: &Gateway) {
                 amqp.routing_key.text
             ),
             Target::WebSocket(ws) => ws.describe().summary(),
+            Target::Compose(compose) => compose.summary(),
         };
         println!(
             "{:<7} {:<48} {:<60} {}",

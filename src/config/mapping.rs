@@ -50,8 +50,13 @@ pub struct RouteSpec {
     /// RabbitMQ request-reply or publish (with `http:`).
     pub amqp: Option<super::AmqpTarget>,
 
+    /// Composition: several backend calls for one request (`crate::compose`).
+    pub compose: Option<crate::compose::spec::ComposeSpec>,
+    /// Clients may trim the JSON answer with `?fields=` (Google partial-response syntax).
+    #[serde(default)]
+    pub partial_response: bool,
+
     // Parts of the contract this build does not implement yet (refused with a clear error).
-    pub compose: Option<serde_json::Value>,
     pub cache: Option<serde_json::Value>,
 }
 
@@ -134,11 +139,38 @@ fn default_static_status() -> u16 {
     200
 }
 
+/// `response:` — `{ fields: [paths] }` projects the answer; any other object is a
+/// template over the step results of a `compose:` route.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Value")]
 pub struct ResponseShaping {
-    /// Keep only these top-level fields of the JSON response (names as emitted).
+    /// Keep only these fields of the JSON response (`a.b` paths; empty with a template).
     pub fields: Vec<String>,
+    pub template: Option<serde_json::Value>,
+}
+
+impl TryFrom<serde_json::Value> for ResponseShaping {
+    type Error = String;
+
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(map) = &value else {
+            return Err("`response:` must be an object".into());
+        };
+        match map.get("fields") {
+            Some(fields) if map.len() == 1 => {
+                let fields: Vec<String> = serde_json::from_value(fields.clone())
+                    .map_err(|_| "`response: { fields }` must be a list of field paths")?;
+                Ok(Self {
+                    fields,
+                    template: None,
+                })
+            }
+            _ => Ok(Self {
+                fields: Vec::new(),
+                template: Some(value),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! every failure turned into a `google.rpc.Status` response.
 
 mod amqp;
-mod body;
+pub(crate) mod body;
 mod grpc;
 
 use crate::error::GatewayError;
@@ -152,6 +152,10 @@ async fn dispatch(
         },
         Target::Amqp(target) => match route.template.captures(&path) {
             Ok(captures) => amqp::call(table, target, request, captures, trace).await,
+            Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
+        },
+        Target::Compose(target) => match route.template.captures(&path) {
+            Ok(captures) => crate::compose::call(table, target, request, captures, trace).await,
             Err(e) => Err(GatewayError::invalid_argument(e.to_string())),
         },
         // Auth and rate limits ran above; socket limits are checked in `ws::upgrade`.

@@ -88,10 +88,7 @@ struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn route(&mut self, spec: &RouteSpec, location: Location) {
-        for (present, key) in [
-            (spec.compose.is_some(), "compose"),
-            (spec.cache.is_some(), "cache"),
-        ] {
+        for (present, key) in [(spec.cache.is_some(), "cache")] {
             if present {
                 self.errors.push(
                     location.clone(),
@@ -109,6 +106,10 @@ impl Compiler<'_> {
                 }
                 Err(message) => self.errors.push(location, message),
             }
+            return;
+        }
+        if let (Some(http), Some(_)) = (&spec.http, &spec.compose) {
+            self.compose_route(spec, http, &location);
             return;
         }
         if let (Some(http), Some(amqp)) = (&spec.http, &spec.amqp) {
@@ -142,6 +143,36 @@ impl Compiler<'_> {
                 location,
                 "route has more than one target; use one of `grpc`, `static`, `grpc_service`",
             ),
+        }
+    }
+
+    /// A `compose:` route, compiled by `crate::compose::plan`.
+    fn compose_route(&mut self, spec: &RouteSpec, http: &HttpSpec, location: &Location) {
+        let Some((verb, template)) = self.pattern(http, location) else {
+            return;
+        };
+        let cx = crate::compose::plan::Context {
+            schema: self.schema,
+            upstreams: self.upstreams,
+            proto_names: self.use_proto_names,
+            route_name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{verb} {}", template.text)),
+            method: &verb,
+            template: &template,
+            location,
+        };
+        match crate::compose::plan::compile(spec, &cx) {
+            Ok(route) => {
+                let target = Target::Compose(Box::new(route));
+                self.push(spec, verb, template, target, location);
+            }
+            Err(errors) => {
+                for (at, message) in errors {
+                    self.errors.push(at, message);
+                }
+            }
         }
     }
 
@@ -342,6 +373,12 @@ impl Compiler<'_> {
             },
         };
 
+        if spec.response.as_ref().is_some_and(|r| r.template.is_some()) {
+            fail(
+                &mut self.errors,
+                "a `response:` template applies to `compose:` routes; a gRPC route takes `response: { fields: [...] }`".into(),
+            );
+        }
         // Shaping names may be proto or JSON names; keep them as the names emitted.
         let response_fields = spec.response.as_ref().map(|shaping| {
             let mut emitted = Vec::new();
@@ -395,6 +432,7 @@ impl Compiler<'_> {
             body,
             response_body,
             response_fields,
+            partial_response: spec.partial_response,
             timeout,
             forward_authorization: spec.forward_authorization,
             idempotent: spec.idempotent || *verb == Method::GET,
