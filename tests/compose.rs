@@ -670,4 +670,17 @@ async fn the_demo_product_details_page_end_to_end() {
     let inventory = steps.iter().find(|s| s["name"] == "inventory").unwrap();
     assert_eq!(inventory["depends_on"], json!(["product"]));
     assert_eq!(inventory["fallback"], "cached");
+
+    // OpenAPI: an object of the steps' response schemas.
+    let document = switchboard::openapi::document(&gw.gateway.table());
+    let schema = &document["paths"]["/v1/productdetails/{id}"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(
+        schema["properties"]["product"]["$ref"],
+        "#/components/schemas/shop.catalog.v1.Product"
+    );
+    assert_eq!(
+        schema["properties"]["shipping"]["$ref"],
+        "#/components/schemas/shop.shipping.v1.Quote"
+    );
 }
