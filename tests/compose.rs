@@ -386,7 +386,11 @@ async fn responses_are_shaped_by_template_or_projection() {
             "    response: { fields: [product.name, product.price.units, reviews.reviews.rating] }\n",
             &[PRODUCT, REVIEWS, INVENTORY]
         ),
-    );
+    ) + r#"  - http: { post: "/v1/posted", body: "*" }
+    compose:
+      product: { grpc: { upstream: catalog, method: shop.catalog.v1.CatalogService/GetProduct }, request: { id: "{body.productId}" }, required: true }
+      reviews: { grpc: { upstream: reviews, method: shop.reviews.v1.ReviewService/ListReviews }, request: { product_id: "{product.id}", page_size: "{header.x-page-size}" }, required: true }
+"#;
     let gw = gateway(&shop, &routes).await;
 
     let answer = get(&gw, "/v1/template/1?n=2").await;
@@ -401,6 +405,26 @@ async fn responses_are_shaped_by_template_or_projection() {
             "fixed": { "ok": true }
         })
     );
+
+    // Body and header placeholders; text converts to the field's type (int32 page_size).
+    let response = client()
+        .post(gw.url("/v1/posted"))
+        .header("x-page-size", "1")
+        .json(&json!({ "productId": "3" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let posted: Value = response.json().await.unwrap();
+    assert_eq!(posted["product"]["sku"], "SKU-003");
+    assert_eq!(posted["reviews"]["reviews"].as_array().unwrap().len(), 1);
+    let bad = client()
+        .post(gw.url("/v1/posted"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 
     let answer = get(&gw, "/v1/projected/2").await;
     assert_eq!(

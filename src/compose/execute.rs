@@ -26,10 +26,15 @@ use serde_json::{Map, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
 static X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
+
+/// JSON bytes all steps of one call may bring back together (`for_each` fans out up to
+/// 1000 calls): beyond it a step fails, so one request cannot hold unbounded memory.
+const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
 
 /// One composed request, from the client's request to the JSON answer.
 pub async fn call(
@@ -100,6 +105,7 @@ pub async fn call(
         metadata: &metadata,
         amqp_headers: &amqp_headers,
         deadline,
+        received: AtomicUsize::new(0),
     };
     let outcome = run(&env, &request).await?;
 
@@ -175,6 +181,22 @@ struct Env<'a> {
     metadata: &'a HeaderMap,
     amqp_headers: &'a HeaderMap,
     deadline: Instant,
+    /// Result bytes received so far (bounded by `MAX_RESULT_BYTES`).
+    received: AtomicUsize,
+}
+
+impl Env<'_> {
+    /// Counts `size` result bytes; an error once the call's results grow too large.
+    fn receive(&self, step: &Step, size: usize) -> Result<(), GatewayError> {
+        let total = self.received.fetch_add(size, Ordering::Relaxed) + size;
+        if total > MAX_RESULT_BYTES {
+            return Err(GatewayError::internal(format!(
+                "step `{}`: the composed results exceed {MAX_RESULT_BYTES} bytes",
+                step.name
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The client request as templates read it.
@@ -541,6 +563,7 @@ async fn call_once(
                 .await
                 .map_err(|status| status_to_error(&status, &env.table.schema.pool, json))?;
             let bytes = response.into_inner();
+            env.receive(step, bytes.len())?;
             let text = json.proto_to_json(output, &bytes)?;
             let value =
                 serde_json::from_slice(&text).map_err(|e| GatewayError::internal(e.to_string()))?;
@@ -579,6 +602,7 @@ async fn call_once(
                 )
                 .with_status(status));
             }
+            env.receive(step, reply.body.len())?;
             let (body, _) = message::reply_body(json, response_type.as_ref(), reply)?;
             let value = serde_json::from_slice(&body).map_err(|_| {
                 GatewayError::internal(format!(

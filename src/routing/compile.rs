@@ -97,6 +97,15 @@ impl Compiler<'_> {
                 return;
             }
         }
+        if spec.compose.is_some() {
+            match &spec.http {
+                Some(http) => self.compose_route(spec, http, &location),
+                None => self
+                    .errors
+                    .push(location, "a `compose:` route needs `http:`"),
+            }
+            return;
+        }
         if let Some(path) = &spec.websocket {
             // A GET route like any other, so lookup and conflict checks cover it.
             match crate::ws::compile_route(spec, path, self.schema, self.upstreams) {
@@ -106,10 +115,6 @@ impl Compiler<'_> {
                 }
                 Err(message) => self.errors.push(location, message),
             }
-            return;
-        }
-        if let (Some(http), Some(_)) = (&spec.http, &spec.compose) {
-            self.compose_route(spec, http, &location);
             return;
         }
         if let (Some(http), Some(amqp)) = (&spec.http, &spec.amqp) {
