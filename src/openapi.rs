@@ -642,7 +642,12 @@ impl Schemas {
     fn subset(&mut self, desc: &MessageDescriptor, names: &[String]) -> Value {
         let kept: Vec<FieldDescriptor> = desc
             .fields()
-            .filter(|field| names.iter().any(|n| n == self.name(field)))
+            // A nested path (`price.units`) keeps its top-level field in the schema.
+            .filter(|field| {
+                names
+                    .iter()
+                    .any(|n| n.split('.').next() == Some(self.name(field)))
+            })
             .collect();
         let properties: Map<String, Value> = kept
             .iter()

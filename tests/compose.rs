@@ -449,6 +449,10 @@ async fn clients_trim_answers_with_fields() {
         r#"  - http: { get: "/v1/products/{id}" }
     grpc: { upstream: catalog, method: shop.catalog.v1.CatalogService/GetProduct }
     partial_response: true
+  - http: { get: "/v1/bff/{id}" }
+    grpc: { upstream: catalog, method: shop.catalog.v1.CatalogService/GetProduct }
+    response: { fields: [name, price.units, thumbnail_url] }
+    partial_response: true
 "#
     );
     let gw = gateway(&shop, &routes).await;
@@ -505,6 +509,17 @@ async fn clients_trim_answers_with_fields() {
     assert_eq!(get(&gw, "/v1/products/3?fields=color").await.status, 400);
     let whole = get(&gw, "/v1/products/3").await;
     assert_eq!(whole.body["sku"], "SKU-003");
+
+    // `response: { fields }` on a gRPC route takes nested paths; `?fields=` trims further
+    // and cannot reach what the route leaves out.
+    let bff = get(&gw, "/v1/bff/3").await;
+    assert_eq!(
+        bff.body,
+        json!({ "name": "Pour-Over Kettle", "price": { "units": "45" }, "thumbnailUrl": "https://img.shop.example/3.png" })
+    );
+    let bff = get(&gw, "/v1/bff/3?fields=price").await;
+    assert_eq!(bff.body, json!({ "price": { "units": "45" } }));
+    assert_eq!(get(&gw, "/v1/bff/3?fields=sku").await.status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

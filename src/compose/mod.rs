@@ -102,6 +102,11 @@ pub enum Shaping {
 impl ComposeRoute {
     /// One line per step for `switchboard routes`: `name <- deps: target`.
     pub fn summary(&self) -> String {
+        format!("compose [{}]", self.step_list())
+    }
+
+    /// `product, inventory after product, ...`
+    fn step_list(&self) -> String {
         let steps: Vec<String> = self
             .steps
             .iter()
@@ -119,7 +124,7 @@ impl ComposeRoute {
                 format!("{}{}", s.name, after)
             })
             .collect();
-        format!("compose [{}]", steps.join(", "))
+        steps.join(", ")
     }
 
     /// The steps and their dependencies for `/admin/routes`.
@@ -151,7 +156,9 @@ impl ComposeRoute {
             })
             .collect();
         serde_json::json!({
-            "type": "compose",
+            "kind": "compose",
+            // Shown by the dashboard next to the kind.
+            "method": self.step_list(),
             "steps": steps,
             "timeout_ms": self.timeout.as_millis() as u64,
             "partial_response": self.partial_response,

@@ -130,6 +130,18 @@ impl Mask {
         }
     }
 
+    /// Every selected path as `a.b.c`.
+    pub fn paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, sub) in &self.0 {
+            match sub {
+                Some(sub) => out.extend(sub.paths().into_iter().map(|p| format!("{name}.{p}"))),
+                None => out.push(name.clone()),
+            }
+        }
+        out
+    }
+
     /// Paths written as `a.b.c`.
     pub fn from_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut mask = Mask::default();
@@ -294,31 +306,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn names(mask: &Mask) -> Vec<String> {
-        fn walk(mask: &Mask, prefix: &str, out: &mut Vec<String>) {
-            for (name, sub) in &mask.0 {
-                let full = if prefix.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{prefix}.{name}")
-                };
-                match sub {
-                    Some(sub) => walk(sub, &full, out),
-                    None => out.push(full),
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(mask, "", &mut out);
-        out
-    }
-
     #[test]
     fn google_partial_response_syntax() {
         let mask =
             Mask::parse_param("product(name,price/units),reviews,a.b(c(d,e)),product.id").unwrap();
         assert_eq!(
-            names(&mask),
+            mask.paths(),
             [
                 "product.name",
                 "product.price.units",
@@ -330,7 +323,7 @@ mod tests {
         );
         // A whole member absorbs its parts, whichever comes first.
         let mask = Mask::parse_param("a/b,a,a(c)").unwrap();
-        assert_eq!(names(&mask), ["a"]);
+        assert_eq!(mask.paths(), ["a"]);
         for bad in [
             "", "a,", "a(b", "a)b", "a(,b)", "a//b", "a b", "(a)", "a(b))",
         ] {

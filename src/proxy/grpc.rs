@@ -282,10 +282,12 @@ fn encode_response(
             .unwrap_or(serde_json::Value::Null);
         return serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()));
     }
-    // `response_fields`: the backend-for-frontend subset.
+    // `response_fields`: the backend-for-frontend subset (paths checked at load).
     let mut whole = table.json.to_value(&message)?;
-    if let (Some(fields), Some(object)) = (&route.response_fields, whole.as_object_mut()) {
-        object.retain(|key, _| fields.iter().any(|f| f == key));
+    if let Some(fields) = &route.response_fields {
+        let mask = crate::compose::shape::Mask::from_paths(fields.iter().map(String::as_str))
+            .map_err(GatewayError::internal)?;
+        whole = mask.apply(whole);
     }
     serde_json::to_vec(&whole).map_err(|e| GatewayError::internal(e.to_string()))
 }

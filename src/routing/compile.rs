@@ -388,6 +388,18 @@ impl Compiler<'_> {
         let response_fields = spec.response.as_ref().map(|shaping| {
             let mut emitted = Vec::new();
             for name in &shaping.fields {
+                if name.contains('.') {
+                    // A nested path (`price.units`): checked against the type, kept as emitted.
+                    use crate::compose::shape::{Mask, Shape};
+                    let shape = Shape::Message(output.clone());
+                    match Mask::from_paths([name.as_str()])
+                        .and_then(|m| m.validate(&shape, self.use_proto_names))
+                    {
+                        Ok(mask) => emitted.extend(mask.paths()),
+                        Err(e) => fail(&mut self.errors, format!("response field `{name}`: {e}")),
+                    }
+                    continue;
+                }
                 match output
                     .get_field_by_name(name)
                     .or_else(|| output.get_field_by_json_name(name))
