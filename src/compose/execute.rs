@@ -377,10 +377,10 @@ async fn fall_back(
     error: GatewayError,
 ) -> Result<Option<Value>, GatewayError> {
     if step.required {
-        tracing::info!(step = %step.name, code = ?error.code, message = %error.message, "required compose step failed");
+        tracing::debug!(step = %step.name, code = ?error.code, message = %error.message, "required compose step failed");
         return Err(error);
     }
-    tracing::warn!(step = %step.name, code = ?error.code, message = %error.message, "compose step failed; falling back");
+    tracing::info!(step = %step.name, code = ?error.code, message = %error.message, "compose step failed; falling back");
     metrics::counter!(
         "switchboard_compose_fallbacks_total",
         "route" => env.route.name.clone(),

@@ -29,11 +29,10 @@ pub enum Shape {
 impl Shape {
     /// The shape of a field's JSON value.
     pub fn of_field(field: &FieldDescriptor) -> Shape {
+        if field.is_map() {
+            return Shape::Any;
+        }
         let single = match field.kind() {
-            Kind::Message(m) if field.is_map() => {
-                let _ = m;
-                return Shape::Any;
-            }
             Kind::Message(m) if m.full_name().starts_with("google.protobuf.") => Shape::Any,
             Kind::Message(m) => Shape::Message(m),
             _ => Shape::Scalar,
