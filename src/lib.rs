@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod compose;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -148,6 +148,7 @@ fn print_routes(table: &switchboard::routing::RouteTable) {
                 amqp.routing_key.text
             ),
             Target::WebSocket(ws) => ws.describe().summary(),
+            Target::Compose(compose) => compose.summary(),
         };
         println!(
             "{:<7} {:<48} {:<60} {}",

@@ -111,6 +111,7 @@ impl<'t> Builder<'t> {
             Target::Grpc(grpc) => self.grpc_operation(&route.template, &slots, grpc),
             Target::Static(fixed) => self.static_operation(route, &slots, fixed),
             Target::Amqp(amqp) => self.amqp_operation(route, &slots, amqp),
+            Target::Compose(compose) => self.compose_operation(route, &slots, compose),
             // OpenAPI has no way to describe a WebSocket; `/admin/routes` lists them.
             Target::WebSocket(_) => return,
         };
@@ -390,6 +391,55 @@ impl<'t> Builder<'t> {
         operation
     }
 
+    /// A composed route answers one object; its schema follows the answer's shape (by
+    /// default an object of the steps' response schemas).
+    fn compose_operation(
+        &mut self,
+        route: &Route,
+        slots: &[Slot],
+        compose: &crate::compose::ComposeRoute,
+    ) -> Value {
+        let base = format!("compose_{}{}", route.method, route.template.text);
+        let id = self.operation_id(&identifier(&base));
+        let schema = self.shape_schema(&compose.shape, 0);
+        let steps: Vec<&str> = compose.steps.iter().map(|s| s.name.as_str()).collect();
+        let mut operation = json!({
+            "operationId": id,
+            "summary": format!("Composed from steps {}", steps.join(", ")),
+            "x-compose-steps": compose.describe()["steps"].clone(),
+            "responses": { "200": {
+                "description": "The composed answer. Steps that fell back are listed in `x-degraded`; omitted ones are absent.",
+                "headers": { "x-degraded": { "schema": { "type": "string" }, "description": "Comma-separated names of the steps that fell back." } },
+                "content": { "application/json": { "schema": schema } },
+            } },
+        });
+        operation["responses"]["default"] = self.error_response();
+        let parameters = self.path_parameters(&route.template, slots, &[]);
+        if !parameters.is_empty() {
+            operation["parameters"] = parameters.into();
+        }
+        operation
+    }
+
+    fn shape_schema(&mut self, shape: &crate::compose::shape::Shape, depth: usize) -> Value {
+        use crate::compose::shape::Shape;
+        match shape {
+            _ if depth > 16 => json!({}),
+            Shape::Any | Shape::Scalar => json!({}),
+            Shape::Message(desc) => self.schemas.message(desc),
+            Shape::List(inner) => {
+                json!({ "type": "array", "items": self.shape_schema(inner, depth + 1) })
+            }
+            Shape::Object(members) => {
+                let mut properties = serde_json::Map::new();
+                for (name, member) in members {
+                    properties.insert(name.clone(), self.shape_schema(member, depth + 1));
+                }
+                json!({ "type": "object", "properties": properties })
+            }
+        }
+    }
+
     /// A static route answers with its configured status, headers and body; the body is
     /// shown as the example.
     fn static_operation(&mut self, route: &Route, slots: &[Slot], fixed: &StaticRoute) -> Value {
@@ -592,7 +642,12 @@ impl Schemas {
     fn subset(&mut self, desc: &MessageDescriptor, names: &[String]) -> Value {
         let kept: Vec<FieldDescriptor> = desc
             .fields()
-            .filter(|field| names.iter().any(|n| n == self.name(field)))
+            // A nested path (`price.units`) keeps its top-level field in the schema.
+            .filter(|field| {
+                names
+                    .iter()
+                    .any(|n| n.split('.').next() == Some(self.name(field)))
+            })
             .collect();
         let properties: Map<String, Value> = kept
             .iter()

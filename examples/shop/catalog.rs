@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::Counters;
+use super::faults::Faults;
 use super::grpc::{error_info, status_with_details};
 use super::pb::shop::catalog::v1::catalog_service_server::{CatalogService, CatalogServiceServer};
 use super::pb::shop::catalog::v1::{
@@ -32,13 +33,15 @@ const PRICE_STEP_NANOS: i128 = 250_000_000;
 pub struct Catalog {
     products: Vec<Product>,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
 }
 
 /// A ready-to-serve catalog server.
-pub fn server(counters: Arc<Counters>) -> CatalogServiceServer<Catalog> {
+pub fn server(counters: Arc<Counters>, faults: Arc<Faults>) -> CatalogServiceServer<Catalog> {
     CatalogServiceServer::new(Catalog {
         products: products(),
         counters,
+        faults,
     })
 }
 
@@ -169,6 +172,7 @@ impl CatalogService for Catalog {
         request: Request<GetProductRequest>,
     ) -> Result<Response<Product>, Status> {
         self.count();
+        self.faults.catalog.apply(&request.get_ref().id).await?;
         let product = self.find(&request.get_ref().id)?;
         Ok(Response::new(product.clone()))
     }
@@ -180,6 +184,7 @@ impl CatalogService for Catalog {
         request: Request<ListProductsRequest>,
     ) -> Result<Response<ListProductsResponse>, Status> {
         self.count();
+        self.faults.catalog.apply("").await?;
         let request = request.into_inner();
         let page_size = usize::try_from(request.page_size)
             .ok()

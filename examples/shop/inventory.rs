@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use tonic::{Request, Response, Status};
 
 use super::Counters;
+use super::faults::Faults;
 use super::pb::shop::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
@@ -20,11 +21,12 @@ pub const WAREHOUSE: &str = "AMS-1";
 #[derive(Debug)]
 pub struct Inventory {
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
 }
 
 /// A ready-to-serve inventory server.
-pub fn server(counters: Arc<Counters>) -> InventoryServiceServer<Inventory> {
-    InventoryServiceServer::new(Inventory { counters })
+pub fn server(counters: Arc<Counters>, faults: Arc<Faults>) -> InventoryServiceServer<Inventory> {
+    InventoryServiceServer::new(Inventory { counters, faults })
 }
 
 /// Units available for `sku`, or `None` for an unknown SKU. Derived from the SKU's bytes
@@ -42,6 +44,7 @@ impl InventoryService for Inventory {
     ) -> Result<Response<Stock>, Status> {
         self.counters.inventory.fetch_add(1, Ordering::Relaxed);
         let sku = request.into_inner().sku;
+        self.faults.inventory.apply(&sku).await?;
         let available =
             available(&sku).ok_or_else(|| Status::not_found(format!("sku {sku} not found")))?;
         Ok(Response::new(Stock {

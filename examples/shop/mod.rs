@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod chat;
+pub mod faults;
 pub mod grpc;
 pub mod inventory;
 pub mod orders;
@@ -82,6 +83,8 @@ pub struct Shop {
     pub orders: SocketAddr,
     pub chat: SocketAddr,
     pub counters: Arc<Counters>,
+    /// Delays and errors on demand (tests only; off by default).
+    pub faults: Arc<faults::Faults>,
     /// Every server waits for this sender to go away.
     _shutdown: watch::Sender<()>,
 }
@@ -123,22 +126,23 @@ pub async fn start(host: IpAddr, ports: Option<[u16; 5]>) -> std::io::Result<Sho
     ];
 
     let counters = Arc::new(Counters::default());
+    let faults = Arc::new(faults::Faults::default());
     let (shutdown, stop) = watch::channel(());
     let [catalog_in, reviews_in, inventory_in, orders_in, chat_in] = incoming;
     let services: [(TcpIncoming, Routes, &str); 5] = [
         (
             catalog_in,
-            Routes::new(catalog::server(counters.clone())),
+            Routes::new(catalog::server(counters.clone(), faults.clone())),
             catalog::SERVICE,
         ),
         (
             reviews_in,
-            Routes::new(reviews::server(counters.clone())),
+            Routes::new(reviews::server(counters.clone(), faults.clone())),
             reviews::SERVICE,
         ),
         (
             inventory_in,
-            Routes::new(inventory::server(counters.clone())),
+            Routes::new(inventory::server(counters.clone(), faults.clone())),
             inventory::SERVICE,
         ),
         (
@@ -163,6 +167,7 @@ pub async fn start(host: IpAddr, ports: Option<[u16; 5]>) -> std::io::Result<Sho
         orders,
         chat,
         counters,
+        faults,
         _shutdown: shutdown,
     })
 }

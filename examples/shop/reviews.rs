@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use tonic::{Request, Response, Status};
 
 use super::Counters;
+use super::faults::Faults;
 use super::pb::shop::reviews::v1::review_service_server::{ReviewService, ReviewServiceServer};
 use super::pb::shop::reviews::v1::{ListReviewsRequest, ListReviewsResponse, Review};
 
@@ -19,11 +20,12 @@ pub const FAILING_PRODUCT_ID: &str = "boom";
 #[derive(Debug)]
 pub struct Reviews {
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
 }
 
 /// A ready-to-serve review server.
-pub fn server(counters: Arc<Counters>) -> ReviewServiceServer<Reviews> {
-    ReviewServiceServer::new(Reviews { counters })
+pub fn server(counters: Arc<Counters>, faults: Arc<Faults>) -> ReviewServiceServer<Reviews> {
+    ReviewServiceServer::new(Reviews { counters, faults })
 }
 
 /// Reviews of a catalog product: three for odd ids, two for even ids, none otherwise.
@@ -64,6 +66,7 @@ impl ReviewService for Reviews {
     ) -> Result<Response<ListReviewsResponse>, Status> {
         self.counters.reviews.fetch_add(1, Ordering::Relaxed);
         let request = request.into_inner();
+        self.faults.reviews.apply(&request.product_id).await?;
         if request.product_id == FAILING_PRODUCT_ID {
             return Err(Status::unavailable("reviews backend down"));
         }

@@ -88,6 +88,7 @@ async fn routes(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
                     });
                 }
                 Target::WebSocket(ws) => entry["target"] = ws.describe().to_json(),
+                Target::Compose(compose) => entry["target"] = compose.describe(),
             }
             entry
         })

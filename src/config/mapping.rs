@@ -52,9 +52,11 @@ pub struct RouteSpec {
 
     /// Response cache of a GET route (`crate::cache`).
     pub cache: Option<crate::cache::RouteCacheSpec>,
-
-    // Parts of the contract this build does not implement yet (refused with a clear error).
-    pub compose: Option<serde_json::Value>,
+    /// Composition: several backend calls for one request (`crate::compose`).
+    pub compose: Option<crate::compose::spec::ComposeSpec>,
+    /// Clients may trim the JSON answer with `?fields=` (Google partial-response syntax).
+    #[serde(default)]
+    pub partial_response: bool,
 }
 
 /// The HTTP side, in `google.api.HttpRule` form.
@@ -136,11 +138,38 @@ fn default_static_status() -> u16 {
     200
 }
 
+/// `response:` — `{ fields: [paths] }` projects the answer; any other object is a
+/// template over the step results of a `compose:` route.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Value")]
 pub struct ResponseShaping {
-    /// Keep only these top-level fields of the JSON response (names as emitted).
+    /// Keep only these fields of the JSON response (`a.b` paths; empty with a template).
     pub fields: Vec<String>,
+    pub template: Option<serde_json::Value>,
+}
+
+impl TryFrom<serde_json::Value> for ResponseShaping {
+    type Error = String;
+
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(map) = &value else {
+            return Err("`response:` must be an object".into());
+        };
+        match map.get("fields") {
+            Some(fields) if map.len() == 1 => {
+                let fields: Vec<String> = serde_json::from_value(fields.clone())
+                    .map_err(|_| "`response: { fields }` must be a list of field paths")?;
+                Ok(Self {
+                    fields,
+                    template: None,
+                })
+            }
+            _ => Ok(Self {
+                fields: Vec::new(),
+                template: Some(value),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

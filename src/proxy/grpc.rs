@@ -31,6 +31,8 @@ pub async fn call(
     deadline: Deadline,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
+    // A bad `?fields=` is refused before the backend is called.
+    let partial = partial_response_mask(table, route, &parts)?;
     let framed = build_request(table, route, &parts, body, captures, deadline).await?;
     let metadata = grpc_metadata(
         &parts.headers,
@@ -73,7 +75,13 @@ pub async fn call(
     if !route.server_streaming {
         let response = upstream.unary(call).await.map_err(to_error)?;
         let (metadata, message, _) = response.into_parts();
-        let body = encode_response(table, route, &message)?;
+        let mut body = encode_response(table, route, &message)?;
+        if let Some(mask) = partial {
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
+            body = serde_json::to_vec(&mask.apply(value))
+                .map_err(|e| GatewayError::internal(e.to_string()))?;
+        }
         let mut response = Response::new(Body::from(body));
         response.headers_mut().insert(header::CONTENT_TYPE, JSON);
         append_metadata_headers(&metadata.into_headers(), response.headers_mut());
@@ -203,9 +211,49 @@ async fn build_message(
         set_field_from_str(&mut message, path, &value).map_err(GatewayError::invalid_argument)?;
     }
     if let Some(query) = parts.uri.query() {
-        route.query.apply(&input, &mut message, query)?;
+        if route.partial_response {
+            // `fields` selects what the client sees; it is not a request field.
+            let rest: Vec<&str> = query
+                .split('&')
+                .filter(|pair| pair.split('=').next() != Some("fields"))
+                .collect();
+            route.query.apply(&input, &mut message, &rest.join("&"))?;
+        } else {
+            route.query.apply(&input, &mut message, query)?;
+        }
     }
     Ok(message)
+}
+
+/// `partial_response: true`: the client's `?fields=` mask over the unary answer (streams
+/// are sent whole), checked against the response type.
+fn partial_response_mask(
+    table: &RouteTable,
+    route: &GrpcRoute,
+    parts: &http::request::Parts,
+) -> Result<Option<crate::compose::shape::Mask>, GatewayError> {
+    use crate::compose::shape::{Mask, Shape};
+    if !route.partial_response || route.server_streaming {
+        return Ok(None);
+    }
+    let Some(query) = parts.uri.query() else {
+        return Ok(None);
+    };
+    let query: Vec<(String, String)> = crate::transcode::parse_query(query)?
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let proto_names = table.config.json.use_proto_names;
+    let mut shape = match &route.response_body {
+        Some(path) => Shape::of_field(path.last()),
+        None => Shape::Message(route.output.descriptor().clone()),
+    };
+    if let Some(fields) = &route.response_fields
+        && let Ok(mask) = Mask::from_paths(fields.iter().map(String::as_str))
+    {
+        shape = shape.project(&mask);
+    }
+    crate::compose::execute::fields_mask(&query, &shape, proto_names)
 }
 
 /// The JSON body of a response: the message (transcoded from its bytes), its
@@ -240,10 +288,12 @@ fn encode_response(
             .unwrap_or(serde_json::Value::Null);
         return serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()));
     }
-    // `response_fields`: the backend-for-frontend subset.
+    // `response_fields`: the backend-for-frontend subset (paths checked at load).
     let mut whole = table.json.to_value(&message)?;
-    if let (Some(fields), Some(object)) = (&route.response_fields, whole.as_object_mut()) {
-        object.retain(|key, _| fields.iter().any(|f| f == key));
+    if let Some(fields) = &route.response_fields {
+        let mask = crate::compose::shape::Mask::from_paths(fields.iter().map(String::as_str))
+            .map_err(GatewayError::internal)?;
+        whole = mask.apply(whole);
     }
     serde_json::to_vec(&whole).map_err(|e| GatewayError::internal(e.to_string()))
 }

@@ -23,7 +23,7 @@
 //! the cause.
 
 mod amqp;
-mod body;
+pub(crate) mod body;
 mod grpc;
 
 use crate::error::GatewayError;
@@ -199,6 +199,9 @@ async fn run(
             Target::Amqp(target) => {
                 amqp::call(table, target, request, captures, trace, deadline).await
             }
+            Target::Compose(target) => {
+                crate::compose::call(table, target, request, captures, trace, deadline).await
+            }
             // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
             Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
         }
@@ -222,6 +225,7 @@ fn route_timeout(route: &Route) -> Option<std::time::Duration> {
     match &route.target {
         Target::Grpc(target) => Some(target.timeout),
         Target::Amqp(target) => Some(target.timeout),
+        Target::Compose(target) => Some(target.timeout),
         Target::Static(_) | Target::WebSocket(_) => None,
     }
 }

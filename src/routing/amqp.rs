@@ -163,6 +163,7 @@ pub fn compile_target(
     }
     for (present, key) in [
         (spec.response.is_some(), "response"),
+        (spec.partial_response, "partial_response"),
         (spec.strict_query, "strict_query"),
         (spec.forward_authorization, "forward_authorization"),
     ] {

@@ -88,14 +88,14 @@ struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn route(&mut self, spec: &RouteSpec, location: Location) {
-        for (present, key) in [(spec.compose.is_some(), "compose")] {
-            if present {
-                self.errors.push(
-                    location.clone(),
-                    format!("route key `{key}` is not supported by this version yet"),
-                );
-                return;
+        if spec.compose.is_some() {
+            match &spec.http {
+                Some(http) => self.compose_route(spec, http, &location),
+                None => self
+                    .errors
+                    .push(location, "a `compose:` route needs `http:`"),
             }
+            return;
         }
         if let Some(path) = &spec.websocket {
             // A GET route like any other, so lookup and conflict checks cover it.
@@ -139,6 +139,36 @@ impl Compiler<'_> {
                 location,
                 "route has more than one target; use one of `grpc`, `static`, `grpc_service`",
             ),
+        }
+    }
+
+    /// A `compose:` route, compiled by `crate::compose::plan`.
+    fn compose_route(&mut self, spec: &RouteSpec, http: &HttpSpec, location: &Location) {
+        let Some((verb, template)) = self.pattern(http, location) else {
+            return;
+        };
+        let cx = crate::compose::plan::Context {
+            schema: self.schema,
+            upstreams: self.upstreams,
+            proto_names: self.use_proto_names,
+            route_name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{verb} {}", template.text)),
+            method: &verb,
+            template: &template,
+            location,
+        };
+        match crate::compose::plan::compile(spec, &cx) {
+            Ok(route) => {
+                let target = Target::Compose(Box::new(route));
+                self.push(spec, verb, template, target, location);
+            }
+            Err(errors) => {
+                for (at, message) in errors {
+                    self.errors.push(at, message);
+                }
+            }
         }
     }
 
@@ -339,10 +369,28 @@ impl Compiler<'_> {
             },
         };
 
+        if spec.response.as_ref().is_some_and(|r| r.template.is_some()) {
+            fail(
+                &mut self.errors,
+                "a `response:` template applies to `compose:` routes; a gRPC route takes `response: { fields: [...] }`".into(),
+            );
+        }
         // Shaping names may be proto or JSON names; keep them as the names emitted.
         let response_fields = spec.response.as_ref().map(|shaping| {
             let mut emitted = Vec::new();
             for name in &shaping.fields {
+                if name.contains('.') {
+                    // A nested path (`price.units`): checked against the type, kept as emitted.
+                    use crate::compose::shape::{Mask, Shape};
+                    let shape = Shape::Message(output.clone());
+                    match Mask::from_paths([name.as_str()])
+                        .and_then(|m| m.validate(&shape, self.use_proto_names))
+                    {
+                        Ok(mask) => emitted.extend(mask.paths()),
+                        Err(e) => fail(&mut self.errors, format!("response field `{name}`: {e}")),
+                    }
+                    continue;
+                }
                 match output
                     .get_field_by_name(name)
                     .or_else(|| output.get_field_by_json_name(name))
@@ -392,6 +440,7 @@ impl Compiler<'_> {
             body,
             response_body,
             response_fields,
+            partial_response: spec.partial_response,
             timeout,
             forward_authorization: spec.forward_authorization,
             idempotent: spec.idempotent || *verb == Method::GET,

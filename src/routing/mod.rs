@@ -61,6 +61,8 @@ pub enum Target {
     Amqp(Box<amqp::AmqpRoute>),
     /// A `websocket:` route: a GET that upgrades and bridges frames (`crate::ws`).
     WebSocket(Box<crate::ws::WsRoute>),
+    /// A `compose:` route: several backend calls, one JSON answer (`crate::compose`).
+    Compose(Box<crate::compose::ComposeRoute>),
 }
 
 /// A route onto a unary or server-streaming gRPC method.
@@ -81,6 +83,8 @@ pub struct GrpcRoute {
     pub response_body: Option<FieldPath>,
     /// Backend-for-frontend: keep only these top-level JSON fields.
     pub response_fields: Option<Vec<String>>,
+    /// Clients may trim the answer with `?fields=`.
+    pub partial_response: bool,
     pub timeout: Duration,
     pub forward_authorization: bool,
     /// Safe to retry: a GET, or a route marked `idempotent: true`.

@@ -32,6 +32,7 @@ pub(crate) fn compile_route(
         (spec.static_response.is_some(), "static"),
         (spec.grpc_service.is_some(), "grpc_service"),
         (spec.response.is_some(), "response"),
+        (spec.partial_response, "partial_response"),
         (spec.strict_query, "strict_query"),
     ] {
         if present {

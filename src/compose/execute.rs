@@ -1,0 +1,727 @@
+//! Running a composed call. Steps start as soon as every step they read has finished
+//! (not in waves); each runs under its own timeout, inside the route's deadline. A failed
+//! `required` step ends the call with its status and drops (cancels) the others; a failed
+//! optional step falls back, and so do the steps that read it.
+
+use super::shape::{Mask, Shape};
+use super::template::{Resolve, Source, lookup};
+use super::{ComposeRoute, Fallback, Shaping, Step, StepTarget};
+use crate::error::{GatewayError, code_for_http_status};
+use crate::middleware::Identity;
+use crate::middleware::deadline::Deadline;
+use crate::proxy::body::read_limited;
+use crate::routing::RouteTable;
+use crate::telemetry::trace::TraceContext;
+use crate::transcode::{JsonCodec, parse_query};
+use crate::upstream::amqp::Message;
+use crate::upstream::amqp::message::{self, JSON, PROTOBUF};
+use crate::upstream::grpc::status::status_to_error;
+use crate::upstream::grpc::{Call, unary};
+use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::stream::{self, FuturesUnordered, StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+static X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
+
+/// JSON bytes all steps of one call may bring back together (`for_each` fans out up to
+/// 1000 calls): beyond it a step fails, so one request cannot hold unbounded memory.
+const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
+
+/// One composed request, from the client's request to the JSON answer.
+pub async fn call(
+    table: &Arc<RouteTable>,
+    route: &ComposeRoute,
+    request: Request<Body>,
+    captures: Vec<String>,
+    trace: &TraceContext,
+    request_deadline: Deadline,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let deadline = request_deadline.instant();
+    let query: Vec<(String, String)> = parse_query(parts.uri.query().unwrap_or(""))?
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    // A bad `?fields=` is refused before any backend is called.
+    let partial = if route.partial_response {
+        fields_mask(&query, &route.shape, table.config.json.use_proto_names)?
+    } else {
+        None
+    };
+    let body =
+        if route.reads_body {
+            let bytes = read_limited(
+                body,
+                &parts.headers,
+                table.limits.max_body.0,
+                request_deadline,
+            )
+            .await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                Some(serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                    GatewayError::invalid_argument(format!("invalid JSON body: {e}"))
+                })?)
+            }
+        } else {
+            None
+        };
+    let identity = parts.extensions.get::<Identity>();
+    let claims = identity.and_then(|i| i.claims.clone());
+
+    // Metadata every step sends: trace ids, verified claims, `Grpc-Metadata-*`.
+    let metadata = grpc_metadata(
+        &parts.headers,
+        trace,
+        identity,
+        ClientMetadata {
+            grpc_metadata: true,
+            authorization: route.forward_authorization,
+        },
+    )?;
+    let mut amqp_headers = metadata.clone();
+    amqp_headers.remove(header::AUTHORIZATION);
+
+    let request = RequestData {
+        captures: &captures,
+        query: &query,
+        body: body.as_ref(),
+        headers: &parts.headers,
+        claims: claims.as_deref(),
+    };
+    let env = Env {
+        table,
+        route,
+        metadata: &metadata,
+        amqp_headers: &amqp_headers,
+        deadline,
+        client_deadline: request_deadline.client_set,
+        received: AtomicUsize::new(0),
+    };
+    let outcome = run(&env, &request).await?;
+
+    let shown: Vec<Option<Value>> = outcome.shown;
+    let mut answer = match &route.shaping {
+        Shaping::Default => default_answer(route, &shown),
+        Shaping::Fields(mask) => mask.apply(default_answer(route, &shown)),
+        Shaping::Template(template) => template
+            .resolve(&Inputs {
+                request: &request,
+                results: &shown,
+                item: None,
+            })
+            .unwrap_or(Value::Null),
+    };
+    if let Some(mask) = partial {
+        answer = mask.apply(answer);
+    }
+    let bytes = serde_json::to_vec(&answer).map_err(|e| GatewayError::internal(e.to_string()))?;
+    let mut response = Response::new(Body::from(bytes));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    let degraded: Vec<&str> = route
+        .steps
+        .iter()
+        .zip(&outcome.degraded)
+        .filter(|(_, d)| **d)
+        .map(|(s, _)| s.name.as_str())
+        .collect();
+    if !degraded.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&degraded.join(", "))
+    {
+        response.headers_mut().insert(X_DEGRADED.clone(), value);
+    }
+    Ok(response)
+}
+
+/// The client's `?fields=` (Google partial-response syntax), checked against `shape`.
+/// Absent or empty: no trimming. Unknown paths are INVALID_ARGUMENT (400).
+pub fn fields_mask(
+    query: &[(String, String)],
+    shape: &Shape,
+    proto_names: bool,
+) -> Result<Option<Mask>, GatewayError> {
+    let Some((_, text)) = query.iter().find(|(k, _)| k == "fields") else {
+        return Ok(None);
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Mask::parse_param(text)
+        .and_then(|mask| mask.validate(shape, proto_names))
+        .map(Some)
+        .map_err(|e| GatewayError::invalid_argument(format!("invalid `fields` parameter: {e}")))
+}
+
+/// The object keyed by step name, in declaration order; omitted steps are absent.
+fn default_answer(route: &ComposeRoute, shown: &[Option<Value>]) -> Value {
+    let mut map = Map::new();
+    for (step, value) in route.steps.iter().zip(shown) {
+        if let Some(value) = value {
+            map.insert(step.name.clone(), value.clone());
+        }
+    }
+    Value::Object(map)
+}
+
+/// What does not change while the steps run.
+struct Env<'a> {
+    table: &'a RouteTable,
+    route: &'a ComposeRoute,
+    metadata: &'a HeaderMap,
+    amqp_headers: &'a HeaderMap,
+    deadline: Instant,
+    /// The client shortened the deadline: running out of it is the client's doing.
+    client_deadline: bool,
+    /// Result bytes received so far (bounded by `MAX_RESULT_BYTES`).
+    received: AtomicUsize,
+}
+
+impl Env<'_> {
+    /// Counts `size` result bytes; an error once the call's results grow too large.
+    fn receive(&self, step: &Step, size: usize) -> Result<(), GatewayError> {
+        let total = self.received.fetch_add(size, Ordering::Relaxed) + size;
+        if total > MAX_RESULT_BYTES {
+            return Err(GatewayError::internal(format!(
+                "step `{}`: the composed results exceed {MAX_RESULT_BYTES} bytes",
+                step.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The client request as templates read it.
+struct RequestData<'a> {
+    captures: &'a [String],
+    query: &'a [(String, String)],
+    body: Option<&'a Value>,
+    headers: &'a HeaderMap,
+    claims: Option<&'a Map<String, Value>>,
+}
+
+/// Everything a template can read at one moment.
+struct Inputs<'a> {
+    request: &'a RequestData<'a>,
+    results: &'a [Option<Value>],
+    item: Option<&'a Value>,
+}
+
+impl Resolve for Inputs<'_> {
+    fn get(&self, source: &Source) -> Option<Value> {
+        let r = self.request;
+        match source {
+            Source::Path(i) => r.captures.get(*i).map(|s| Value::String(s.clone())),
+            Source::Query(name) => r
+                .query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Value::String(v.clone())),
+            Source::Body(path) => lookup(r.body?, path),
+            Source::Header(name) => r
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Value::String(v.to_string())),
+            Source::Claims(path) => {
+                let (first, rest) = path.split_first()?;
+                lookup(r.claims?.get(first)?, rest)
+            }
+            Source::Step(i, path) => lookup(self.results.get(*i)?.as_ref()?, path),
+            Source::Item(path) => lookup(self.item?, path),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Succeeded,
+    FellBack,
+}
+
+struct Outcome {
+    /// What the answer shows per step: the result, the fallback value, or nothing.
+    shown: Vec<Option<Value>>,
+    degraded: Vec<bool>,
+}
+
+/// A finished step call: the result and how big it was on the wire (for the store).
+struct Success {
+    value: Value,
+    size: usize,
+}
+
+type StepFuture<'a> =
+    Pin<Box<dyn Future<Output = (usize, Result<Success, GatewayError>)> + Send + 'a>>;
+
+/// Runs every step; returns early with the error of a failed required step (dropping the
+/// steps still running, which cancels their calls).
+async fn run(env: &Env<'_>, request: &RequestData<'_>) -> Result<Outcome, GatewayError> {
+    let steps = &env.route.steps;
+    let n = steps.len();
+    let mut state = vec![State::Waiting; n];
+    // Successful results: what dependents read.
+    let mut results: Vec<Option<Value>> = vec![None; n];
+    let mut shown: Vec<Option<Value>> = vec![None; n];
+    let mut degraded = vec![false; n];
+    let mut keys: Vec<Option<String>> = vec![None; n];
+    // Why a step fell back: a required step reading it fails with the same status.
+    let mut errors: Vec<Option<GatewayError>> = vec![None; n];
+    let mut running: FuturesUnordered<StepFuture<'_>> = FuturesUnordered::new();
+
+    loop {
+        // Start (or fall back) every step whose inputs are all settled; falling back can
+        // settle more, hence the inner loop.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in 0..n {
+                if state[i] != State::Waiting {
+                    continue;
+                }
+                let step = &steps[i];
+                if step
+                    .deps
+                    .iter()
+                    .any(|&d| matches!(state[d], State::Waiting | State::Running))
+                {
+                    continue;
+                }
+                changed = true;
+                let failed_dep = step.deps.iter().find(|&&d| state[d] == State::FellBack);
+                let prepared = match failed_dep {
+                    Some(&d) => {
+                        let message = format!(
+                            "step `{}` needs step `{}`, which failed",
+                            step.name, steps[d].name
+                        );
+                        Err(match &errors[d] {
+                            Some(cause) => GatewayError {
+                                message,
+                                ..cause.clone()
+                            },
+                            None => GatewayError::unavailable(message),
+                        })
+                    }
+                    None => prepare(
+                        env,
+                        step,
+                        &Inputs {
+                            request,
+                            results: &results,
+                            item: None,
+                        },
+                    ),
+                };
+                match prepared {
+                    Ok((key, calls)) => {
+                        keys[i] = Some(key);
+                        state[i] = State::Running;
+                        running.push(Box::pin(
+                            async move { (i, execute(env, step, calls).await) },
+                        ));
+                    }
+                    Err(error) => {
+                        state[i] = State::FellBack;
+                        errors[i] = Some(error.clone());
+                        shown[i] = fall_back(env, step, keys[i].as_deref(), error).await?;
+                        degraded[i] = true;
+                    }
+                }
+            }
+        }
+        let Some((i, result)) = running.next().await else {
+            break;
+        };
+        let step = &steps[i];
+        match result {
+            Ok(success) => {
+                if step.fallback == Fallback::Cached
+                    && let Some(key) = &keys[i]
+                {
+                    env.route
+                        .store
+                        .put(&step.name, key, &success.value, success.size)
+                        .await;
+                }
+                state[i] = State::Succeeded;
+                shown[i] = Some(success.value.clone());
+                results[i] = Some(success.value);
+            }
+            Err(error) => {
+                state[i] = State::FellBack;
+                errors[i] = Some(error.clone());
+                shown[i] = fall_back(env, step, keys[i].as_deref(), error).await?;
+                degraded[i] = true;
+            }
+        }
+    }
+    Ok(Outcome { shown, degraded })
+}
+
+/// A failed step: the call's error when it is required, else what its fallback shows.
+async fn fall_back(
+    env: &Env<'_>,
+    step: &Step,
+    key: Option<&str>,
+    error: GatewayError,
+) -> Result<Option<Value>, GatewayError> {
+    if step.required {
+        tracing::debug!(step = %step.name, code = ?error.code, message = %error.message, "required compose step failed");
+        return Err(error);
+    }
+    tracing::info!(step = %step.name, code = ?error.code, message = %error.message, "compose step failed; falling back");
+    metrics::counter!(
+        "switchboard_compose_fallbacks_total",
+        "route" => env.route.name.clone(),
+        "step" => step.name.clone()
+    )
+    .increment(1);
+    Ok(match &step.fallback {
+        Fallback::Value(value) => Some(value.clone()),
+        Fallback::Omit => None,
+        Fallback::Cached => match key {
+            Some(key) => env
+                .route
+                .store
+                .get(&step.name, key)
+                .await
+                .map(|v| (*v).clone()),
+            None => None,
+        },
+    })
+}
+
+/// One prepared backend call: the encoded request.
+enum Prepared {
+    Grpc(Bytes),
+    Amqp {
+        payload: Vec<u8>,
+        content_type: &'static str,
+    },
+}
+
+/// The step's request(s), built and encoded now that its inputs are there, and the key
+/// its `cached` fallback is stored under. Bad values (a client's text in a number field)
+/// fail the step with INVALID_ARGUMENT.
+fn prepare(
+    env: &Env<'_>,
+    step: &Step,
+    inputs: &Inputs<'_>,
+) -> Result<(String, Vec<Prepared>), GatewayError> {
+    let build = |item: Option<&Value>| -> Value {
+        let inputs = Inputs {
+            request: inputs.request,
+            results: inputs.results,
+            item,
+        };
+        step.request
+            .as_ref()
+            .and_then(|t| t.resolve(&inputs))
+            .unwrap_or_else(|| Value::Object(Map::new()))
+    };
+    let requests: Vec<Value> = match &step.for_each {
+        None => vec![build(None)],
+        Some(r) => match inputs.get(&r.source) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .take(step.max_items)
+                .map(|item| build(Some(item)))
+                .collect(),
+            Some(_) => {
+                return Err(GatewayError::internal(format!(
+                    "step `{}`: `for_each: {}` is not a list",
+                    step.name, r.text
+                )));
+            }
+        },
+    };
+    let key = match &step.for_each {
+        None => requests[0].to_string(),
+        Some(_) => Value::Array(requests.clone()).to_string(),
+    };
+    let json = &env.table.json;
+    let mut calls = Vec::with_capacity(requests.len());
+    for mut request in requests {
+        calls.push(match &step.target {
+            StepTarget::Grpc { input, .. } => {
+                coerce_message(&mut request, input);
+                let message = json.decode_value(input, request).map_err(|e| {
+                    GatewayError::invalid_argument(format!("step `{}`: {}", step.name, e.message))
+                })?;
+                Prepared::Grpc(
+                    unary::frame(&message)
+                        .map_err(|s| GatewayError::internal(s.message().to_owned()))?,
+                )
+            }
+            StepTarget::Amqp {
+                request_type: Some(ty),
+                ..
+            } => {
+                coerce_message(&mut request, ty.descriptor());
+                let text = serde_json::to_vec(&request)
+                    .map_err(|e| GatewayError::internal(e.to_string()))?;
+                Prepared::Amqp {
+                    payload: message::typed_payload(json, ty, &text).map_err(|e| {
+                        GatewayError::invalid_argument(format!(
+                            "step `{}`: {}",
+                            step.name, e.message
+                        ))
+                    })?,
+                    content_type: PROTOBUF,
+                }
+            }
+            StepTarget::Amqp {
+                request_type: None, ..
+            } => Prepared::Amqp {
+                payload: serde_json::to_vec(&request)
+                    .map_err(|e| GatewayError::internal(e.to_string()))?,
+                content_type: JSON,
+            },
+        });
+    }
+    Ok((key, calls))
+}
+
+/// Runs a step's call(s) within its timeout and the route's deadline. A `for_each` step
+/// runs at most `concurrency` calls at once and keeps element order; one failure fails it.
+async fn execute(
+    env: &Env<'_>,
+    step: &Step,
+    calls: Vec<Prepared>,
+) -> Result<Success, GatewayError> {
+    let deadline = (Instant::now() + step.timeout).min(env.deadline);
+    let work = async {
+        if step.for_each.is_none() {
+            let Some(call) = calls.into_iter().next() else {
+                return Err(GatewayError::internal("a step without a request"));
+            };
+            return call_once(env, step, call, deadline).await;
+        }
+        let results: Vec<Success> = stream::iter(calls)
+            .map(|call| call_once(env, step, call, deadline))
+            .buffered(step.concurrency)
+            .try_collect()
+            .await?;
+        let size = results.iter().map(|s| s.size).sum();
+        Ok(Success {
+            value: Value::Array(results.into_iter().map(|s| s.value).collect()),
+            size,
+        })
+    };
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            let error = GatewayError::deadline_exceeded(format!(
+                "step `{}` did not finish in time",
+                step.name
+            ));
+            // The request's own deadline ran out and the client had shortened it.
+            Err(if env.client_deadline && deadline == env.deadline {
+                error.with_origin(crate::error::Origin::Client)
+            } else {
+                error.with_origin(crate::error::Origin::Upstream)
+            })
+        }
+    }
+}
+
+/// One backend call of a step.
+async fn call_once(
+    env: &Env<'_>,
+    step: &Step,
+    call: Prepared,
+    deadline: Instant,
+) -> Result<Success, GatewayError> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let json: &JsonCodec = &env.table.json;
+    match (&step.target, call) {
+        (
+            StepTarget::Grpc {
+                upstream,
+                path,
+                codec,
+                output,
+                idempotent,
+                ..
+            },
+            Prepared::Grpc(framed),
+        ) => {
+            let call = Call {
+                path: path.clone(),
+                codec: codec.clone(),
+                metadata: MetadataMap::from_headers(env.metadata.clone()),
+                framed,
+                timeout,
+                client_deadline: env.client_deadline && deadline == env.deadline,
+                idempotent: *idempotent,
+            };
+            let response = upstream
+                .unary(call)
+                .await
+                .map_err(|status| status_to_error(&status, &env.table.schema.pool, json))?;
+            let bytes = response.into_inner();
+            env.receive(step, bytes.len())?;
+            let text = json.proto_to_json(output, &bytes)?;
+            let value =
+                serde_json::from_slice(&text).map_err(|e| GatewayError::internal(e.to_string()))?;
+            Ok(Success {
+                value,
+                size: text.len(),
+            })
+        }
+        (
+            StepTarget::Amqp {
+                upstream,
+                exchange,
+                routing_key,
+                response_type,
+                ..
+            },
+            Prepared::Amqp {
+                payload,
+                content_type,
+            },
+        ) => {
+            let headers = message::header_table(env.amqp_headers.iter());
+            let properties = message::properties(headers, Some(content_type.into()), false);
+            let message = Message {
+                exchange,
+                routing_key: routing_key.clone(),
+                payload: &payload,
+                properties,
+            };
+            let reply = upstream.call(message, timeout).await?;
+            let status = message::reply_status(&reply)?;
+            if !status.is_success() {
+                return Err(GatewayError::new(
+                    code_for_http_status(status),
+                    format!("upstream `{}` answered {}", upstream.name, status.as_u16()),
+                )
+                .with_status(status));
+            }
+            env.receive(step, reply.body.len())?;
+            let (body, _) = message::reply_body(json, response_type.as_ref(), reply)?;
+            let value = serde_json::from_slice(&body).map_err(|_| {
+                GatewayError::internal(format!(
+                    "upstream `{}` sent a reply that is not JSON",
+                    upstream.name
+                ))
+            })?;
+            Ok(Success {
+                value,
+                size: body.len(),
+            })
+        }
+        _ => Err(GatewayError::internal(
+            "step request does not fit its target",
+        )),
+    }
+}
+
+/// Template values into the request type's JSON: text into numbers and booleans, numbers
+/// into text, a single value into a repeated field (contract §9: "strings convert to the
+/// target field's type").
+fn coerce_message(value: &mut Value, desc: &MessageDescriptor) {
+    let Value::Object(map) = value else { return };
+    for (key, v) in map.iter_mut() {
+        let Some(field) = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key))
+        else {
+            continue;
+        };
+        if field.is_map() {
+            continue;
+        }
+        if field.is_list() {
+            if !v.is_array() {
+                *v = Value::Array(vec![v.take()]);
+            }
+            if let Value::Array(items) = v {
+                items
+                    .iter_mut()
+                    .for_each(|item| coerce_single(item, &field));
+            }
+        } else {
+            coerce_single(v, &field);
+        }
+    }
+}
+
+fn coerce_single(value: &mut Value, field: &FieldDescriptor) {
+    match field.kind() {
+        Kind::Message(m) if !m.full_name().starts_with("google.protobuf.") => {
+            coerce_message(value, &m)
+        }
+        Kind::String => match value {
+            Value::Number(n) => *value = Value::String(n.to_string()),
+            Value::Bool(b) => *value = Value::String(b.to_string()),
+            _ => {}
+        },
+        Kind::Bool => {
+            if let Value::String(s) = value {
+                match s.trim() {
+                    "true" => *value = Value::Bool(true),
+                    "false" => *value = Value::Bool(false),
+                    _ => {}
+                }
+            }
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
+            if let Value::String(s) = value
+                && let Ok(n) = s.trim().parse::<i64>()
+            {
+                *value = Value::from(n);
+            }
+        }
+        Kind::Double | Kind::Float => {
+            if let Value::String(s) = value
+                && let Ok(n) = s.trim().parse::<f64>()
+                && let Some(number) = serde_json::Number::from_f64(n)
+            {
+                *value = Value::Number(number);
+            }
+        }
+        // 64-bit integers are strings in proto3 JSON; numbers are accepted as they are.
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn coercion_follows_the_field_types() {
+        let schema = crate::schema::Schema::builtin();
+        // google.rpc.Status: int32 code, string message, repeated Any details.
+        let desc = schema.status;
+        let mut v = json!({"code": "5", "message": 12, "details": []});
+        coerce_message(&mut v, &desc);
+        assert_eq!(v, json!({"code": 5, "message": "12", "details": []}));
+        let mut bad = json!({"code": "five"});
+        coerce_message(&mut bad, &desc);
+        assert_eq!(
+            bad,
+            json!({"code": "five"}),
+            "left for the decoder to refuse"
+        );
+    }
+}
