@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={dir}");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    revision();
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
@@ -84,4 +85,37 @@ fn compile(files: &[&str]) -> Result<protox::Compiler, protox::Error> {
         .include_source_info(true)
         .open_files(files)?;
     Ok(compiler)
+}
+
+/// `SWITCHBOARD_REVISION` for `--version` and `switchboard_build_info`: the environment
+/// variable when set (image builds without `.git`), else `git rev-parse`, else `unknown`.
+fn revision() {
+    println!("cargo:rerun-if-env-changed=SWITCHBOARD_REVISION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let revision = std::env::var("SWITCHBOARD_REVISION")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    // Rebuild when HEAD moves: HEAD itself (branch switches) and the branch it points to.
+    for file in ["HEAD", "packed-refs"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", file]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(path) = git(&["rev-parse", "--git-path", &reference])
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    println!("cargo:rustc-env=SWITCHBOARD_REVISION={revision}");
 }

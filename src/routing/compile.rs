@@ -535,7 +535,7 @@ impl Compiler<'_> {
             _ => format!("{method} {}", template.text),
         };
         self.routes.push(Route {
-            metrics: RouteMetrics::new(&name),
+            metrics: RouteMetrics::new(&template.text, method.as_str()),
             name,
             method,
             template,
