@@ -44,7 +44,7 @@ routes:
     }
     let failed = http
         .get(gw.url("/v1/metered/x"))
-        .header("x-echo-fail", "5")
+        .header("grpc-metadata-x-echo-fail", "5")
         .send()
         .await
         .unwrap();

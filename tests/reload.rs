@@ -193,6 +193,8 @@ async fn a_configmap_data_symlink_swap_is_picked_up() {
 
 #[tokio::test]
 async fn a_broken_change_is_refused_reported_and_counted() {
+    // Counters are recorded only once the recorder exists.
+    switchboard::telemetry::prometheus();
     let (gw, _watch) = watched("", &[("mappings/routes.yaml", &hello(1))]).await;
     let routes = gw.dir.path().join("mappings/routes.yaml");
     std::fs::write(
