@@ -106,16 +106,17 @@ fn revision() {
         .filter(|s| !s.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
-    // Rebuild when HEAD moves: HEAD itself (branch switches) and the branch it points to.
-    for file in ["HEAD", "packed-refs"] {
-        if let Some(path) = git(&["rev-parse", "--git-path", file]) {
+    // Rebuild when HEAD moves: HEAD (branch switches), its reflog (every commit and
+    // checkout), the branch it points to. Only files that exist: cargo treats a missing
+    // one as changed and would rerun this script, and rebuild the crate, every time.
+    let mut watched = vec!["HEAD".to_string(), "logs/HEAD".to_string()];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for file in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &file])
+            && std::path::Path::new(&path).exists()
+        {
             println!("cargo:rerun-if-changed={path}");
         }
-    }
-    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"])
-        && let Some(path) = git(&["rev-parse", "--git-path", &reference])
-    {
-        println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rustc-env=SWITCHBOARD_REVISION={revision}");
 }

@@ -172,3 +172,25 @@ fn compose_publishes_only_the_gateway() {
         }
     }
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let revision = switchboard::telemetry::REVISION;
+    assert_eq!(
+        text.trim(),
+        format!("switchboard {} ({revision})", env!("CARGO_PKG_VERSION"))
+    );
+    // In a git checkout (and without an override at build time) it is HEAD.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let (Some(head), None) = (head, option_env!("SWITCHBOARD_REVISION")) {
+        assert_eq!(revision, head);
+    }
+}
