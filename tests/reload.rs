@@ -243,6 +243,25 @@ async fn touching_a_file_without_changing_it_does_not_reload() {
     assert_eq!(gw.gateway.reload_failures.load(Ordering::Relaxed), 0);
 }
 
+#[tokio::test]
+async fn an_idle_watcher_stays_idle() {
+    // Reading the files (the watcher's own fingerprint, the loader) must not count as a
+    // change, or the watcher would read them again and again.
+    let (gw, watch) = watched("", &[("mappings/routes.yaml", &hello(1))]).await;
+    rename_over(&gw.dir.path().join("mappings/routes.yaml"), &hello(2));
+    live(&gw, "/v1/hello", json!({ "version": 2 })).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let settled = watch.batches();
+    assert!(settled >= 1, "the change was never seen as a batch");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        watch.batches(),
+        settled,
+        "the watcher keeps waking up on its own reads"
+    );
+    assert_eq!(gw.gateway.reloads.load(Ordering::Relaxed), 1);
+}
+
 /// A steady request loop (a static route and a gRPC route) through 20 file-driven reloads,
 /// valid and broken alternating: no request fails, and the gRPC upstream, whose config
 /// does not change, keeps its connection.

@@ -12,11 +12,13 @@
 use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
 use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +30,14 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The running watcher; dropping it stops watching.
 pub struct FileWatch {
     task: JoinHandle<()>,
+    batches: Arc<AtomicU64>,
+}
+
+impl FileWatch {
+    /// Batches of file events handled so far (each one reads the files once).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FileWatch {
@@ -40,19 +50,33 @@ impl Drop for FileWatch {
 /// inotify watch limit is reached), a warning is logged and SIGHUP and `POST
 /// /admin/reload` remain the ways to reload.
 pub fn spawn(gateway: Arc<Gateway>) -> FileWatch {
+    let batches = Arc::new(AtomicU64::new(0));
     FileWatch {
-        task: tokio::spawn(run(gateway)),
+        task: tokio::spawn(run(gateway, batches.clone())),
+        batches,
     }
 }
 
-async fn run(gateway: Arc<Gateway>) {
+/// Whether an event can mean changed content. Opening and reading files is reported too
+/// (inotify `IN_OPEN`), and the watcher and the loader read every watched file: reacting
+/// to those would read them again, forever.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
     // Capacity 1: events that arrive while a reload runs coalesce into one more look.
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         match result {
-            Ok(events) if events.is_empty() => {}
-            Ok(_) => {
-                let _ = tx.try_send(());
+            Ok(events) => {
+                if events.iter().any(|e| is_change(&e.kind)) {
+                    let _ = tx.try_send(());
+                }
             }
             Err(errors) => {
                 for error in errors {
@@ -78,6 +102,7 @@ async fn run(gateway: Arc<Gateway>) {
     tracing::debug!(paths = ?watched, "watching configuration files");
 
     while rx.recv().await.is_some() {
+        batches.fetch_add(1, Ordering::Relaxed);
         // A watched folder may have been deleted and re-created (a new inode): watch anew.
         rewatch(&mut debouncer, &mut watched, &sources);
         let now = sources.clone().fingerprint().await;
