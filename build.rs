@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={dir}");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    revision();
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
@@ -84,4 +85,38 @@ fn compile(files: &[&str]) -> Result<protox::Compiler, protox::Error> {
         .include_source_info(true)
         .open_files(files)?;
     Ok(compiler)
+}
+
+/// `SWITCHBOARD_REVISION` for `--version` and `switchboard_build_info`: the environment
+/// variable when set (image builds without `.git`), else `git rev-parse`, else `unknown`.
+fn revision() {
+    println!("cargo:rerun-if-env-changed=SWITCHBOARD_REVISION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let revision = std::env::var("SWITCHBOARD_REVISION")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    // Rebuild when HEAD moves: HEAD (branch switches), its reflog (every commit and
+    // checkout), the branch it points to. Only files that exist: cargo treats a missing
+    // one as changed and would rerun this script, and rebuild the crate, every time.
+    let mut watched = vec!["HEAD".to_string(), "logs/HEAD".to_string()];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for file in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &file])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rustc-env=SWITCHBOARD_REVISION={revision}");
 }

@@ -2,6 +2,8 @@
 //! A reload compiles a whole new table first; only a table that compiled is swapped in,
 //! so a bad config is refused and the old one keeps serving (contract §7).
 
+pub mod watch;
+
 use crate::config::{LoadErrors, Location, load_gateway_config};
 use crate::middleware::Middleware;
 use crate::routing::{RouteTable, compile};
@@ -37,6 +39,7 @@ impl Gateway {
     pub async fn load(config_path: &Path) -> Result<Self, LoadErrors> {
         let table = build_table(config_path, None).await?;
         table.upstreams.start();
+        crate::telemetry::record_config_loaded();
         Ok(Self {
             table: ArcSwap::from_pointee(table),
             config_path: config_path.to_path_buf(),

@@ -11,7 +11,7 @@ use switchboard::{Gateway, Server};
 #[derive(Parser)]
 #[command(
     name = "switchboard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SWITCHBOARD_REVISION"), ")"),
     about = "Protocol-translating API gateway: REST/JSON in front, gRPC behind"
 )]
 struct Cli {
@@ -121,7 +121,9 @@ async fn serve(gateway: Arc<Gateway>) -> ExitCode {
     if let Some(addr) = server.admin_addr() {
         tracing::info!(%addr, "admin listening");
     }
-    switchboard::server::spawn_sighup_reload(gateway);
+    switchboard::server::spawn_sighup_reload(gateway.clone());
+    // Lives as long as the server: dropping it would stop watching.
+    let _watch = switchboard::gateway::watch::spawn(gateway);
     match server.run(switchboard::server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -135,10 +135,14 @@ routes:
     socket.send(Message::text("bad")).await.unwrap();
     next_json(&mut socket).await;
     let text = metrics().await;
-    let open = value(&text, "switchboard_ws_connections", r#"route="ws-metered""#);
+    let open = value(
+        &text,
+        "switchboard_ws_connections",
+        r#"route="/ws/metered""#,
+    );
     assert_eq!(open, Some(1.0), "{text}");
-    let frames_in = r#"route="ws-metered",direction="in""#;
-    let frames_out = r#"route="ws-metered",direction="out""#;
+    let frames_in = r#"route="/ws/metered",direction="in""#;
+    let frames_out = r#"route="/ws/metered",direction="out""#;
     assert_eq!(
         value(&text, "switchboard_ws_frames_total", frames_in),
         Some(4.0),
@@ -153,7 +157,12 @@ routes:
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let text = metrics().await;
-        if value(&text, "switchboard_ws_connections", r#"route="ws-metered""#) == Some(0.0) {
+        if value(
+            &text,
+            "switchboard_ws_connections",
+            r#"route="/ws/metered""#,
+        ) == Some(0.0)
+        {
             break;
         }
         assert!(

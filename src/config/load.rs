@@ -220,6 +220,12 @@ pub(crate) fn collect_files(
         entries.sort_by_key(|e| e.path());
         for entry in entries {
             let path = entry.path();
+            // Hidden entries are not config: editors' lock and swap files, and a Kubernetes
+            // ConfigMap volume's `..data` / `..<timestamp>` folders, which would otherwise
+            // load every file twice.
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             if entry.file_type()?.is_dir() {
                 walk(&path, extensions, out)?;
             } else if path

@@ -75,7 +75,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
             Some(index) => table.routes[index]
                 .metrics
                 .record(status, started.elapsed()),
-            None => crate::telemetry::record_unmatched(status),
+            None => crate::telemetry::record_unmatched(&method, status, started.elapsed()),
         }
         tracing::info!(
             target: "switchboard::access",

@@ -598,7 +598,7 @@ impl Compiler<'_> {
         };
         self.routes.push(Route {
             cache,
-            metrics: RouteMetrics::new(&name),
+            metrics: RouteMetrics::new(&template.text, method.as_str()),
             name,
             method,
             template,

@@ -53,44 +53,80 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder is installed; ours then stays unused but valid.
         let _ = metrics::set_global_recorder(recorder);
+        metrics::gauge!("switchboard_build_info", "version" => VERSION, "revision" => REVISION)
+            .set(1.0);
         handle
     })
 }
 
-/// RED metrics of one route: requests by status class, and latency.
+/// The gateway's version (Cargo.toml) and the git revision it was built from (`unknown`
+/// outside a git checkout; `SWITCHBOARD_REVISION` at build time overrides).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const REVISION: &str = env!("SWITCHBOARD_REVISION");
+
+/// Distinct status codes a route keeps ready-made counters for; a route answering with
+/// more than this many different codes looks the rest up in the registry.
+const CODE_SLOTS: usize = 8;
+
+/// RED metrics of one route: requests by status code, and latency. Labels are the route's
+/// template as written and its method, never the request's raw path, so the number of
+/// series is bounded by the configuration.
 pub struct RouteMetrics {
-    by_class: [Counter; 5],
+    route: String,
+    method: String,
+    /// Filled on first use of each code, so recording stays an atomic add.
+    by_code: [OnceLock<(u16, Counter)>; CODE_SLOTS],
     duration: Histogram,
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str) -> Self {
-        let class = |c: &'static str| counter!("switchboard_http_requests_total", "route" => route.to_string(), "class" => c);
+    pub fn new(route: &str, method: &str) -> Self {
         Self {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            duration: histogram!("switchboard_http_request_duration_seconds", "route" => route.to_string()),
+            route: route.to_string(),
+            method: method.to_string(),
+            by_code: Default::default(),
+            duration: histogram!("switchboard_http_request_duration_seconds", "route" => route.to_string(), "method" => method.to_string()),
         }
     }
 
+    fn requests(&self, code: u16) -> Counter {
+        counter!("switchboard_http_requests_total", "route" => self.route.clone(), "method" => self.method.clone(), "code" => code.to_string())
+    }
+
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].increment(1);
+        let code = status.as_u16();
         self.duration.record(elapsed.as_secs_f64());
+        for slot in &self.by_code {
+            let (slot_code, counter) = slot.get_or_init(|| (code, self.requests(code)));
+            if *slot_code == code {
+                counter.increment(1);
+                return;
+            }
+        }
+        self.requests(code).increment(1);
     }
 }
 
-/// Requests that matched no route.
-pub fn record_unmatched(status: StatusCode) {
-    static UNMATCHED: OnceLock<RouteMetrics> = OnceLock::new();
-    UNMATCHED
-        .get_or_init(|| RouteMetrics::new("unmatched"))
-        .record(status, Duration::ZERO);
+/// The method label of a request that matched no route: the standard methods by name,
+/// anything else `OTHER` (a client must not be able to mint label values).
+fn method_label(method: &http::Method) -> (usize, &'static str) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .position(|m| *m == method.as_str())
+        .map(|i| (i, KNOWN[i]))
+        .unwrap_or((KNOWN.len(), "OTHER"))
+}
+
+/// Requests that matched no route (`route="unmatched"`).
+pub fn record_unmatched(method: &http::Method, status: StatusCode, elapsed: Duration) {
+    static UNMATCHED: [OnceLock<RouteMetrics>; 10] = [const { OnceLock::new() }; 10];
+    let (index, label) = method_label(method);
+    UNMATCHED[index]
+        .get_or_init(|| RouteMetrics::new("unmatched", label))
+        .record(status, elapsed);
 }
 
 /// Upstream call outcomes by gRPC code, and latency.
@@ -127,6 +163,18 @@ pub fn record_reload(ok: bool) {
     counter!("switchboard_config_reloads_total", "result" => if ok { "ok" } else { "error" })
         .increment(1);
     metrics::gauge!("switchboard_config_last_reload_ok").set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        record_config_loaded();
+    }
+}
+
+/// The time a configuration last went live (start-up or reload), in Unix seconds.
+pub fn record_config_loaded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!("switchboard_config_last_reload_success_timestamp_seconds").set(now);
 }
 
 /// WebSocket metrics of one route: open sockets, and data frames each way.

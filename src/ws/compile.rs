@@ -51,17 +51,14 @@ pub(crate) fn compile_route(
             return Err("a `websocket:` route needs a target: `grpc:` or `amqp:`".into());
         }
     };
-    // The same name `routing::compile` gives the route, for the same metric labels.
-    let name = spec
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("GET {}", template.text));
+    // Labelled like the route's HTTP metrics: its path as written.
+    let metrics = WsMetrics::new(&template.text);
     Ok((
         template,
         WsRoute {
             backend,
             forward_authorization: spec.forward_authorization,
-            metrics: WsMetrics::new(&name),
+            metrics,
         },
     ))
 }

@@ -1,0 +1,232 @@
+//! Live reload from files: the config file's folder and every descriptor and mapping path
+//! are watched, and a change reloads the gateway (refused when bad, like any reload).
+//!
+//! Files change in awkward ways: editors write a temp file and rename it over the original,
+//! files are deleted and re-created, Kubernetes swaps a `..data` symlink under a ConfigMap
+//! volume. So folders are watched, not files (a watch on a file follows its inode, which a
+//! rename-over replaces), watches are re-registered after every batch of events (a folder
+//! may have been replaced), and whether anything changed is decided by reading what the
+//! loader reads, through symlinks, and comparing a fingerprint. Temp files, swap files and
+//! a touched-but-unchanged file therefore do not reload.
+
+use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
+use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Quiet time after the last event before a batch is handled: an editor's save or a
+/// ConfigMap swap is several events within a few milliseconds.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The running watcher; dropping it stops watching.
+pub struct FileWatch {
+    task: JoinHandle<()>,
+    batches: Arc<AtomicU64>,
+}
+
+impl FileWatch {
+    /// Batches of file events handled so far (each one reads the files once).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching the gateway's files. When the platform cannot watch (for example the
+/// inotify watch limit is reached), a warning is logged and SIGHUP and `POST
+/// /admin/reload` remain the ways to reload.
+pub fn spawn(gateway: Arc<Gateway>) -> FileWatch {
+    let batches = Arc::new(AtomicU64::new(0));
+    FileWatch {
+        task: tokio::spawn(run(gateway, batches.clone())),
+        batches,
+    }
+}
+
+/// Whether an event can mean changed content. Opening and reading files is reported too
+/// (inotify `IN_OPEN`), and the watcher and the loader read every watched file: reacting
+/// to those would read them again, forever.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
+    // Capacity 1: events that arrive while a reload runs coalesce into one more look.
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        match result {
+            Ok(events) => {
+                if events.iter().any(|e| is_change(&e.kind)) {
+                    let _ = tx.try_send(());
+                }
+            }
+            Err(errors) => {
+                for error in errors {
+                    tracing::warn!(%error, "file watch error");
+                }
+                // Events may have been lost (queue overflow): look at the files anyway.
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    let mut debouncer = match debouncer {
+        Ok(debouncer) => debouncer,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch configuration files; reload with SIGHUP or POST /admin/reload");
+            return;
+        }
+    };
+    let config_path = gateway.config_path().to_path_buf();
+    let mut watched: Vec<PathBuf> = Vec::new();
+    let mut sources = Sources::of(&gateway.table().config);
+    rewatch(&mut debouncer, &mut watched, &sources);
+    let mut last = sources.clone().fingerprint().await;
+    tracing::debug!(paths = ?watched, "watching configuration files");
+
+    while rx.recv().await.is_some() {
+        batches.fetch_add(1, Ordering::Relaxed);
+        // A watched folder may have been deleted and re-created (a new inode): watch anew.
+        rewatch(&mut debouncer, &mut watched, &sources);
+        let now = sources.clone().fingerprint().await;
+        if now == last {
+            continue;
+        }
+        if !config_path.exists() {
+            // Mid-way through a delete and re-create: wait for the file to be back rather
+            // than report an error that the next event would clear.
+            tracing::info!(config = %config_path.display(), "configuration file is gone; waiting for it to return");
+            continue;
+        }
+        last = now;
+        tracing::info!("configuration files changed: reloading");
+        if gateway.reload().await.is_ok() {
+            // The new config may name other folders and files.
+            let new_sources = Sources::of(&gateway.table().config);
+            if new_sources != sources {
+                sources = new_sources;
+                rewatch(&mut debouncer, &mut watched, &sources);
+                last = sources.clone().fingerprint().await;
+            }
+        }
+    }
+}
+
+/// What the loader reads: the config file, and the descriptor and mapping paths it names.
+#[derive(Clone, PartialEq, Eq)]
+struct Sources {
+    config: PathBuf,
+    descriptors: Vec<PathBuf>,
+    mappings: Vec<PathBuf>,
+}
+
+impl Sources {
+    fn of(config: &GatewayConfig) -> Self {
+        Self {
+            config: config.path.clone(),
+            descriptors: config.descriptors.clone(),
+            mappings: config.mappings.clone(),
+        }
+    }
+
+    /// Folders to watch: the config file's folder, each descriptor or mapping folder (and
+    /// its parent, to see the folder itself replaced), each named file's folder.
+    fn folders(&self) -> BTreeMap<PathBuf, RecursiveMode> {
+        let mut folders = BTreeMap::new();
+        let mut add = |path: PathBuf, mode: RecursiveMode| {
+            let entry = folders.entry(path).or_insert(mode);
+            if mode == RecursiveMode::Recursive {
+                *entry = mode;
+            }
+        };
+        add(parent(&self.config), RecursiveMode::NonRecursive);
+        for path in self.descriptors.iter().chain(&self.mappings) {
+            if path.is_dir() {
+                add(path.clone(), RecursiveMode::Recursive);
+            }
+            add(parent(path), RecursiveMode::NonRecursive);
+        }
+        folders
+    }
+
+    /// A hash of every file the loader would read (paths and contents, read through
+    /// symlinks); a file that cannot be read hashes as its error kind.
+    async fn fingerprint(self) -> u64 {
+        tokio::task::spawn_blocking(move || {
+            let mut errors = crate::config::LoadErrors::default();
+            let mut files = vec![self.config.clone()];
+            let mut descriptor_exts = vec!["proto"];
+            descriptor_exts.extend_from_slice(crate::schema::DESCRIPTOR_SET_EXTENSIONS);
+            files.extend(crate::config::collect_files(
+                &self.descriptors,
+                &descriptor_exts,
+                &mut errors,
+            ));
+            files.extend(crate::config::collect_files(
+                &self.mappings,
+                &["yaml", "yml"],
+                &mut errors,
+            ));
+            let mut hasher = DefaultHasher::new();
+            for file in files {
+                file.hash(&mut hasher);
+                match std::fs::read(&file) {
+                    Ok(bytes) => bytes.hash(&mut hasher),
+                    Err(e) => format!("{:?}", e.kind()).hash(&mut hasher),
+                }
+            }
+            // Missing folders change the outcome of a load too.
+            for error in &errors.0 {
+                error.to_string().hash(&mut hasher);
+            }
+            hasher.finish()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// Drops every watch and registers the folders of `sources` again.
+fn rewatch(debouncer: &mut Debouncer, watched: &mut Vec<PathBuf>, sources: &Sources) {
+    for path in watched.drain(..) {
+        // Fails when the folder is gone, which is why it is being watched anew.
+        let _ = debouncer.unwatch(&path);
+    }
+    for (path, mode) in sources.folders() {
+        match debouncer.watch(&path, mode) {
+            Ok(()) => watched.push(path),
+            // A folder that does not exist yet is seen from its parent's watch when it
+            // appears, and registered on the next batch.
+            Err(error) => tracing::debug!(path = %path.display(), %error, "not watched"),
+        }
+    }
+}
