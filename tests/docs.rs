@@ -107,7 +107,7 @@ fn run(example: &Example) -> Result<(), String> {
                 "switchboard.yaml",
                 &format!(
                     "listen: 127.0.0.1:0\ndescriptors: [descriptors/]\nmappings: [routes.yaml]\n\
-                     auth:\n  jwt: {{ algorithms: [HS256], secret: docs-example }}\n\
+                     auth:\n  jwt: {{ issuer: https://auth.docs.example, audiences: [docs], algorithms: [HS256], secret: docs-example }}\n\
                      rate_limits:\n  policies:\n    per_ip: {{ algorithm: fixed_window, rate: 600, per: 1m }}\n    \
                      per_user: {{ algorithm: token_bucket, rate: 20, per: 1s, key: claims.sub }}\n{}",
                     demo_upstreams()

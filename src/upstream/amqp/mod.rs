@@ -310,8 +310,11 @@ impl AmqpUpstream {
         self.unavailable("the connection to the broker was lost".into())
     }
 
+    /// The broker's own text may name hosts and internals: it goes to the log only.
     fn broker_error(&self, error: lapin::Error) -> GatewayError {
-        self.unavailable(format!("broker error: {error}"))
+        self.unavailable("broker error".into())
+            .with_origin(crate::error::Origin::Upstream)
+            .with_cause(error.to_string())
     }
 }
 
