@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The header a composed answer carries when some of its parts fell back.
+const DEGRADED: &str = "x-degraded";
 /// One stored answer: what is needed to rebuild the response.
 #[derive(Debug)]
 pub struct Entry {
@@ -306,7 +308,12 @@ impl ResponseCache {
 
         let result = target.await;
         let (shared, result) = match result {
-            Ok(response) if response.status() == StatusCode::OK => {
+            // A composed answer with parts that fell back (`x-degraded`) is served but not
+            // stored: the cache would otherwise keep the degraded page after recovery.
+            Ok(response)
+                if response.status() == StatusCode::OK
+                    && !response.headers().contains_key(DEGRADED) =>
+            {
                 match self.buffer(response, &key, lookup.deadline).await {
                     Ok(entry) => {
                         route.metrics.miss.increment(1);
@@ -333,8 +340,8 @@ impl ResponseCache {
                 Shared::Refused(error.clone()),
                 with_miss_headers(route, Err(error)),
             ),
-            // Other answers (3xx, 2xx but 200, a 4xx body from an AMQP reply) are not
-            // buffered: the waiting requests fetch for themselves.
+            // Other answers (3xx, 2xx but 200, a degraded 200, a 4xx body from an AMQP
+            // reply) are not buffered: the waiting requests fetch for themselves.
             other => (Shared::Alone, with_miss_headers(route, other)),
         };
         if let Some(guard) = flight {
