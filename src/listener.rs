@@ -11,7 +11,8 @@
 //!   to every later request head (hyper's timer), which bounds idle kept-alive HTTP/1
 //!   connections to the same time;
 //! - a connection with no request in flight for `idle_timeout` is shut down gracefully
-//!   (HTTP/2: GOAWAY);
+//!   (HTTP/2: GOAWAY), and closed outright if it has not finished within
+//!   `header_read_timeout` more.
 //! - a request head larger than `max_header_bytes` is answered 431 (HTTP/1) or refused by
 //!   the HTTP/2 header-list limit.
 //!
@@ -240,6 +241,11 @@ async fn connection(
     let idle_timeout = limits.idle_timeout.0;
     let first_head = tokio::time::sleep_until(accepted + header_timeout);
     tokio::pin!(first_head);
+    // Set when an idle connection is asked to close: it must be gone by then.
+    let hard_close = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(hard_close);
+    let mut closing_idle = false;
+    let mut first_head_passed = false;
     let mut shutting_down = false;
     loop {
         let idle_check = tokio::time::sleep(idle_timeout.saturating_sub(activity.idle_for()));
@@ -254,16 +260,30 @@ async fn connection(
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut first_head, if !activity.started.load(Ordering::Relaxed) => {
-                tracing::debug!(%peer, "no request head within header_read_timeout; closing");
-                break;
+            // The precondition is read when this `select!` starts, which may be before
+            // the first request arrived: check again when the timer fires.
+            _ = &mut first_head, if !first_head_passed => {
+                if !activity.started.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request head within header_read_timeout; closing");
+                    break;
+                }
+                first_head_passed = true;
             }
             _ = idle_check, if !shutting_down && !idle_timeout.is_zero() => {
                 if activity.idle_for() >= idle_timeout {
                     tracing::debug!(%peer, "connection idle; closing");
                     shutting_down = true;
+                    closing_idle = true;
+                    hard_close.as_mut().reset(Instant::now() + header_timeout);
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+            _ = &mut hard_close, if closing_idle => {
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!(%peer, "idle connection did not close; dropping it");
+                    break;
+                }
+                closing_idle = false;
             }
         }
     }

@@ -201,6 +201,54 @@ async fn slow_and_silent_clients_are_dropped() {
     assert_eq!(get(&gw, "/v1/echo/1").await.0, 200);
 }
 
+/// One response off a kept-alive HTTP/1.1 connection: its status, or `None` when the
+/// gateway closed the connection instead of answering.
+async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+/// The header-read timeout bounds request heads, not a busy connection's life: a
+/// kept-alive connection used steadily for several times `header_read_timeout` (with
+/// short idle gaps between requests) is never cut mid-traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_keep_alive_connections_outlive_the_header_timeout() {
+    let (_echo, gw) = setup("header_read_timeout: 500ms, idle_timeout: 5s", "").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(2000) {
+        let status = keep_alive_get(&mut stream, "/v1/echo/1").await;
+        assert_eq!(
+            status,
+            Some(200),
+            "connection cut after {:?} and {answered} answers",
+            started.elapsed()
+        );
+        answered += 1;
+        // An idle gap between requests, as a real client leaves.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered > 10, "{answered}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_and_freed_by_the_timeouts() {
     let (_echo, gw) = setup("max_connections: 2, header_read_timeout: 1s", "").await;
