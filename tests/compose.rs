@@ -612,31 +612,7 @@ async fn the_demo_product_details_page_end_to_end() {
     let queue = support::amqp::unique("quote");
     let _worker = support::amqp::worker(&queue, |d| support::amqp::quote(d, json!({}))).await;
 
-    let mut config = std::fs::read_to_string(repo().join("switchboard.yaml")).unwrap();
-    for (default_port, addr) in [
-        (50051, shop.catalog),
-        (50052, shop.reviews),
-        (50053, shop.inventory),
-        (50054, shop.orders),
-        (50055, shop.chat),
-    ] {
-        config = config.replace(
-            &format!("${{SHOP_HOST:-127.0.0.1}}:{default_port}"),
-            &addr.to_string(),
-        );
-    }
-    let config: String = config
-        .lines()
-        .filter(|l| !l.starts_with("listen:") && !l.starts_with("admin:"))
-        .map(|l| {
-            l.replace(
-                "[descriptors/]",
-                &format!("[\"{}\"]", repo().join("descriptors").display()),
-            )
-            .replace("[mappings/]", "[shop.yaml]")
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let config = gateway::demo_config(&shop, "[shop.yaml]");
     let mapping = std::fs::read_to_string(repo().join("mappings/shop.yaml"))
         .unwrap()
         .replace(

@@ -14,34 +14,8 @@ async fn demo() -> (Shop, TestGateway) {
     let shop = shop::start(Ipv4Addr::LOCALHOST.into(), None)
         .await
         .expect("shop starts");
-    let mut config = std::fs::read_to_string(repo().join("switchboard.yaml")).unwrap();
-    for (default_port, addr) in [
-        (50051, shop.catalog),
-        (50052, shop.reviews),
-        (50053, shop.inventory),
-        (50054, shop.orders),
-        (50055, shop.chat),
-    ] {
-        config = config.replace(
-            &format!("${{SHOP_HOST:-127.0.0.1}}:{default_port}"),
-            &addr.to_string(),
-        );
-    }
-    let config: String = config
-        .lines()
-        .filter(|l| !l.starts_with("listen:") && !l.starts_with("admin:"))
-        .map(|l| {
-            l.replace(
-                "[descriptors/]",
-                &format!("[\"{}\"]", repo().join("descriptors").display()),
-            )
-            .replace(
-                "[mappings/]",
-                &format!("[\"{}\"]", repo().join("mappings").display()),
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mappings = format!("[\"{}\"]", repo().join("mappings").display());
+    let config = gateway::demo_config(&shop, &mappings);
     let gw = gateway::start(&config, &[]).await;
     (shop, gw)
 }

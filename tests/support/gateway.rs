@@ -49,6 +49,36 @@ impl Drop for TempDir {
     }
 }
 
+/// The shipped `switchboard.yaml` pointed at `shop` (on free ports) and at the repository's
+/// descriptors, with `mappings` in place of its `[mappings/]`, without listen/admin lines.
+pub fn demo_config(shop: &super::shop::Shop, mappings: &str) -> String {
+    let mut config = std::fs::read_to_string(repo().join("switchboard.yaml")).unwrap();
+    for (default_port, addr) in [
+        (50051, shop.catalog),
+        (50052, shop.reviews),
+        (50053, shop.inventory),
+        (50054, shop.orders),
+        (50055, shop.chat),
+    ] {
+        config = config.replace(
+            &format!("${{SHOP_HOST:-127.0.0.1}}:{default_port}"),
+            &addr.to_string(),
+        );
+    }
+    config
+        .lines()
+        .filter(|l| !l.starts_with("listen:") && !l.starts_with("admin:"))
+        .map(|l| {
+            l.replace(
+                "[descriptors/]",
+                &format!("[\"{}\"]", repo().join("descriptors").display()),
+            )
+            .replace("[mappings/]", mappings)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A running gateway. Dropping it shuts it down.
 pub struct TestGateway {
     pub addr: SocketAddr,
