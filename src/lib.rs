@@ -15,6 +15,7 @@ pub mod listener;
 pub mod middleware;
 pub mod openapi;
 pub mod proxy;
+pub mod redis_connection;
 pub mod routing;
 pub mod schema;
 pub mod server;

@@ -4,30 +4,19 @@
 //! failure is the caller's cue to go to the backend (never a 5xx).
 
 use super::{Entry, Stored};
+use crate::redis_connection::RedisConnection;
 use http::{HeaderValue, StatusCode};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::time::Instant;
 
 /// Every key starts with this; then a hash of the route name, then the entry's digest,
 /// so that purging one route is a SCAN of its own prefix.
 const PREFIX: &str = "switchboard:cache:v1:";
-/// After a failed connect, requests skip Redis for this long instead of each waiting
-/// for a connect of their own.
-const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-
 pub struct RedisStore {
-    client: redis::Client,
-    connection: tokio::sync::Mutex<Connection>,
+    connection: RedisConnection,
     timeout: Duration,
-}
-
-#[derive(Default)]
-struct Connection {
-    manager: Option<ConnectionManager>,
-    failed_at: Option<Instant>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,41 +52,10 @@ fn redis_key(route: &str, digest: &[u8; 32]) -> String {
 
 impl RedisStore {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid redis URL `{url}`: {e}"))?;
         Ok(Self {
-            client,
-            connection: tokio::sync::Mutex::new(Connection::default()),
+            connection: RedisConnection::new(url, timeout)?,
             timeout,
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.connection.lock().await;
-        if let Some(manager) = &slot.manager {
-            return Ok(manager.clone());
-        }
-        if slot
-            .failed_at
-            .is_some_and(|at| at.elapsed() < RECONNECT_AFTER)
-        {
-            return Err("redis unreachable (waiting before reconnecting)".into());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(manager) => {
-                slot.manager = Some(manager.clone());
-                slot.failed_at = None;
-                Ok(manager)
-            }
-            Err(e) => {
-                slot.failed_at = Some(Instant::now());
-                Err(e.to_string())
-            }
-        }
     }
 
     /// Runs `call` on a connection within the store deadline.
@@ -107,7 +65,7 @@ impl RedisStore {
         call: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
         let work = async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.connection.get().await?;
             call(&mut connection).await.map_err(|e| e.to_string())
         };
         tokio::time::timeout(deadline, work)

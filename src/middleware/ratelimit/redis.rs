@@ -3,7 +3,7 @@
 
 use super::algorithm::{Decision, Params};
 use crate::config::RateLimitAlgorithm;
-use redis::aio::ConnectionManager;
+use crate::redis_connection::RedisConnection;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -58,9 +58,8 @@ return {1, remaining, reset}
 ";
 
 pub struct RedisStore {
-    client: redis::Client,
-    /// Connected on first use; a failed connect is retried on the next request.
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// Connected on first use; after a failed connect, decisions fail fast for a moment.
+    connection: RedisConnection,
     timeout: Duration,
 }
 
@@ -82,35 +81,16 @@ fn script(kind: RateLimitAlgorithm) -> &'static redis::Script {
 
 impl RedisStore {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid redis URL `{url}`: {e}"))?;
         Ok(Self {
-            client,
-            connection: tokio::sync::Mutex::new(None),
+            connection: RedisConnection::new(url, timeout)?,
             timeout,
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| e.to_string())?;
-        *slot = Some(connection.clone());
-        Ok(connection)
     }
 
     /// One atomic decision, within the store timeout.
     pub async fn decide(&self, params: &Params, key: &str) -> Result<Decision, String> {
         let call = async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.connection.get().await?;
             let (allowed, remaining, reset): (i64, i64, i64) = script(params.kind)
                 .key(key)
                 .arg(params.rate)
