@@ -111,22 +111,7 @@ pub async fn call(
     };
     let outcome = run(&env, &request).await?;
 
-    let shown: Vec<Option<Value>> = outcome.shown;
-    let mut answer = match &route.shaping {
-        Shaping::Default => default_answer(route, &shown),
-        Shaping::Fields(mask) => mask.apply(default_answer(route, &shown)),
-        Shaping::Template(template) => template
-            .resolve(&Inputs {
-                request: &request,
-                results: &shown,
-                item: None,
-            })
-            .unwrap_or(Value::Null),
-    };
-    if let Some(mask) = partial {
-        answer = mask.apply(answer);
-    }
-    let bytes = serde_json::to_vec(&answer).map_err(|e| GatewayError::internal(e.to_string()))?;
+    let bytes = answer(route, &request, outcome.shown, partial)?;
     let mut response = Response::new(Body::from(bytes));
     response
         .headers_mut()
@@ -144,6 +129,57 @@ pub async fn call(
         response.headers_mut().insert(X_DEGRADED.clone(), value);
     }
     Ok(response)
+}
+
+/// The answer's JSON text. The default shape (an object keyed by step name, in
+/// declaration order) is spliced from the steps' JSON text as it came back, without
+/// parsing it again; a template, a `fields` projection or a client's `?fields=` work on
+/// parsed values.
+fn answer(
+    route: &ComposeRoute,
+    request: &RequestData<'_>,
+    shown: Vec<Option<Part>>,
+    partial: Option<Mask>,
+) -> Result<Vec<u8>, GatewayError> {
+    let encode_error = |e: serde_json::Error| GatewayError::internal(e.to_string());
+    if matches!(route.shaping, Shaping::Default) && partial.is_none() {
+        let size: usize = shown.iter().flatten().map(Part::len_hint).sum();
+        let mut out = Vec::with_capacity(size + 16 * route.steps.len() + 2);
+        out.push(b'{');
+        for (step, part) in route.steps.iter().zip(shown) {
+            let Some(part) = part else { continue };
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &step.name).map_err(encode_error)?;
+            out.push(b':');
+            match part {
+                Part::Text(text) => out.extend_from_slice(&text),
+                Part::Value(value) => serde_json::to_writer(&mut out, &value).map_err(encode_error)?,
+            }
+        }
+        out.push(b'}');
+        return Ok(out);
+    }
+    let shown: Vec<Option<Value>> = shown
+        .into_iter()
+        .map(|part| part.map(Part::into_value).transpose())
+        .collect::<Result<_, _>>()?;
+    let mut answer = match &route.shaping {
+        Shaping::Default => default_answer(route, shown),
+        Shaping::Fields(mask) => mask.apply(default_answer(route, shown)),
+        Shaping::Template(template) => template
+            .resolve(&Inputs {
+                request,
+                results: &shown,
+                item: None,
+            })
+            .unwrap_or(Value::Null),
+    };
+    if let Some(mask) = partial {
+        answer = mask.apply(answer);
+    }
+    serde_json::to_vec(&answer).map_err(encode_error)
 }
 
 /// The client's `?fields=` (Google partial-response syntax), checked against `shape`.
@@ -165,15 +201,44 @@ pub fn fields_mask(
         .map_err(|e| GatewayError::invalid_argument(format!("invalid `fields` parameter: {e}")))
 }
 
-/// The object keyed by step name, in declaration order; omitted steps are absent.
-fn default_answer(route: &ComposeRoute, shown: &[Option<Value>]) -> Value {
+/// The object keyed by step name; omitted steps are absent.
+fn default_answer(route: &ComposeRoute, shown: Vec<Option<Value>>) -> Value {
     let mut map = Map::new();
     for (step, value) in route.steps.iter().zip(shown) {
         if let Some(value) = value {
-            map.insert(step.name.clone(), value.clone());
+            map.insert(step.name.clone(), value);
         }
     }
     Value::Object(map)
+}
+
+/// What the answer shows for one step.
+enum Part {
+    /// JSON text: a result as transcoded, or a cached one.
+    Text(Bytes),
+    /// A configured fallback value.
+    Value(Value),
+}
+
+impl Part {
+    fn len_hint(&self) -> usize {
+        match self {
+            Part::Text(text) => text.len(),
+            Part::Value(_) => 64,
+        }
+    }
+
+    fn into_value(self) -> Result<Value, GatewayError> {
+        match self {
+            Part::Text(text) => parse_result(&text),
+            Part::Value(value) => Ok(value),
+        }
+    }
+}
+
+/// A step result's JSON text as a value (the text was checked when it arrived).
+fn parse_result(text: &[u8]) -> Result<Value, GatewayError> {
+    serde_json::from_slice(text).map_err(|e| GatewayError::internal(e.to_string()))
 }
 
 /// What does not change while the steps run.
@@ -254,15 +319,15 @@ enum State {
 }
 
 struct Outcome {
-    /// What the answer shows per step: the result, the fallback value, or nothing.
-    shown: Vec<Option<Value>>,
+    /// What the answer shows per step: the result, the fallback, or nothing.
+    shown: Vec<Option<Part>>,
     degraded: Vec<bool>,
 }
 
-/// A finished step call: the result and how big it was on the wire (for the store).
+/// A finished step: its result as JSON text, and parsed when another step reads it.
 struct Success {
-    value: Value,
-    size: usize,
+    text: Bytes,
+    value: Option<Value>,
 }
 
 type StepFuture<'a> =
@@ -276,7 +341,7 @@ async fn run(env: &Env<'_>, request: &RequestData<'_>) -> Result<Outcome, Gatewa
     let mut state = vec![State::Waiting; n];
     // Successful results: what dependents read.
     let mut results: Vec<Option<Value>> = vec![None; n];
-    let mut shown: Vec<Option<Value>> = vec![None; n];
+    let mut shown: Vec<Option<Part>> = (0..n).map(|_| None).collect();
     let mut degraded = vec![false; n];
     let mut keys: Vec<Option<String>> = vec![None; n];
     // Why a step fell back: a required step reading it fails with the same status.
@@ -329,7 +394,7 @@ async fn run(env: &Env<'_>, request: &RequestData<'_>) -> Result<Outcome, Gatewa
                 };
                 match prepared {
                     Ok((key, calls)) => {
-                        keys[i] = Some(key);
+                        keys[i] = key;
                         state[i] = State::Running;
                         running.push(Box::pin(
                             async move { (i, execute(env, step, calls).await) },
@@ -350,17 +415,12 @@ async fn run(env: &Env<'_>, request: &RequestData<'_>) -> Result<Outcome, Gatewa
         let step = &steps[i];
         match result {
             Ok(success) => {
-                if step.fallback == Fallback::Cached
-                    && let Some(key) = &keys[i]
-                {
-                    env.route
-                        .store
-                        .put(&step.name, key, &success.value, success.size)
-                        .await;
+                if let Some(key) = &keys[i] {
+                    env.route.store.put(&step.name, key, &success.text).await;
                 }
                 state[i] = State::Succeeded;
-                shown[i] = Some(success.value.clone());
-                results[i] = Some(success.value);
+                shown[i] = Some(Part::Text(success.text));
+                results[i] = success.value;
             }
             Err(error) => {
                 state[i] = State::FellBack;
@@ -379,7 +439,7 @@ async fn fall_back(
     step: &Step,
     key: Option<&str>,
     error: GatewayError,
-) -> Result<Option<Value>, GatewayError> {
+) -> Result<Option<Part>, GatewayError> {
     if step.required {
         tracing::debug!(step = %step.name, code = ?error.code, message = %error.message, "required compose step failed");
         return Err(error);
@@ -392,15 +452,10 @@ async fn fall_back(
     )
     .increment(1);
     Ok(match &step.fallback {
-        Fallback::Value(value) => Some(value.clone()),
+        Fallback::Value(value) => Some(Part::Value(value.clone())),
         Fallback::Omit => None,
         Fallback::Cached => match key {
-            Some(key) => env
-                .route
-                .store
-                .get(&step.name, key)
-                .await
-                .map(|v| (*v).clone()),
+            Some(key) => env.route.store.get(&step.name, key).await.map(Part::Text),
             None => None,
         },
     })
@@ -416,13 +471,13 @@ enum Prepared {
 }
 
 /// The step's request(s), built and encoded now that its inputs are there, and the key
-/// its `cached` fallback is stored under. Bad values (a client's text in a number field)
-/// fail the step with INVALID_ARGUMENT.
+/// its `cached` fallback is stored under (when it has one). Bad values (a client's text
+/// in a number field) fail the step with INVALID_ARGUMENT.
 fn prepare(
     env: &Env<'_>,
     step: &Step,
     inputs: &Inputs<'_>,
-) -> Result<(String, Vec<Prepared>), GatewayError> {
+) -> Result<(Option<String>, Vec<Prepared>), GatewayError> {
     let build = |item: Option<&Value>| -> Value {
         let inputs = Inputs {
             request: inputs.request,
@@ -451,21 +506,27 @@ fn prepare(
             }
         },
     };
-    let key = match &step.for_each {
+    let key = (step.fallback == Fallback::Cached).then(|| match &step.for_each {
         None => requests[0].to_string(),
         Some(_) => Value::Array(requests.clone()).to_string(),
-    };
+    });
     let json = &env.table.json;
     let mut calls = Vec::with_capacity(requests.len());
     for mut request in requests {
         calls.push(match &step.target {
             StepTarget::Grpc { input, .. } => {
-                coerce_message(&mut request, input);
-                let message = json.decode_value(input, request).map_err(|e| {
+                coerce_message(&mut request, input.descriptor());
+                // JSON text through the byte-level transcoder: cheaper than building a
+                // DynamicMessage from the value.
+                let text = serde_json::to_vec(&request)
+                    .map_err(|e| GatewayError::internal(e.to_string()))?;
+                let mut framed = Vec::with_capacity(unary::FRAME_PREFIX.len() + text.len());
+                framed.extend_from_slice(&unary::FRAME_PREFIX);
+                json.json_to_proto(input, &text, &mut framed).map_err(|e| {
                     GatewayError::invalid_argument(format!("step `{}`: {}", step.name, e.message))
                 })?;
                 Prepared::Grpc(
-                    unary::frame(&message)
+                    unary::finish_frame(framed)
                         .map_err(|s| GatewayError::internal(s.message().to_owned()))?,
                 )
             }
@@ -518,10 +579,22 @@ async fn execute(
             .buffered(step.concurrency)
             .try_collect()
             .await?;
-        let size = results.iter().map(|s| s.size).sum();
+        let size = results.iter().map(|s| s.text.len() + 1).sum::<usize>() + 2;
+        let mut text = Vec::with_capacity(size);
+        text.push(b'[');
+        for (n, result) in results.iter().enumerate() {
+            if n > 0 {
+                text.push(b',');
+            }
+            text.extend_from_slice(&result.text);
+        }
+        text.push(b']');
+        let value = step.read_by_steps.then(|| {
+            Value::Array(results.into_iter().filter_map(|s| s.value).collect())
+        });
         Ok(Success {
-            value: Value::Array(results.into_iter().map(|s| s.value).collect()),
-            size,
+            text: Bytes::from(text),
+            value,
         })
     };
     match tokio::time::timeout_at(deadline, work).await {
@@ -577,12 +650,12 @@ async fn call_once(
                 .map_err(|status| status_to_error(&status, &env.table.schema.pool, json))?;
             let bytes = response.into_inner();
             env.receive(step, bytes.len())?;
+            // Our own transcoder wrote it: valid JSON, parsed only when a step reads it.
             let text = json.proto_to_json(output, &bytes)?;
-            let value =
-                serde_json::from_slice(&text).map_err(|e| GatewayError::internal(e.to_string()))?;
+            let value = step.read_by_steps.then(|| parse_result(&text)).transpose()?;
             Ok(Success {
+                text: Bytes::from(text),
                 value,
-                size: text.len(),
             })
         }
         (
@@ -617,15 +690,22 @@ async fn call_once(
             }
             env.receive(step, reply.body.len())?;
             let (body, _) = message::reply_body(json, response_type.as_ref(), reply)?;
-            let value = serde_json::from_slice(&body).map_err(|_| {
+            // A worker's JSON goes into the answer as it is: it must be one JSON value.
+            let not_json = |_| {
                 GatewayError::internal(format!(
                     "upstream `{}` sent a reply that is not JSON",
                     upstream.name
                 ))
-            })?;
+            };
+            let value = if step.read_by_steps {
+                Some(serde_json::from_slice::<Value>(&body).map_err(not_json)?)
+            } else {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(not_json)?;
+                None
+            };
             Ok(Success {
+                text: Bytes::from(body),
                 value,
-                size: body.len(),
             })
         }
         _ => Err(GatewayError::internal(

@@ -19,7 +19,6 @@ use crate::transcode::MessageType;
 use crate::upstream::amqp::AmqpUpstream;
 use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
 use lapin::types::ShortString;
-use prost_reflect::MessageDescriptor;
 use shape::{Mask, Shape};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +56,9 @@ pub struct Step {
     pub for_each: Option<Ref>,
     /// Steps whose results this one reads (indices, ascending).
     pub deps: Vec<usize>,
+    /// Another step reads this one's result, so it is parsed as it arrives; otherwise
+    /// its JSON text goes into the answer as the backend's answer was transcoded.
+    pub read_by_steps: bool,
     pub required: bool,
     pub fallback: Fallback,
     pub timeout: Duration,
@@ -69,7 +71,7 @@ pub enum StepTarget {
         upstream: Arc<GrpcUpstream>,
         path: http::uri::PathAndQuery,
         codec: DynamicCodec,
-        input: MessageDescriptor,
+        input: MessageType,
         output: MessageType,
         idempotent: bool,
         upstream_timeout: Option<Duration>,

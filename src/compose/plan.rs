@@ -171,6 +171,10 @@ pub fn compile(
         )]);
     }
 
+    for d in steps.iter().flat_map(|s| s.deps.clone()).collect::<Vec<_>>() {
+        steps[d].read_by_steps = true;
+    }
+
     let default_shape = Shape::Object(
         names
             .iter()
@@ -298,7 +302,7 @@ fn target(
                     upstream,
                     path,
                     codec: DynamicCodec::new(output.clone()),
-                    input: method.input(),
+                    input: MessageType::new(method.input()),
                     output: MessageType::new(output.clone()),
                     idempotent,
                     upstream_timeout: timeout,
@@ -503,6 +507,7 @@ fn step(
         request,
         for_each,
         deps,
+        read_by_steps: false,
         required: spec.required,
         fallback,
         timeout,
