@@ -129,7 +129,7 @@ pub async fn build_table(
         config.cache.as_ref(),
         previous.and_then(|t| t.cache.as_ref()),
     )
-    .map_err(|e| errors.push(Location::new(&config.path, 0), e))
+    .map_err(|e| errors.push(Location::new(&config.path, config.lines.cache), e))
     .ok();
 
     let mut reflected = Vec::new();

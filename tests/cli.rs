@@ -138,6 +138,33 @@ fn check_reports_proto_and_config_errors() {
 }
 
 #[test]
+fn check_names_the_line_of_middleware_errors() {
+    // Errors found when CORS, rate limits and the JWT verifier are built (not when the
+    // YAML is parsed) still point at their section, or at the policy itself.
+    let dir = TempDir::new("cli-middleware");
+    dir.write(
+        "switchboard.yaml",
+        "listen: 127.0.0.1:0\n\
+         mappings: []\n\
+         cors:\n  allow_origins: []\n\
+         rate_limits:\n  policies:\n    fine: { algorithm: token_bucket, rate: 5, per: 1s }\n\
+         \x20   broken: { algorithm: token_bucket, rate: 5, per: 1s, key: nonsense }\n\
+         auth:\n  jwt: { issuer: a, audiences: [b], algorithms: [RS256], jwks: nowhere.json }\n",
+    );
+    let (code, stderr) = check(&dir);
+    assert_eq!(code, 1, "{stderr}");
+    let file = dir.path().join("switchboard.yaml");
+    // A section written as a block points at its first line of content.
+    for (line, message) in [(4, "cors"), (8, "broken"), (10, "auth.jwt")] {
+        let expected = format!("{}:{line}: ", file.display());
+        let found = stderr
+            .lines()
+            .any(|l| l.contains(&expected) && l.contains(message));
+        assert!(found, "want `{expected}` … `{message}` in:\n{stderr}");
+    }
+}
+
+#[test]
 fn routes_and_openapi_print_the_table() {
     let config = repo().join("switchboard.yaml");
     let (code, stdout, _) = run(&["routes", "--config", config.to_str().unwrap()]);

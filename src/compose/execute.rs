@@ -155,7 +155,9 @@ fn answer(
             out.push(b':');
             match part {
                 Part::Text(text) => out.extend_from_slice(&text),
-                Part::Value(value) => serde_json::to_writer(&mut out, &value).map_err(encode_error)?,
+                Part::Value(value) => {
+                    serde_json::to_writer(&mut out, &value).map_err(encode_error)?
+                }
             }
         }
         out.push(b'}');
@@ -589,9 +591,9 @@ async fn execute(
             text.extend_from_slice(&result.text);
         }
         text.push(b']');
-        let value = step.read_by_steps.then(|| {
-            Value::Array(results.into_iter().filter_map(|s| s.value).collect())
-        });
+        let value = step
+            .read_by_steps
+            .then(|| Value::Array(results.into_iter().filter_map(|s| s.value).collect()));
         Ok(Success {
             text: Bytes::from(text),
             value,
@@ -652,7 +654,10 @@ async fn call_once(
             env.receive(step, bytes.len())?;
             // Our own transcoder wrote it: valid JSON, parsed only when a step reads it.
             let text = json.proto_to_json(output, &bytes)?;
-            let value = step.read_by_steps.then(|| parse_result(&text)).transpose()?;
+            let value = step
+                .read_by_steps
+                .then(|| parse_result(&text))
+                .transpose()?;
             Ok(Success {
                 text: Bytes::from(text),
                 value,

@@ -171,7 +171,11 @@ pub fn compile(
         )]);
     }
 
-    for d in steps.iter().flat_map(|s| s.deps.clone()).collect::<Vec<_>>() {
+    for d in steps
+        .iter()
+        .flat_map(|s| s.deps.clone())
+        .collect::<Vec<_>>()
+    {
         steps[d].read_by_steps = true;
     }
 

@@ -42,7 +42,9 @@ impl StepStore {
         if text.len() > MAX_ENTRY_BYTES {
             return;
         }
-        self.entries.insert(entry_key(step, key), text.clone()).await;
+        self.entries
+            .insert(entry_key(step, key), text.clone())
+            .await;
     }
 
     pub async fn get(&self, step: &str, key: &str) -> Option<Bytes> {

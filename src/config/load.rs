@@ -205,7 +205,70 @@ pub fn load_gateway_config(path: &Path) -> Result<GatewayConfig, LoadErrors> {
     config.mappings = config.mappings.iter().map(resolve).collect();
     config.base_dir = base_dir;
     config.path = path.to_path_buf();
+    // The file parsed above, so this second, lenient read of it cannot fail in practice;
+    // without it errors only lose their line.
+    config.lines = source.parse::<SectionLines>().unwrap_or_default();
     Ok(config)
+}
+
+/// Where sections of `switchboard.yaml` begin, for the errors found when they are built
+/// (a bad CORS origin, JWT key or rate-limit policy) rather than when they are parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SectionLines {
+    pub cors: u64,
+    pub auth: u64,
+    pub rate_limits: u64,
+    /// Each `rate_limits.policies` entry.
+    pub policies: std::collections::BTreeMap<String, u64>,
+    pub cache: u64,
+    pub trusted_proxies: u64,
+}
+
+impl<'de> serde::Deserialize<'de> for SectionLines {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        use serde_saphyr::Spanned;
+        type At = Option<Spanned<IgnoredAny>>;
+        fn line(at: &At) -> u64 {
+            at.as_ref().map_or(0, |s| s.referenced.line())
+        }
+        #[derive(serde::Deserialize)]
+        struct Limits {
+            #[serde(default)]
+            policies: std::collections::BTreeMap<String, Spanned<IgnoredAny>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Sections {
+            #[serde(default)]
+            cors: At,
+            #[serde(default)]
+            auth: At,
+            #[serde(default)]
+            rate_limits: Option<Spanned<Limits>>,
+            #[serde(default)]
+            cache: At,
+            #[serde(default)]
+            trusted_proxies: At,
+        }
+        let s = Sections::deserialize(deserializer)?;
+        Ok(SectionLines {
+            cors: line(&s.cors),
+            auth: line(&s.auth),
+            rate_limits: s.rate_limits.as_ref().map_or(0, |r| r.referenced.line()),
+            policies: s
+                .rate_limits
+                .map(|r| {
+                    r.value
+                        .policies
+                        .into_iter()
+                        .map(|(name, at)| (name, at.referenced.line()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cache: line(&s.cache),
+            trusted_proxies: line(&s.trusted_proxies),
+        })
+    }
 }
 
 /// Files named by `paths`: files as they are, folders walked recursively for files whose

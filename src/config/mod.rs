@@ -9,7 +9,9 @@ mod units;
 
 pub use amqp::{AmqpBinding, AmqpDeclare, AmqpExchange, AmqpTarget, AmqpUpstreamConfig};
 pub(crate) use load::collect_files;
-pub use load::{LoadError, LoadErrors, Location, SourceText, expand_env, load_gateway_config};
+pub use load::{
+    LoadError, LoadErrors, Location, SectionLines, SourceText, expand_env, load_gateway_config,
+};
 pub use units::{ByteSize, ConfigDuration};
 
 use serde::Deserialize;
@@ -69,6 +71,9 @@ pub struct GatewayConfig {
     /// The config file itself, for error messages and reload.
     #[serde(skip)]
     pub path: PathBuf,
+    /// Where its sections begin, for errors found when they are built.
+    #[serde(skip)]
+    pub lines: SectionLines,
 }
 
 fn default_listen() -> SocketAddr {

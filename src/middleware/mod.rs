@@ -45,7 +45,8 @@ impl Middleware {
         previous: Option<&Middleware>,
     ) -> Result<Self, LoadErrors> {
         let mut errors = LoadErrors::default();
-        let location = Location::new(&config.path, 0);
+        let at = |line: u64| Location::new(&config.path, line);
+        let lines = &config.lines;
         let mut middleware = Middleware::default();
 
         if let Some(auth) = &config.auth {
@@ -69,7 +70,7 @@ impl Middleware {
                     middleware.jwt = Some(verifier);
                     middleware.jwt_config = Some(auth.jwt.clone());
                 }
-                Err(e) => errors.push(location.clone(), format!("auth.jwt: {e}")),
+                Err(e) => errors.push(at(lines.auth), format!("auth.jwt: {e}")),
             }
         }
 
@@ -94,11 +95,18 @@ impl Middleware {
                             Ok(limiter) => {
                                 middleware.limiters.insert(name.clone(), limiter);
                             }
-                            Err(e) => errors.push(location.clone(), e),
+                            Err(e) => errors.push(
+                                at(lines
+                                    .policies
+                                    .get(name)
+                                    .copied()
+                                    .unwrap_or(lines.rate_limits)),
+                                e,
+                            ),
                         }
                     }
                 }
-                Err(e) => errors.push(location.clone(), e),
+                Err(e) => errors.push(at(lines.rate_limits), e),
             }
             middleware.store = Some(limits.store.clone());
         }
@@ -106,13 +114,13 @@ impl Middleware {
         if let Some(cors) = &config.cors {
             match cors::Cors::new(cors) {
                 Ok(cors) => middleware.cors = Some(cors),
-                Err(e) => errors.push(location.clone(), format!("cors: {e}")),
+                Err(e) => errors.push(at(lines.cors), format!("cors: {e}")),
             }
         }
         for text in &config.trusted_proxies {
             match Cidr::parse(text) {
                 Ok(cidr) => middleware.trusted_proxies.push(cidr),
-                Err(e) => errors.push(location.clone(), format!("trusted_proxies: {e}")),
+                Err(e) => errors.push(at(lines.trusted_proxies), format!("trusted_proxies: {e}")),
             }
         }
         errors.into_result(middleware)
