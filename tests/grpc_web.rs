@@ -111,9 +111,8 @@ async fn post(
 
 /// A text-mode body → its bytes, decoding each padded base64 chunk on its own (a test
 /// decoder independent of the gateway's).
-fn decode_chunks(text: &str) -> (Vec<u8>, usize) {
+fn decode_chunks(text: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut chunks = 0;
     let mut rest = text;
     while !rest.is_empty() {
         // A chunk ends after its padding, or at the end of the body.
@@ -122,14 +121,13 @@ fn decode_chunks(text: &str) -> (Vec<u8>, usize) {
             None => rest.len(),
         };
         out.extend(STANDARD.decode(&rest[..end]).expect("each chunk is base64"));
-        chunks += 1;
         rest = &rest[end..];
     }
-    (out, chunks)
+    out
 }
 
 /// (flag, payload) of every frame; the prefixes must add up to the body exactly.
-fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+fn split_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while !body.is_empty() {
         assert!(body.len() >= 5, "a frame prefix is 5 bytes");
@@ -252,8 +250,8 @@ async fn text_mode_request_in_padded_chunks_answered_frame_by_frame() {
         "application/grpc-web-text+proto"
     );
     let text = response.text().await.unwrap();
-    let (bytes, _) = decode_chunks(&text);
-    let frames = frames(&bytes);
+    let bytes = decode_chunks(&text);
+    let frames = split_frames(&bytes);
     assert_eq!(frames.len(), 2, "one message, then the trailers");
     assert_eq!(frames[0].0, 0x00);
     let product = Product::decode(&frames[0].1[..]).unwrap();
@@ -277,9 +275,19 @@ async fn text_mode_request_in_padded_chunks_answered_frame_by_frame() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let (bytes, chunks) = decode_chunks(&response.text().await.unwrap());
-    let frames = frames(&bytes);
-    assert_eq!(chunks, 3, "two updates and the trailers, each its own chunk");
+    let text = response.text().await.unwrap();
+    let bytes = decode_chunks(&text);
+    let frames = split_frames(&bytes);
+    let per_frame: String = frames
+        .iter()
+        .map(|(flag, payload)| {
+            let mut frame = vec![*flag];
+            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            frame.extend_from_slice(payload);
+            STANDARD.encode(frame)
+        })
+        .collect();
+    assert_eq!(text, per_frame, "each frame is its own padded chunk");
     let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(flags, [0x00, 0x00, 0x80]);
     let last = shop::pb::shop::catalog::v1::PriceUpdate::decode(&frames[1].1[..]).unwrap();
@@ -315,7 +323,7 @@ async fn binary_answers_carry_backend_metadata_and_trailers_and_see_client_metad
     assert!(response.headers().get("grpc-status").is_none(), "not trailers-only");
     let trace_id = header(&response, "x-trace-id").to_string();
     let body = response.bytes().await.unwrap();
-    let frames = frames(&body);
+    let frames = split_frames(&body);
     assert_eq!(frames.len(), 2);
     let echoed = echo::pb::test::echo::v1::EchoMessage::decode(&frames[0].1[..]).unwrap();
     assert_eq!(echoed.id, "m-1");
@@ -358,7 +366,7 @@ async fn a_stream_that_fails_midway_ends_with_its_status_in_the_trailer_frame() 
     .await;
     assert_eq!(response.status(), 200, "the status line was sent with the first message");
     let body = response.bytes().await.unwrap();
-    let frames = frames(&body);
+    let frames = split_frames(&body);
     let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(flags, [0x00, 0x00, 0x80]);
     let trailers = trailer_lines(&frames[2].1);
@@ -427,7 +435,7 @@ async fn auth_and_rate_limit_refusals_are_trailers_only() {
     .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("grpc-status").is_none());
-    let frames = frames(&response.bytes().await.unwrap());
+    let frames = split_frames(&response.bytes().await.unwrap());
     assert_eq!(Product::decode(&frames[0].1[..]).unwrap().id, "1");
 
     // Two requests per minute: the third is RESOURCE_EXHAUSTED with its counters.
