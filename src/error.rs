@@ -210,8 +210,7 @@ const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CON
 
 /// A status message as gRPC sends it (`grpc-message`, percent-encoded UTF-8).
 pub fn grpc_message_value(message: &str) -> HeaderValue {
-    let encoded =
-        percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string();
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string();
     HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 

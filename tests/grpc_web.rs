@@ -243,7 +243,14 @@ async fn text_mode_request_in_padded_chunks_answered_frame_by_frame() {
         STANDARD.encode(&request[5..])
     );
     assert!(body[..8].ends_with('='), "first chunk is padded: {body}");
-    let response = post(&gw, GET_PRODUCT, "application/grpc-web-text", body.into(), &[]).await;
+    let response = post(
+        &gw,
+        GET_PRODUCT,
+        "application/grpc-web-text",
+        body.into(),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         header(&response, "content-type"),
@@ -258,7 +265,10 @@ async fn text_mode_request_in_padded_chunks_answered_frame_by_frame() {
     assert_eq!(product.name, "Burr Grinder");
     assert_eq!(frames[1].0, 0x80);
     let trailers = trailer_lines(&frames[1].1);
-    assert!(trailers.contains(&("grpc-status".into(), "0".into())), "{trailers:?}");
+    assert!(
+        trailers.contains(&("grpc-status".into(), "0".into())),
+        "{trailers:?}"
+    );
 
     // A server stream in text mode: one padded chunk per frame, as they are sent.
     let request = frame(&WatchPriceRequest {
@@ -320,7 +330,10 @@ async fn binary_answers_carry_backend_metadata_and_trailers_and_see_client_metad
         header(&response, "content-type"),
         "application/grpc-web+proto"
     );
-    assert!(response.headers().get("grpc-status").is_none(), "not trailers-only");
+    assert!(
+        response.headers().get("grpc-status").is_none(),
+        "not trailers-only"
+    );
     let trace_id = header(&response, "x-trace-id").to_string();
     let body = response.bytes().await.unwrap();
     let frames = split_frames(&body);
@@ -336,10 +349,17 @@ async fn binary_answers_carry_backend_metadata_and_trailers_and_see_client_metad
 
     let seen = echo.last_metadata.lock().unwrap().clone().unwrap();
     assert_eq!(seen["x-tenant"], "acme", "plain headers are metadata");
-    assert!(seen.get("x-user-agent").is_none(), "browser headers are not");
+    assert!(
+        seen.get("x-user-agent").is_none(),
+        "browser headers are not"
+    );
     assert!(seen.get("x-grpc-web").is_none());
     assert_eq!(seen.get_all("x-trace-id").iter().count(), 1);
-    assert_eq!(seen["x-trace-id"], trace_id.as_str(), "the gateway owns the trace id");
+    assert_eq!(
+        seen["x-trace-id"],
+        trace_id.as_str(),
+        "the gateway owns the trace id"
+    );
     assert_eq!(seen["content-type"], "application/grpc");
     // The client's one second, less what the gateway spent: sent on as `grpc-timeout`.
     let timeout = seen["grpc-timeout"].to_str().unwrap();
@@ -364,13 +384,20 @@ async fn a_stream_that_fails_midway_ends_with_its_status_in_the_trailer_frame() 
         &[],
     )
     .await;
-    assert_eq!(response.status(), 200, "the status line was sent with the first message");
+    assert_eq!(
+        response.status(),
+        200,
+        "the status line was sent with the first message"
+    );
     let body = response.bytes().await.unwrap();
     let frames = split_frames(&body);
     let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(flags, [0x00, 0x00, 0x80]);
     let trailers = trailer_lines(&frames[2].1);
-    assert!(trailers.contains(&("grpc-status".into(), "8".into())), "{trailers:?}");
+    assert!(
+        trailers.contains(&("grpc-status".into(), "8".into())),
+        "{trailers:?}"
+    );
     assert!(trailers.contains(&("grpc-message".into(), "stream failed".into())));
     assert!(trailers.iter().any(|(n, _)| n == "grpc-status-details-bin"));
 }
@@ -404,8 +431,7 @@ fn percent_decode(value: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_rate_limit_refusals_are_trailers_only() {
     let auth = support::ws::jwt_auth();
-    let limits =
-        "rate_limits:\n  store: memory\n  policies:\n    two: { algorithm: fixed_window, rate: 2, per: 1m, key: client_ip }\n";
+    let limits = "rate_limits:\n  store: memory\n  policies:\n    two: { algorithm: fixed_window, rate: 2, per: 1m, key: client_ip }\n";
     let (shop, gw) = catalog_gateway(
         &format!("{auth}{limits}"),
         "    auth: required\n    rate_limit: two\n",
@@ -413,7 +439,14 @@ async fn auth_and_rate_limit_refusals_are_trailers_only() {
     .await;
     let request = frame(&GetProductRequest { id: "1".into() });
 
-    let response = post(&gw, GET_PRODUCT, "application/grpc-web+proto", request.clone(), &[]).await;
+    let response = post(
+        &gw,
+        GET_PRODUCT,
+        "application/grpc-web+proto",
+        request.clone(),
+        &[],
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "grpc-status"), "16", "UNAUTHENTICATED");
     assert_eq!(
@@ -454,7 +487,8 @@ async fn auth_and_rate_limit_refusals_are_trailers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflight_allows_grpc_web_headers_and_answers_expose_the_status() {
-    let cors = "cors: { allow_origins: [\"https://shop.example\"], allow_headers: [authorization] }\n";
+    let cors =
+        "cors: { allow_origins: [\"https://shop.example\"], allow_headers: [authorization] }\n";
     let (_shop, gw) = catalog_gateway(cors, "").await;
     let preflight = client()
         .request(reqwest::Method::OPTIONS, gw.url(GET_PRODUCT))
@@ -474,7 +508,13 @@ async fn cors_preflight_allows_grpc_web_headers_and_answers_expose_the_status() 
     );
     assert_eq!(header(&preflight, "access-control-allow-methods"), "POST");
     let allowed = header(&preflight, "access-control-allow-headers");
-    for name in ["authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"] {
+    for name in [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+    ] {
         assert!(allowed.contains(name), "{name} in {allowed}");
     }
 
@@ -488,7 +528,10 @@ async fn cors_preflight_allows_grpc_web_headers_and_answers_expose_the_status() 
     .await;
     assert_eq!(header(&response, "grpc-status"), "5");
     let exposed = header(&response, "access-control-expose-headers");
-    assert!(exposed.contains("grpc-status") && exposed.contains("grpc-message"), "{exposed}");
+    assert!(
+        exposed.contains("grpc-status") && exposed.contains("grpc-message"),
+        "{exposed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,7 +540,9 @@ async fn oversized_and_hostile_frames_are_refused_before_the_backend() {
     let status_of = |response: &reqwest::Response| header(response, "grpc-status").to_string();
 
     // A real message over max_body: the body is refused while it is read.
-    let big = frame(&GetProductRequest { id: "x".repeat(4096) });
+    let big = frame(&GetProductRequest {
+        id: "x".repeat(4096),
+    });
     let response = post(&gw, GET_PRODUCT, "application/grpc-web", big, &[]).await;
     assert_eq!(response.status(), 200);
     assert_eq!(status_of(&response), "8", "RESOURCE_EXHAUSTED");
@@ -518,7 +563,14 @@ async fn oversized_and_hostile_frames_are_refused_before_the_backend() {
     }
 
     // Text mode: not base64, and the same hostile prefix in base64.
-    let response = post(&gw, GET_PRODUCT, "application/grpc-web-text", b"!!!!".to_vec(), &[]).await;
+    let response = post(
+        &gw,
+        GET_PRODUCT,
+        "application/grpc-web-text",
+        b"!!!!".to_vec(),
+        &[],
+    )
+    .await;
     assert_eq!(status_of(&response), "3");
     assert_eq!(
         header(&response, "content-type"),
@@ -544,7 +596,11 @@ async fn oversized_and_hostile_frames_are_refused_before_the_backend() {
         .unwrap();
     assert_eq!(response.status(), 415);
 
-    assert_eq!(shop.counters.catalog.load(Ordering::Relaxed), 0, "no backend call");
+    assert_eq!(
+        shop.counters.catalog.load(Ordering::Relaxed),
+        0,
+        "no backend call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,4 +651,39 @@ async fn admin_routes_list_each_method() {
             "{expected:?} in {web:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_grpc_web_entries_are_refused_at_load_with_their_line() {
+    let dir = gateway::TempDir::new("grpc-web-refused");
+    dir.write(
+        "m.yaml",
+        r#"routes:
+  - grpc_web: { upstream: echo, service: test.echo.v1.EchoService }
+    http: { post: "/x" }
+    cache: { ttl: 5s }
+  - grpc_web: { upstream: echo, service: test.echo.v1.NoSuchService }
+  - grpc_web: { upstream: nowhere, service: test.echo.v1.EchoService }
+  - grpc_web: { upstream: echo, service: test.echo.v1.EchoService }
+  - grpc_web: { upstream: echo, service: test.echo.v1.EchoService }
+"#,
+    );
+    let config = dir.write(
+        "switchboard.yaml",
+        &format!(
+            "descriptors: [\"{}\"]\nmappings: [m.yaml]\nupstreams:\n{}",
+            gateway::echo_protos(),
+            gateway::grpc_upstream("echo", "127.0.0.1:9".parse().unwrap(), ""),
+        ),
+    );
+    gateway::assert_refused(
+        &config,
+        &[
+            "m.yaml:2: `grpc_web:` is a route of its own; remove `http`, `cache` from it",
+            "m.yaml:5: unknown gRPC service `test.echo.v1.NoSuchService`",
+            "m.yaml:6: unknown gRPC upstream `nowhere`",
+            "m.yaml:8: route `POST /test.echo.v1.EchoService/Get` conflicts with the route defined at",
+        ],
+    )
+    .await;
 }

@@ -141,9 +141,10 @@ impl Compiler<'_> {
             (Some(http), Some(grpc), None, None) => self.grpc_route(spec, http, grpc, &location),
             (Some(http), None, Some(_), None) => self.static_route(spec, http, &location),
             (None, None, None, Some(service)) => self.grpc_service(spec, service, &location),
-            (None, _, _, None) => self
-                .errors
-                .push(location, "route needs `http:` (or `grpc_service:`, `grpc_web:`)"),
+            (None, _, _, None) => self.errors.push(
+                location,
+                "route needs `http:` (or `grpc_service:`, `grpc_web:`)",
+            ),
             (Some(_), None, None, None) => self
                 .errors
                 .push(location, "route needs a target: `grpc:` or `static:`"),

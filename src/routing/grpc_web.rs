@@ -5,8 +5,8 @@
 //! some still serves its other methods, and a browser that calls one reads why it cannot.
 
 use super::template::PathTemplate;
-use crate::config::mapping::{GrpcWebSpec, RouteSpec};
 use crate::config::DEFAULT_TIMEOUT;
+use crate::config::mapping::{GrpcWebSpec, RouteSpec};
 use crate::schema::Schema;
 use crate::upstream::Upstreams;
 use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};

@@ -73,7 +73,10 @@ fn is_http_only(name: &str) -> bool {
 
 /// Plain request headers → metadata of the same name (gRPC-Web). A `-bin` value that is
 /// not base64 is refused (400), as for `Grpc-Metadata-*-bin`.
-fn metadata_from_plain_headers(headers: &HeaderMap, out: &mut HeaderMap) -> Result<(), GatewayError> {
+fn metadata_from_plain_headers(
+    headers: &HeaderMap,
+    out: &mut HeaderMap,
+) -> Result<(), GatewayError> {
     for (name, value) in headers {
         let text = name.as_str();
         if !client_may_set(text) || is_http_only(text) {
@@ -180,7 +183,10 @@ mod tests {
             ("host", "gateway"),
             ("x-forwarded-for", "10.0.0.1"),
         ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         let trace = TraceContext::from_headers(&HeaderMap::new());
         let plain = ClientMetadata {

@@ -90,7 +90,7 @@ impl Mode {
 /// (clients encode per write), so it is decoded one padded run of 4-byte quanta at a time.
 pub fn decode_text(body: &[u8]) -> Result<Bytes, GatewayError> {
     let bad = || GatewayError::invalid_argument("grpc-web-text body is not valid base64");
-    if body.len() % 4 != 0 {
+    if !body.len().is_multiple_of(4) {
         return Err(bad());
     }
     let mut out = Vec::with_capacity(body.len() / 4 * 3);
@@ -220,14 +220,21 @@ mod tests {
         assert_eq!(Mode::of(&headers), Some(Mode::Binary));
         let error = Mode::of_request(&headers).unwrap_err();
         assert_eq!(error.http_status().as_u16(), 415);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         assert_eq!(Mode::of(&headers), None);
     }
 
     #[test]
     fn text_bodies_in_several_padded_chunks() {
         let whole = b"\x00\x00\x00\x00\x03abc";
-        let chunked = format!("{}{}", STANDARD.encode(&whole[..4]), STANDARD.encode(&whole[4..]));
+        let chunked = format!(
+            "{}{}",
+            STANDARD.encode(&whole[..4]),
+            STANDARD.encode(&whole[4..])
+        );
         assert!(chunked.matches('=').count() >= 2, "{chunked}");
         assert_eq!(&decode_text(chunked.as_bytes()).unwrap()[..], whole);
         assert_eq!(
