@@ -178,6 +178,51 @@ impl GatewayError {
         }
         response
     }
+
+    /// The rescue for gRPC-Web clients: a trailers-only answer, HTTP 200 with
+    /// `grpc-status` and `grpc-message` in the headers and no body, which is where those
+    /// clients read the outcome of a call that never produced a message. Extra headers
+    /// (`Retry-After`, `WWW-Authenticate`, backend metadata) ride along.
+    pub fn into_grpc_web_response(
+        self,
+        content_type: HeaderValue,
+    ) -> http::Response<axum::body::Body> {
+        if let Some(cause) = &self.cause {
+            tracing::warn!(code = ?self.code, origin = ?self.origin, %cause, "{}", self.message);
+        }
+        let mut response = http::Response::new(axum::body::Body::empty());
+        let headers = response.headers_mut();
+        if let Some(extra) = self.headers {
+            headers.extend(*extra);
+        }
+        headers.insert(header::CONTENT_TYPE, content_type);
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.code as i32));
+        headers.insert(GRPC_MESSAGE, grpc_message_value(&self.message));
+        response
+    }
+}
+
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Bytes a `grpc-message` percent-encodes: controls, `%` and (always) non-ASCII.
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A status message as gRPC sends it (`grpc-message`, percent-encoded UTF-8).
+pub fn grpc_message_value(message: &str) -> HeaderValue {
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string();
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The HTTP status a response stands for: its own, or for a trailers-only gRPC-Web
+/// answer (always 200) the one of its `grpc-status` (metrics and the access log).
+pub fn effective_status(response: &http::Response<axum::body::Body>) -> StatusCode {
+    match response.headers().get(GRPC_STATUS) {
+        Some(code) if response.status() == StatusCode::OK => {
+            http_status_for_code(Code::from_bytes(code.as_bytes()))
+        }
+        _ => response.status(),
+    }
 }
 
 impl std::fmt::Display for GatewayError {
@@ -317,6 +362,22 @@ mod tests {
         assert_eq!(internal.origin, Origin::Gateway);
         assert!(!internal.is_backend_failure());
         assert_eq!(GatewayError::invalid_argument("x").origin, Origin::Client);
+    }
+
+    #[test]
+    fn grpc_web_errors_are_trailers_only() {
+        let error = GatewayError::new(Code::Unauthenticated, "token 100% expired: ü")
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+            .with_cause("kid k1 at 10.0.0.7");
+        let response =
+            error.into_grpc_web_response(HeaderValue::from_static("application/grpc-web+proto"));
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["grpc-status"], "16");
+        assert_eq!(headers["grpc-message"], "token 100%25 expired: %C3%BC");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        assert_eq!(headers["content-type"], "application/grpc-web+proto");
+        assert_eq!(effective_status(&response), StatusCode::UNAUTHORIZED);
     }
 
     #[test]

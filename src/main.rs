@@ -151,6 +151,9 @@ fn print_routes(table: &switchboard::routing::RouteTable) {
             ),
             Target::WebSocket(ws) => ws.describe().summary(),
             Target::Compose(compose) => compose.summary(),
+            Target::GrpcWeb(web) => {
+                format!("{} {} {}", web.kind(), web.upstream.name, web.method_name())
+            }
         };
         println!(
             "{:<7} {:<48} {:<60} {}",

@@ -112,8 +112,9 @@ impl<'t> Builder<'t> {
             Target::Static(fixed) => self.static_operation(route, &slots, fixed),
             Target::Amqp(amqp) => self.amqp_operation(route, &slots, amqp),
             Target::Compose(compose) => self.compose_operation(route, &slots, compose),
-            // OpenAPI has no way to describe a WebSocket; `/admin/routes` lists them.
-            Target::WebSocket(_) => return,
+            // OpenAPI has no way to describe a WebSocket or gRPC-Web framing (binary
+            // protobuf frames); `/admin/routes` and `switchboard routes` list them.
+            Target::WebSocket(_) | Target::GrpcWeb(_) => return,
         };
         self.paths
             .entry(path)

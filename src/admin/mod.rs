@@ -89,6 +89,14 @@ async fn routes(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
                 }
                 Target::WebSocket(ws) => entry["target"] = ws.describe().to_json(),
                 Target::Compose(compose) => entry["target"] = compose.describe(),
+                Target::GrpcWeb(web) => {
+                    entry["target"] = json!({
+                        "kind": web.kind(),
+                        "upstream": web.upstream.name,
+                        "method": web.method_name(),
+                        "timeout_ms": web.timeout.as_millis() as u64,
+                    });
+                }
             }
             entry
         })

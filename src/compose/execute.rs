@@ -88,6 +88,7 @@ pub async fn call(
         ClientMetadata {
             grpc_metadata: true,
             authorization: route.forward_authorization,
+            plain_headers: false,
         },
     )?;
     let mut amqp_headers = metadata.clone();

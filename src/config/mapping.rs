@@ -13,7 +13,8 @@ pub struct RouteFile {
 }
 
 /// One `routes:` entry. Which keys are present decides its kind: `http` or `websocket`
-/// plus a target (`grpc`, `amqp`, `compose`, `static`), or a `grpc_service` expansion.
+/// plus a target (`grpc`, `amqp`, `compose`, `static`), or a `grpc_service` / `grpc_web`
+/// expansion.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
@@ -21,6 +22,8 @@ pub struct RouteSpec {
     pub websocket: Option<String>,
     pub grpc: Option<GrpcTarget>,
     pub grpc_service: Option<GrpcServiceSpec>,
+    /// gRPC-Web clients onto every method of a service (`crate::proxy::grpc_web`).
+    pub grpc_web: Option<GrpcWebSpec>,
     #[serde(rename = "static")]
     pub static_response: Option<StaticSpec>,
     /// Backend-for-frontend shaping of the JSON response.
@@ -121,6 +124,15 @@ pub struct GrpcServiceSpec {
     pub service: String,
     /// `post`: serve unannotated methods at `POST /pkg.Service/Method` with body `*`.
     pub unannotated: Option<String>,
+}
+
+/// `grpc_web: { upstream, service }`: `POST /<service>/<Method>` for each method, in
+/// gRPC-Web framing (binary or base64 text), passed through to the gRPC upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcWebSpec {
+    pub upstream: String,
+    pub service: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 /// Response headers browsers may read by default, besides the configured ones.
 const ALWAYS_EXPOSED: &str =
     "x-trace-id, ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after";
+/// What gRPC-Web clients read from a response, besides the above.
+const GRPC_WEB_EXPOSED: &str = ", grpc-status, grpc-message, grpc-status-details-bin";
+/// What gRPC-Web clients send (besides `content-type`), allowed on their routes' preflights.
+const GRPC_WEB_ALLOWED: &str = "content-type, x-grpc-web, x-user-agent, grpc-timeout";
 
 pub struct Cors {
     any_origin: bool,
@@ -15,6 +19,10 @@ pub struct Cors {
     allow_headers: Option<HeaderValue>,
     allow_methods: Option<HeaderValue>,
     expose_headers: HeaderValue,
+    /// `expose_headers` plus the gRPC-Web status headers.
+    expose_grpc_web: HeaderValue,
+    /// `allow_headers` plus the gRPC-Web request headers.
+    allow_grpc_web: HeaderValue,
     credentials: bool,
     max_age: Option<HeaderValue>,
 }
@@ -42,7 +50,15 @@ impl Cors {
             exposed.push_str(", ");
             exposed.push_str(extra);
         }
+        let allow_grpc_web = match config.allow_headers.is_empty() {
+            true => GRPC_WEB_ALLOWED.to_string(),
+            false => format!("{}, {GRPC_WEB_ALLOWED}", config.allow_headers.join(", ")),
+        };
         Ok(Self {
+            expose_grpc_web: HeaderValue::from_str(&format!("{exposed}{GRPC_WEB_EXPOSED}"))
+                .map_err(|_| "invalid expose_headers")?,
+            allow_grpc_web: HeaderValue::from_str(&allow_grpc_web)
+                .map_err(|_| "invalid allow_headers")?,
             any_origin,
             origins: config
                 .allow_origins
@@ -85,22 +101,26 @@ impl Cors {
         }
     }
 
-    /// Adds CORS headers to a normal response for an allowed origin.
-    pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    /// Adds CORS headers to a normal response for an allowed origin; a gRPC-Web answer
+    /// also exposes its status headers.
+    pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap, grpc_web: bool) {
         if let Some(origin) = origin.filter(|o| self.allows(o)) {
             self.allow_origin(origin, headers);
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                self.expose_headers.clone(),
-            );
+            let exposed = match grpc_web {
+                true => &self.expose_grpc_web,
+                false => &self.expose_headers,
+            };
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
         }
     }
 
-    /// Answers a preflight. `methods` are those the route table serves on the path.
+    /// Answers a preflight. `methods` are those the route table serves on the path;
+    /// `grpc_web`: the path is a gRPC-Web route, whose clients send their own headers.
     pub fn preflight(
         &self,
         request: &HeaderMap,
         methods: &[Method],
+        grpc_web: bool,
     ) -> Result<http::Response<axum::body::Body>, GatewayError> {
         let origin = request
             .get(header::ORIGIN)
@@ -132,6 +152,12 @@ impl Cors {
             &self.allow_headers,
             request.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
         ) {
+            _ if grpc_web => {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    self.allow_grpc_web.clone(),
+                );
+            }
             (Some(allowed), _) => {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone());
             }

@@ -41,6 +41,7 @@ pub async fn call(
         ClientMetadata {
             grpc_metadata: true,
             authorization: route.forward_authorization,
+            plain_headers: false,
         },
     )?;
     // What is left after reading the body: one budget for the whole request.

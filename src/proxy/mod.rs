@@ -14,17 +14,22 @@
 //! | 9 | keyed limits | rate limits keyed by a claim need phase 8 |
 //! | 10 | deadline | one budget from the route timeout and the client's shorter one, spent by every later phase |
 //! | 11 | cache | GET routes with `cache:`: a hit never reaches phase 12; concurrent misses of one key make one call |
-//! | 12 | target | static, gRPC, AMQP, composed or WebSocket; upstreams add breaker, retries and balancing |
+//! | 12 | target | static, gRPC, gRPC-Web, AMQP, composed or WebSocket; upstreams add breaker, retries and balancing |
 //! | 13 | response decoration | `RateLimit-*`, `x-trace-id`, CORS headers, on errors too |
 //! | 14 | metrics, access log | with the route's template and the final status |
 //!
 //! Every failure becomes a `google.rpc.Status` response in one place
 //! ([`GatewayError::into_response`], the rescue): clients read a safe message, the log gets
-//! the cause.
+//! the cause. A request whose content type is `application/grpc-web*` gets the same
+//! failure as a trailers-only gRPC-Web answer instead
+//! ([`GatewayError::into_grpc_web_response`]: HTTP 200, `grpc-status` in the headers),
+//! whichever phase refused it; metrics and the access log record the HTTP status that
+//! `grpc-status` stands for.
 
 mod amqp;
 pub(crate) mod body;
 mod grpc;
+pub mod grpc_web;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -54,10 +59,15 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
         let method = request.method().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let preflight = cors::is_preflight(&method, request.headers());
+        // gRPC-Web clients read every outcome, refusals included, from `grpc-status`.
+        let grpc_web = grpc_web::framing::Mode::of(request.headers());
         let mut outcome = Outcome::default();
         let result = run(&table, request, &trace, &gateway.ws, &mut outcome).await;
         // The rescue: one place turns every error into the client's answer.
-        let mut response = result.unwrap_or_else(GatewayError::into_response);
+        let mut response = result.unwrap_or_else(|error| match grpc_web {
+            Some(mode) => error.into_grpc_web_response(mode.content_type()),
+            None => error.into_response(),
+        });
 
         // 13. Response decoration.
         let headers = response.headers_mut();
@@ -66,11 +76,14 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
         }
         headers.insert("x-trace-id", trace.trace_id.clone());
         if let (Some(cors), false) = (&table.middleware.cors, preflight) {
-            cors.decorate(origin.as_ref(), headers);
+            cors.decorate(origin.as_ref(), headers, grpc_web.is_some());
         }
 
         // 14. Metrics and access log.
-        let status = response.status();
+        let status = match grpc_web {
+            Some(_) => crate::error::effective_status(&response),
+            None => response.status(),
+        };
         match outcome.route {
             Some(index) => table.routes[index]
                 .metrics
@@ -204,6 +217,9 @@ async fn run(
             }
             // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
             Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
+            Target::GrpcWeb(target) => {
+                grpc_web::call(table, target, request, captures, trace, deadline).await
+            }
         }
     };
     match cached {
@@ -226,6 +242,7 @@ fn route_timeout(route: &Route) -> Option<std::time::Duration> {
         Target::Grpc(target) => Some(target.timeout),
         Target::Amqp(target) => Some(target.timeout),
         Target::Compose(target) => Some(target.timeout),
+        Target::GrpcWeb(target) => Some(target.timeout),
         Target::Static(_) | Target::WebSocket(_) => None,
     }
 }
@@ -299,8 +316,12 @@ fn preflight(
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(http::Method::GET);
+    let mut grpc_web = false;
     let methods = match table.lookup(&requested, path) {
-        Lookup::Matched(index) => vec![table.routes[index].method.clone()],
+        Lookup::Matched(index) => {
+            grpc_web = matches!(table.routes[index].target, Target::GrpcWeb(_));
+            vec![table.routes[index].method.clone()]
+        }
         Lookup::MethodNotAllowed(allowed) => allowed,
         Lookup::NotFound => {
             return Err(GatewayError::not_found(format!(
@@ -309,5 +330,5 @@ fn preflight(
             )));
         }
     };
-    cors.preflight(request.headers(), &methods)
+    cors.preflight(request.headers(), &methods, grpc_web)
 }

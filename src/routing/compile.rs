@@ -88,6 +88,18 @@ struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn route(&mut self, spec: &RouteSpec, location: Location) {
+        if let Some(web) = &spec.grpc_web {
+            match super::grpc_web::compile(spec, web, self.schema, self.upstreams) {
+                Ok(routes) => {
+                    for (template, route) in routes {
+                        let target = Target::GrpcWeb(Box::new(route));
+                        self.push(spec, Method::POST, template, target, &location);
+                    }
+                }
+                Err(message) => self.errors.push(location, message),
+            }
+            return;
+        }
         if spec.compose.is_some() {
             match &spec.http {
                 Some(http) => self.compose_route(spec, http, &location),
@@ -129,9 +141,10 @@ impl Compiler<'_> {
             (Some(http), Some(grpc), None, None) => self.grpc_route(spec, http, grpc, &location),
             (Some(http), None, Some(_), None) => self.static_route(spec, http, &location),
             (None, None, None, Some(service)) => self.grpc_service(spec, service, &location),
-            (None, _, _, None) => self
-                .errors
-                .push(location, "route needs `http:` (or `grpc_service:`)"),
+            (None, _, _, None) => self.errors.push(
+                location,
+                "route needs `http:` (or `grpc_service:`, `grpc_web:`)",
+            ),
             (Some(_), None, None, None) => self
                 .errors
                 .push(location, "route needs a target: `grpc:` or `static:`"),
@@ -576,8 +589,8 @@ impl Compiler<'_> {
         let Some(policy) = self.policy(spec, location) else {
             return;
         };
-        let name = match (&spec.name, &spec.grpc_service) {
-            (Some(name), None) => name.clone(),
+        let name = match (&spec.name, &spec.grpc_service, &spec.grpc_web) {
+            (Some(name), None, None) => name.clone(),
             _ => format!("{method} {}", template.text),
         };
         let cache = match &spec.cache {

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 mod compile;
+pub mod grpc_web;
 pub mod template;
 
 pub use compile::compile;
@@ -63,6 +64,8 @@ pub enum Target {
     WebSocket(Box<crate::ws::WsRoute>),
     /// A `compose:` route: several backend calls, one JSON answer (`crate::compose`).
     Compose(Box<crate::compose::ComposeRoute>),
+    /// A method of a `grpc_web:` service: gRPC-Web framing passed through to gRPC.
+    GrpcWeb(Box<grpc_web::GrpcWebRoute>),
 }
 
 /// A route onto a unary or server-streaming gRPC method.

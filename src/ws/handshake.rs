@@ -83,6 +83,7 @@ pub async fn upgrade(
         ClientMetadata {
             grpc_metadata: route.backend.takes_client_metadata(),
             authorization: route.forward_authorization,
+            plain_headers: false,
         },
     )?;
 

@@ -186,6 +186,21 @@ impl GrpcUpstream {
         &self,
         call: Call,
     ) -> Result<Response<Streaming<DynamicMessage>>, Status> {
+        let codec = call.codec.clone();
+        self.server_streaming_with(call, codec).await
+    }
+
+    /// Opens a server stream whose messages `codec` decodes (`RawCodec`: each message
+    /// as its encoded bytes, for callers that pass frames through).
+    pub async fn server_streaming_with<C>(
+        &self,
+        call: Call,
+        codec: C,
+    ) -> Result<Response<Streaming<C::Decode>>, Status>
+    where
+        C: tonic::codec::Codec<Encode = Bytes> + Send + 'static,
+        C::Decode: Send + Sync + 'static,
+    {
         let permit = self.admit()?;
         // The message without its gRPC prefix: tonic frames it again.
         let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
@@ -195,7 +210,7 @@ impl GrpcUpstream {
         let request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         let started = Instant::now();
         let mut grpc = tonic::client::Grpc::new(self.connection().clone());
-        let result = grpc.server_streaming(request, call.path, call.codec).await;
+        let result = grpc.server_streaming(request, call.path, codec).await;
         self.record(&result, started, permit, call.client_deadline);
         result
     }

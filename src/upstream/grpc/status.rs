@@ -31,6 +31,12 @@ pub fn local_status(code: tonic::Code, cause: impl Into<String>) -> tonic::Statu
     tonic::Status::with_metadata(code, cause, metadata)
 }
 
+/// Whether the gateway made `status` itself ([`local_status`], or tonic from a transport
+/// error) rather than receiving it from the backend.
+pub fn is_local(status: &tonic::Status) -> bool {
+    status.metadata().get(LOCAL_MARK).is_some() || std::error::Error::source(status).is_some()
+}
+
 /// What a client reads for a failure whose cause stays in the log.
 fn generic_message(code: tonic::Code) -> &'static str {
     match code {
@@ -51,9 +57,7 @@ pub fn status_to_error(
     json: &JsonCodec,
 ) -> GatewayError {
     let code = code_from_i32(status.code() as i32);
-    let local =
-        status.metadata().get(LOCAL_MARK).is_some() || std::error::Error::source(status).is_some();
-    if local {
+    if is_local(status) {
         let origin = match code {
             // Unreachable or too slow: the backend's side, and the breaker's business.
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -108,7 +112,7 @@ fn render_any(
 }
 
 /// Headers that belong to the gRPC protocol itself, never surfaced as metadata.
-fn is_protocol_header(name: &str) -> bool {
+pub fn is_protocol_header(name: &str) -> bool {
     matches!(
         name,
         "content-type"
@@ -200,7 +204,7 @@ pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) -> Result
 }
 
 /// Standard base64, padded or not (gRPC accepts both for `-bin` metadata).
-fn is_base64(value: &[u8]) -> bool {
+pub fn is_base64(value: &[u8]) -> bool {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     STANDARD.decode(value).is_ok() || STANDARD_NO_PAD.decode(value).is_ok()
 }

@@ -112,12 +112,21 @@ pub async fn call(
         Err(status) => return Err(with_metadata(status, headers)),
     };
     let mut metadata = headers;
+    let mut extensions = tonic::Extensions::default();
     match trailers {
         Some(trailers) => {
             if status_code(&trailers) != Some(Code::Ok) {
                 let status = trailer_error(Some(trailers), parts.status)
                     .unwrap_or_else(|| Status::unknown("invalid grpc-status trailer"));
                 return Err(status);
+            }
+            // Callers that keep headers and trailers apart (gRPC-Web) find the trailers
+            // here; the common answer has none besides the status, and no copy is made.
+            if trailers
+                .keys()
+                .any(|name| *name != GRPC_STATUS && *name != GRPC_MESSAGE)
+            {
+                extensions.insert(Trailers(trailers.clone()));
             }
             metadata.extend(trailers);
         }
@@ -130,9 +139,14 @@ pub async fn call(
     Ok(Response::from_parts(
         MetadataMap::from_headers(metadata),
         message,
-        tonic::Extensions::default(),
+        extensions,
     ))
 }
+
+/// The trailers of a unary answer, when they carry more than its status; its metadata
+/// holds them too, after the headers.
+#[derive(Clone, Debug)]
+pub struct Trailers(pub HeaderMap);
 
 /// The whole response body (one chunk in the common case: no copy) and its trailers.
 async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<HeaderMap>), Status> {
