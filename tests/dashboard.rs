@@ -32,10 +32,21 @@ const fail = e => { console.log(JSON.stringify({ error: String((e && e.stack) ||
 process.on('uncaughtException', fail);
 process.on('unhandledRejection', fail);
 (0, eval)(script);
+// A snapshot after each refresh (a new `updated` line); the first refresh has no rates
+// yet (a rate needs two samples), so the second and third are reported.
 const snapshots = [];
-const snap = () => snapshots.push(JSON.parse(JSON.stringify(elements)));
-setTimeout(snap, 2700);
-setTimeout(() => { snap(); console.log(JSON.stringify({ snapshots })); process.exit(0); }, 4800);
+let seen = '';
+setInterval(() => {
+  const updated = elements.updated?.textContent || elements.updated?.innerHTML || '';
+  if (!updated || updated === seen) return;
+  seen = updated;
+  snapshots.push(JSON.parse(JSON.stringify(elements)));
+  if (snapshots.length === 3) {
+    console.log(JSON.stringify({ snapshots: snapshots.slice(1) }));
+    process.exit(0);
+  }
+}, 50);
+setTimeout(() => fail(`only ${snapshots.length} refreshes in 20 s`), 20000);
 "#;
 
 /// A gateway with a gRPC upstream (health-checked, with a breaker) and an AMQP one, and
@@ -195,7 +206,7 @@ const READ_DOM: &str = r#"(() => {
   const row = document.querySelector('tr[data-route="GET /v1/dash/{id}"]');
   const cell = c => row?.querySelector('td.' + c)?.textContent ?? null;
   return {
-    body: document.body.innerText,
+    body: document.body?.innerText ?? '',
     status: text('status'),
     updated: text('updated'),
     rate: cell('rate'),
