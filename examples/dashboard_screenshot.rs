@@ -44,6 +44,7 @@ async fn main() {
         "`chromium` is needed (apt-get install chromium)"
     );
 
+    switchboard::tls::install_crypto_provider();
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
         let stop = stop.clone();

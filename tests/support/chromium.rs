@@ -205,6 +205,7 @@ impl Drop for Process {
 /// The WebSocket of the browser's first page target, as listed by `/json/list` (≤ 30 s).
 async fn page_socket(port: u16) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
     let list = format!("http://127.0.0.1:{port}/json/list");
+    switchboard::tls::install_crypto_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
