@@ -67,7 +67,7 @@ pub async fn call(
         let published =
             tokio::time::timeout_at(deadline.instant(), route.upstream.publish(message, timeout))
                 .await
-                .map_err(|_| deadline.exceeded("the broker did not confirm in time"))?;
+                .unwrap_or_else(|_| Err(deadline.exceeded("the broker did not confirm in time")));
         span.finish(&published);
         published?;
         let mut response = Response::new(Body::from("{}"));
@@ -79,7 +79,7 @@ pub async fn call(
     }
     let reply = tokio::time::timeout_at(deadline.instant(), route.upstream.call(message, timeout))
         .await
-        .map_err(|_| deadline.exceeded("no reply in time"))?;
+        .unwrap_or_else(|_| Err(deadline.exceeded("no reply in time")));
     span.finish(&reply);
     reply_response(table, route, reply?)
 }

@@ -112,12 +112,16 @@ pub async fn call(
         Ok::<_, tonic::Status>((metadata, stream, first))
     };
     // The span covers opening the stream: the call is made, the rest is the client's.
-    let opened = tokio::time::timeout_at(deadline.instant(), opened)
-        .await
-        .map_err(|_| deadline_error())?;
-    span.attribute(|| grpc_code(&opened));
+    let opened = tokio::time::timeout_at(deadline.instant(), opened).await;
+    if let Ok(result) = &opened {
+        span.attribute(|| grpc_code(result));
+    }
+    let opened = match opened {
+        Ok(result) => result.map_err(to_error),
+        Err(_) => Err(deadline_error()),
+    };
     span.finish(&opened);
-    let (metadata, stream, first) = opened.map_err(to_error)?;
+    let (metadata, stream, first) = opened?;
     let framing = if sse { Framing::Sse } else { Framing::NdJson };
     let mut response = Response::new(Body::from_stream(stream_body(
         table.clone(),
