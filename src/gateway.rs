@@ -38,7 +38,7 @@ impl Gateway {
     /// background work (connections, health checks): the gateway that will serve it.
     pub async fn load(config_path: &Path) -> Result<Self, LoadErrors> {
         let table = build_table(config_path, None).await?;
-        table.upstreams.start();
+        table.start();
         crate::telemetry::record_config_loaded();
         Ok(Self {
             table: ArcSwap::from_pointee(table),
@@ -78,7 +78,7 @@ impl Gateway {
                     );
                 }
                 let routes = table.routes.len();
-                table.upstreams.start();
+                table.start();
                 self.table.store(Arc::new(table));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -131,6 +131,13 @@ pub async fn build_table(
     )
     .map_err(|e| errors.push(Location::new(&config.path, config.lines.cache), e))
     .ok();
+    let tracing = crate::telemetry::otlp::SpanExport::build(
+        config.telemetry.otlp.as_ref(),
+        previous.and_then(|t| t.tracing.as_ref()),
+    )
+    .map_err(|e| errors.push(Location::new(&config.path, 0), e))
+    .ok()
+    .flatten();
 
     let mut reflected = Vec::new();
     for (name, spanned) in &config.upstreams {
@@ -156,6 +163,7 @@ pub async fn build_table(
             Arc::new(middleware),
         )?;
         table.cache = cache;
+        table.tracing = tracing;
         Ok(table)
     })
     .await

@@ -11,6 +11,7 @@ use crate::middleware::Identity;
 use crate::middleware::deadline::Deadline;
 use crate::proxy::body::read_limited;
 use crate::routing::RouteTable;
+use crate::telemetry::spans;
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::{JsonCodec, parse_query};
 use crate::upstream::amqp::Message;
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
 static X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// JSON bytes all steps of one call may bring back together (`for_each` fans out up to
 /// 1000 calls): beyond it a step fails, so one request cannot hold unbounded memory.
@@ -104,6 +106,7 @@ pub async fn call(
     let env = Env {
         table,
         route,
+        trace,
         metadata: &metadata,
         amqp_headers: &amqp_headers,
         deadline,
@@ -248,6 +251,8 @@ fn parse_result(text: &[u8]) -> Result<Value, GatewayError> {
 struct Env<'a> {
     table: &'a RouteTable,
     route: &'a ComposeRoute,
+    /// Each step is a span of the request (when spans are exported).
+    trace: &'a TraceContext,
     metadata: &'a HeaderMap,
     amqp_headers: &'a HeaderMap,
     deadline: Instant,
@@ -570,15 +575,23 @@ async fn execute(
     calls: Vec<Prepared>,
 ) -> Result<Success, GatewayError> {
     let deadline = (Instant::now() + step.timeout).min(env.deadline);
+    let span = env.trace.backend(|| {
+        let upstream = match &step.target {
+            StepTarget::Grpc { upstream, .. } => &upstream.name,
+            StepTarget::Amqp { upstream, .. } => &upstream.name,
+        };
+        spans::step_span(&env.route.name, &step.name, upstream, calls.len())
+    });
+    let traceparent = span.own_traceparent();
     let work = async {
         if step.for_each.is_none() {
             let Some(call) = calls.into_iter().next() else {
                 return Err(GatewayError::internal("a step without a request"));
             };
-            return call_once(env, step, call, deadline).await;
+            return call_once(env, step, call, deadline, traceparent).await;
         }
         let results: Vec<Success> = stream::iter(calls)
-            .map(|call| call_once(env, step, call, deadline))
+            .map(|call| call_once(env, step, call, deadline, traceparent))
             .buffered(step.concurrency)
             .try_collect()
             .await?;
@@ -600,7 +613,7 @@ async fn execute(
             value,
         })
     };
-    match tokio::time::timeout_at(deadline, work).await {
+    let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(result) => result,
         Err(_) => {
             let error = GatewayError::deadline_exceeded(format!(
@@ -614,15 +627,18 @@ async fn execute(
                 error.with_origin(crate::error::Origin::Upstream)
             })
         }
-    }
+    };
+    span.finish(&result);
+    result
 }
 
-/// One backend call of a step.
+/// One backend call of a step; `traceparent` is the step's own, when spans are exported.
 async fn call_once(
     env: &Env<'_>,
     step: &Step,
     call: Prepared,
     deadline: Instant,
+    traceparent: Option<&HeaderValue>,
 ) -> Result<Success, GatewayError> {
     let timeout = deadline.saturating_duration_since(Instant::now());
     let json: &JsonCodec = &env.table.json;
@@ -638,10 +654,14 @@ async fn call_once(
             },
             Prepared::Grpc(framed),
         ) => {
+            let mut metadata = env.metadata.clone();
+            if let Some(traceparent) = traceparent {
+                metadata.insert(TRACEPARENT.clone(), traceparent.clone());
+            }
             let call = Call {
                 path: path.clone(),
                 codec: codec.clone(),
-                metadata: MetadataMap::from_headers(env.metadata.clone()),
+                metadata: MetadataMap::from_headers(metadata),
                 framed,
                 timeout,
                 client_deadline: env.client_deadline && deadline == env.deadline,
@@ -677,7 +697,13 @@ async fn call_once(
                 content_type,
             },
         ) => {
-            let headers = message::header_table(env.amqp_headers.iter());
+            let mut headers = message::header_table(env.amqp_headers.iter());
+            if let Some(traceparent) = traceparent {
+                headers.insert(
+                    TRACEPARENT.as_str().into(),
+                    message::text(traceparent.as_bytes()),
+                );
+            }
             let properties = message::properties(headers, Some(content_type.into()), false);
             let message = Message {
                 exchange,

@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// Peers whose `X-Forwarded-For` is believed (CIDRs or single addresses).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Span export (`crate::telemetry::otlp`); off when absent.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 
     /// The folder of the config file; relative paths are resolved against it.
     #[serde(skip)]
@@ -86,6 +89,22 @@ impl GatewayConfig {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(30))
     }
+}
+
+/// `telemetry:`: where spans go. Nothing is built or sent without `otlp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `telemetry.otlp`: an OTLP/HTTP collector (protobuf bodies), e.g.
+/// `http://127.0.0.1:4318`; `/v1/traces` is added when the URL has no path.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    pub endpoint: String,
 }
 
 /// Proto3 JSON mapping options (contract §3 `json:`).

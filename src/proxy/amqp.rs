@@ -10,6 +10,7 @@ use crate::middleware::Identity;
 use crate::middleware::deadline::Deadline;
 use crate::routing::RouteTable;
 use crate::routing::amqp::AmqpRoute;
+use crate::telemetry::spans::amqp_span;
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::parse_query;
 use crate::upstream::amqp::message::{self, JSON, PROTOBUF, text};
@@ -43,7 +44,18 @@ pub async fn call(
         .routing_key
         .resolve(&captures)
         .map_err(GatewayError::invalid_argument)?;
-    let headers = message_headers(route, &parts, &captures, trace)?;
+    let mut headers = message_headers(route, &parts, &captures, trace)?;
+    let span = trace.backend(|| {
+        amqp_span(
+            &route.upstream.name,
+            route.exchange.as_str(),
+            routing_key.as_str(),
+            route.reply,
+        )
+    });
+    if let Some(traceparent) = span.own_traceparent() {
+        headers.insert("traceparent".into(), text(traceparent.as_bytes()));
+    }
     let properties = message::properties(headers, content_type, route.persistent);
     let message = Message {
         exchange: &route.exchange,
@@ -52,9 +64,12 @@ pub async fn call(
         properties,
     };
     if !route.reply {
-        tokio::time::timeout_at(deadline.instant(), route.upstream.publish(message, timeout))
-            .await
-            .map_err(|_| deadline.exceeded("the broker did not confirm in time"))??;
+        let published =
+            tokio::time::timeout_at(deadline.instant(), route.upstream.publish(message, timeout))
+                .await
+                .unwrap_or_else(|_| Err(deadline.exceeded("the broker did not confirm in time")));
+        span.finish(&published);
+        published?;
         let mut response = Response::new(Body::from("{}"));
         *response.status_mut() = StatusCode::ACCEPTED;
         response
@@ -64,8 +79,9 @@ pub async fn call(
     }
     let reply = tokio::time::timeout_at(deadline.instant(), route.upstream.call(message, timeout))
         .await
-        .map_err(|_| deadline.exceeded("no reply in time"))??;
-    reply_response(table, route, reply)
+        .unwrap_or_else(|_| Err(deadline.exceeded("no reply in time")));
+    span.finish(&reply);
+    reply_response(table, route, reply?)
 }
 
 /// The payload and its content type: JSON transcoded to protobuf for a typed route,

@@ -6,6 +6,7 @@ use crate::error::GatewayError;
 use crate::middleware::Identity;
 use crate::middleware::deadline::Deadline;
 use crate::routing::{BodyRule, GrpcRoute, RouteTable};
+use crate::telemetry::spans::{grpc_code, grpc_span};
 use crate::telemetry::trace::TraceContext;
 use crate::transcode::set_field_from_str;
 use crate::upstream::grpc::status::{append_metadata_headers, status_to_error};
@@ -22,6 +23,8 @@ use tonic::metadata::MetadataMap;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 pub async fn call(
     table: &Arc<RouteTable>,
     route: &GrpcRoute,
@@ -34,7 +37,8 @@ pub async fn call(
     // A bad `?fields=` is refused before the backend is called.
     let partial = partial_response_mask(table, route, &parts)?;
     let framed = build_request(table, route, &parts, body, captures, deadline).await?;
-    let metadata = grpc_metadata(
+    let mut span = trace.backend(|| grpc_span(&route.upstream.name, &route.method));
+    let mut metadata = grpc_metadata(
         &parts.headers,
         trace,
         parts.extensions.get::<Identity>(),
@@ -44,6 +48,9 @@ pub async fn call(
             plain_headers: false,
         },
     )?;
+    if let Some(traceparent) = span.own_traceparent() {
+        metadata.insert(TRACEPARENT.clone(), traceparent.clone());
+    }
     // What is left after reading the body: one budget for the whole request.
     let timeout = deadline.remaining();
     let call = Call {
@@ -74,7 +81,10 @@ pub async fn call(
     };
 
     if !route.server_streaming {
-        let response = upstream.unary(call).await.map_err(to_error)?;
+        let response = upstream.unary(call).await;
+        span.attribute(|| grpc_code(&response));
+        span.finish(&response);
+        let response = response.map_err(to_error)?;
         let (metadata, message, _) = response.into_parts();
         let mut body = encode_response(table, route, &message)?;
         if let Some(mask) = partial {
@@ -102,10 +112,17 @@ pub async fn call(
         let first = stream.message().await?;
         Ok::<_, tonic::Status>((metadata, stream, first))
     };
-    let (metadata, stream, first) = tokio::time::timeout_at(deadline.instant(), opened)
-        .await
-        .map_err(|_| deadline_error())?
-        .map_err(to_error)?;
+    // The span covers opening the stream: the call is made, the rest is the client's.
+    let opened = tokio::time::timeout_at(deadline.instant(), opened).await;
+    if let Ok(result) = &opened {
+        span.attribute(|| grpc_code(result));
+    }
+    let opened = match opened {
+        Ok(result) => result.map_err(to_error),
+        Err(_) => Err(deadline_error()),
+    };
+    span.finish(&opened);
+    let (metadata, stream, first) = opened?;
     let framing = if sse { Framing::Sse } else { Framing::NdJson };
     let mut response = Response::new(Body::from_stream(stream_body(
         table.clone(),

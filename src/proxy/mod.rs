@@ -53,7 +53,12 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
     // The request keeps this table to the end, whatever reloads happen meanwhile.
     let table = gateway.table();
     // 1. Trace id.
-    let trace = TraceContext::from_headers(request.headers());
+    let mut trace = TraceContext::start(
+        request.method(),
+        request.uri(),
+        request.headers(),
+        table.tracing.as_ref(),
+    );
     let span = tracing::info_span!("request", trace_id = trace.id(), method = %request.method(), path = request.uri().path());
     async move {
         let method = request.method().clone();
@@ -90,11 +95,16 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
                 .record(status, started.elapsed()),
             None => crate::telemetry::record_unmatched(&method, status, started.elapsed()),
         }
+        let route = outcome.route.map(|i| &table.routes[i]);
+        trace.end(
+            route.map(|r| (r.template.text.as_str(), r.name.as_str())),
+            status,
+        );
         tracing::info!(
             target: "switchboard::access",
             %method,
             status = status.as_u16(),
-            route = outcome.route.map(|i| table.routes[i].name.as_str()).unwrap_or("-"),
+            route = route.map(|r| r.name.as_str()).unwrap_or("-"),
             micros = started.elapsed().as_micros() as u64,
             "request"
         );

@@ -36,6 +36,9 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// The response cache store; set by `gateway::build_table` (kept across reloads).
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Span export (`telemetry.otlp`); set by `gateway::build_table` (kept across
+    /// reloads while unchanged). `None`: no span is built.
+    pub tracing: Option<Arc<crate::telemetry::otlp::SpanExport>>,
     by_first_literal: HashMap<String, Vec<usize>>,
     /// Routes whose first segment is not a literal: candidates for every path.
     wildcard_first: Vec<usize>,
@@ -116,6 +119,15 @@ pub enum Lookup {
 }
 
 impl RouteTable {
+    /// Starts the background work of a table that goes live: upstream connections and
+    /// health checks, span export.
+    pub fn start(&self) {
+        self.upstreams.start();
+        if let Some(tracing) = &self.tracing {
+            tracing.start();
+        }
+    }
+
     fn new(
         config: Arc<GatewayConfig>,
         schema: Schema,
@@ -149,6 +161,7 @@ impl RouteTable {
             middleware,
             routes,
             cache: None,
+            tracing: None,
             by_first_literal,
             wildcard_first,
         }

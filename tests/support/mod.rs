@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod chromium;
 pub mod echo;
 
 // `#[path]` on a non-inline `mod` resolves relative to this file's directory (tests/support/).
