@@ -35,6 +35,9 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// The response cache store; set by `gateway::build_table` (kept across reloads).
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The listener's certificate and key (`tls:`), loaded with the table; set by
+    /// `gateway::build_table`.
+    pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
     by_first_literal: HashMap<String, Vec<usize>>,
     /// Routes whose first segment is not a literal: candidates for every path.
     wildcard_first: Vec<usize>,
@@ -146,6 +149,7 @@ impl RouteTable {
             middleware,
             routes,
             cache: None,
+            tls: None,
             by_first_literal,
             wildcard_first,
         }
