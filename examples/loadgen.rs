@@ -559,7 +559,13 @@ async fn clients(args: &Args) -> Result<Vec<Client>, String> {
             let senders = h2_senders(url, args.connections, tls.as_ref()).await?;
             let headers = Rc::new(args.headers.clone());
             workers
-                .map(|i| Client::H2(senders[i % senders.len()].clone(), url.clone(), headers.clone()))
+                .map(|i| {
+                    Client::H2(
+                        senders[i % senders.len()].clone(),
+                        url.clone(),
+                        headers.clone(),
+                    )
+                })
                 .collect()
         }
         Mode::GrpcGetProduct { addr, id } => {

@@ -256,7 +256,16 @@ async fn connection(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    serve_http(TokioIo::new(stream), protocol, peer, app, limits, stop, accepted).await;
+    serve_http(
+        TokioIo::new(stream),
+        protocol,
+        peer,
+        app,
+        limits,
+        stop,
+        accepted,
+    )
+    .await;
 }
 
 /// Serves HTTP on an open (and, with TLS, handshaken) connection until it ends.

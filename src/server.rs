@@ -61,7 +61,9 @@ impl Server {
             move || gateway.table().limits
         };
         let tls = match &self.gateway.server_cert {
-            Some(cert) => Some(crate::tls::server::acceptor(cert.clone()).map_err(std::io::Error::other)?),
+            Some(cert) => {
+                Some(crate::tls::server::acceptor(cert.clone()).map_err(std::io::Error::other)?)
+            }
             None => None,
         };
         let main = tokio::spawn(crate::listener::serve(

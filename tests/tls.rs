@@ -130,9 +130,12 @@ async fn tls_connect(
 ) -> std::io::Result<TlsClientStream> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_string()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), connector(pki, alpn).connect(name, tcp))
-        .await
-        .expect("TLS handshake within 5s")
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        connector(pki, alpn).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake within 5s")
 }
 
 /// The leaf certificate the gateway presents to a new handshake.
@@ -604,16 +607,15 @@ async fn terminator(
 
 /// A gateway whose `catalog` upstream is `https://localhost:<port>` with `tls` (a YAML
 /// flow mapping body; files relative to the config folder).
-async fn catalog_over_tls(
-    port: u16,
-    tls: &str,
-    files: &[(&str, &str)],
-) -> TestGateway {
+async fn catalog_over_tls(port: u16, tls: &str, files: &[(&str, &str)]) -> TestGateway {
     let config = format!(
-        "descriptors: [\"{}\"]\nupstreams:\n  catalog:\n    grpc: {{ endpoints: [\"https://localhost:{port}\"], tls: {{ {tls} }} }}\n    timeout: 3s\n",
+        "descriptors: [\"{}\"]\nmappings: [catalog.yaml]\nupstreams:\n  catalog:\n    grpc: {{ endpoints: [\"https://localhost:{port}\"], tls: {{ {tls} }} }}\n    timeout: 3s\n",
         repo().join("descriptors").display()
     );
-    gateway::start(&config, files).await
+    let routes = "routes:\n  - grpc_service: { upstream: catalog, service: shop.catalog.v1.CatalogService }\n";
+    let mut files = files.to_vec();
+    files.push(("catalog.yaml", routes));
+    gateway::start(&config, &files).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,11 +626,7 @@ async fn grpc_over_tls_to_an_https_endpoint() {
     let pki = Pki::new("backend ca");
     let front = terminator(shop.catalog, &pki.server(), &[b"h2"], None).await;
     let gw = catalog_over_tls(front.addr.port(), "ca: ca.pem", &[("ca.pem", &pki.pem)]).await;
-    let response = client()
-        .get(gw.url("/v1/products/1"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(gw.url("/v1/products/1")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let product: Value = response.json().await.unwrap();
     assert_eq!(product["id"], "1", "{product}");
@@ -648,7 +646,10 @@ async fn grpc_over_tls_to_an_https_endpoint() {
         .unwrap();
     assert_eq!(response.status(), 503);
     let body = response.text().await.unwrap();
-    assert!(!body.contains("127.0.0.1") && !body.contains("localhost"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("localhost"),
+        "{body}"
+    );
 
     // Without `ca:` the system roots are used, which do not know the test CA.
     let untrusted = catalog_over_tls(front.addr.port(), "", &[]).await;
@@ -680,11 +681,7 @@ async fn grpc_over_mtls_needs_the_client_certificate() {
         ],
     )
     .await;
-    let response = client()
-        .get(gw.url("/v1/products/1"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(gw.url("/v1/products/1")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(front.refused.load(Ordering::SeqCst), 0);
 

@@ -150,7 +150,11 @@ impl Sources {
             let upstream = &upstream.value;
             let grpc = upstream.grpc.as_ref().and_then(|g| g.tls.as_ref());
             let amqp = upstream.amqp.as_ref().and_then(|a| a.tls.as_ref());
-            files.extend(grpc.into_iter().chain(amqp).flat_map(|t| t.files().cloned()));
+            files.extend(
+                grpc.into_iter()
+                    .chain(amqp)
+                    .flat_map(|t| t.files().cloned()),
+            );
         }
         Self {
             config: config.path.clone(),

@@ -26,7 +26,9 @@ impl ClientTls {
         let roots = match &tls.ca {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for certificate in super::read_certificates(ca).map_err(|e| format!("tls.ca: {e}"))? {
+                for certificate in
+                    super::read_certificates(ca).map_err(|e| format!("tls.ca: {e}"))?
+                {
                     roots
                         .add(certificate)
                         .map_err(|e| format!("tls.ca: {}: {e}", ca.display()))?;
@@ -72,8 +74,9 @@ impl ClientTls {
             return Ok(name.clone());
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        ServerName::try_from(host.to_string())
-            .map_err(|e| format!("`{host}` cannot be checked against a certificate: {e}; set tls.server_name"))
+        ServerName::try_from(host.to_string()).map_err(|e| {
+            format!("`{host}` cannot be checked against a certificate: {e}; set tls.server_name")
+        })
     }
 }
 
@@ -150,7 +153,10 @@ mod tests {
 
         config.server_name = Some("override.internal".into());
         let tls = ClientTls::load(Some(&config), &[]).unwrap();
-        assert_eq!(tls.name_for("10.0.0.7").unwrap().to_str(), "override.internal");
+        assert_eq!(
+            tls.name_for("10.0.0.7").unwrap().to_str(),
+            "override.internal"
+        );
 
         config.server_name = Some("not a name".into());
         assert!(ClientTls::load(Some(&config), &[]).is_err());

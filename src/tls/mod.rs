@@ -57,10 +57,7 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// A certificate chain and its key, checked to belong together.
-pub fn certified_key(
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     let chain = read_certificates(cert)?;
     let private_key = read_private_key(key)?;
     rustls::sign::CertifiedKey::from_der(chain, private_key, &provider())

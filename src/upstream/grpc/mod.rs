@@ -59,7 +59,8 @@ fn client_tls(
         }
         return Ok(None);
     }
-    crate::tls::client::ClientTls::load(config.tls.as_ref(), &[b"h2"]).map(|tls| Some(Arc::new(tls)))
+    crate::tls::client::ClientTls::load(config.tls.as_ref(), &[b"h2"])
+        .map(|tls| Some(Arc::new(tls)))
 }
 
 impl GrpcUpstream {
@@ -84,8 +85,10 @@ impl GrpcUpstream {
         let mut connections = Vec::with_capacity(endpoints.len() * per_endpoint);
         for _ in 0..per_endpoint {
             for uri in &endpoints {
-                connections
-                    .push(Connection::new(uri, tls.as_ref()).map_err(|e| format!("upstream `{name}`: {e}"))?);
+                connections.push(
+                    Connection::new(uri, tls.as_ref())
+                        .map_err(|e| format!("upstream `{name}`: {e}"))?,
+                );
             }
         }
         let health = health::EndpointHealth::new(name, &endpoints, policies.health_check.clone());
