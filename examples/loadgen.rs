@@ -5,8 +5,10 @@
 //! cargo run --release --example loadgen -- <mode> [options]
 //!
 //! modes:
-//!   http-get URL                 GET over HTTP/1.1 keep-alive
+//!   http-get URL                 GET over HTTP/1.1 keep-alive (https:// URLs: over TLS)
 //!   http-post URL BODY           POST BODY (application/json) over HTTP/1.1 keep-alive
+//!   h2-get URL                   GET over HTTP/2: TLS with ALPN h2 for https://, prior
+//!                                knowledge (h2c) for http://
 //!   grpc-get-product ADDR ID     shop.catalog.v1.CatalogService/GetProduct over HTTP/2
 //!   grpc-place-order ADDR        shop.orders.v1.OrderService/PlaceOrder over HTTP/2
 //! options:
@@ -17,6 +19,9 @@
 //!   --duration SECS   measured time (default 10)
 //!   --warmup SECS     unmeasured time before it (default 1)
 //!   --header 'K: V'   HTTP: an extra request header (repeatable), e.g. an Authorization
+//!   --ca FILE         https://: the PEM CA certificate(s) to trust (only these)
+//!   --fresh           http-get: a new connection (and full TLS handshake, no session
+//!                     resumption) for every request
 //! ```
 //!
 //! Each of the `concurrency` workers sends its next request as soon as the previous one
@@ -52,7 +57,11 @@ use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use shop::pb::shop::catalog::v1::GetProductRequest;
@@ -61,9 +70,10 @@ use shop::pb::shop::orders::v1::order_service_client::OrderServiceClient;
 use shop::pb::shop::orders::v1::{OrderItem, PlaceOrderRequest};
 
 const USAGE: &str = "usage: loadgen <mode> [options]
-  modes:   http-get URL | http-post URL BODY | grpc-get-product ADDR ID | grpc-place-order ADDR
+  modes:   http-get URL | http-post URL BODY | h2-get URL | grpc-get-product ADDR ID |
+           grpc-place-order ADDR
   options: --concurrency N (1)  --connections N  --duration SECS (10)  --warmup SECS (1)
-           --header 'Name: value' (HTTP modes, repeatable)";
+           --header 'Name: value' (HTTP modes, repeatable)  --ca FILE (https)  --fresh";
 
 /// A request slower than this is given up and counted as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +86,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 enum Mode {
     HttpGet { url: Uri },
     HttpPost { url: Uri, body: Bytes },
+    H2Get { url: Uri },
     GrpcGetProduct { addr: String, id: String },
     GrpcPlaceOrder { addr: String },
 }
@@ -89,6 +100,10 @@ struct Args {
     warmup: Duration,
     /// Extra headers on every HTTP request (`--header`).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// CA certificates for https:// (`--ca`).
+    ca: Option<String>,
+    /// A new connection for every request (`--fresh`).
+    fresh: bool,
 }
 
 /// Hand-rolled parsing, like `demo_shop`: a handful of flags do not need a CLI framework.
@@ -99,6 +114,8 @@ fn parse_args() -> Result<Args, String> {
     let mut duration = 10.0;
     let mut warmup = 1.0;
     let mut headers = Vec::new();
+    let mut ca = None;
+    let mut fresh = false;
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         if !arg.starts_with("--") {
@@ -112,6 +129,10 @@ fn parse_args() -> Result<Args, String> {
         if flag == "--help" {
             return Err(USAGE.to_owned());
         }
+        if flag == "--fresh" {
+            fresh = true;
+            continue;
+        }
         let value = inline
             .or_else(|| argv.next())
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -121,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
             "--duration" => duration = parse_secs(&flag, &value)?,
             "--warmup" => warmup = parse_secs(&flag, &value)?,
             "--header" => headers.push(parse_header(&value)?),
+            "--ca" => ca = Some(value),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
@@ -135,6 +157,9 @@ fn parse_args() -> Result<Args, String> {
         ["http-post", url, body] => Mode::HttpPost {
             url: parse_url(url)?,
             body: Bytes::from(body.to_owned()),
+        },
+        ["h2-get", url] => Mode::H2Get {
+            url: parse_url(url)?,
         },
         ["grpc-get-product", addr, id] => Mode::GrpcGetProduct {
             addr: addr.to_owned(),
@@ -162,6 +187,8 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
         headers,
+        ca,
+        fresh,
     })
 }
 
@@ -192,8 +219,8 @@ fn parse_secs(flag: &str, value: &str) -> Result<f64, String> {
 
 fn parse_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("{url}: expected http://host:port/path"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!("{url}: expected http(s)://host:port/path"));
     }
     Ok(uri)
 }
@@ -206,6 +233,10 @@ struct HttpClient {
     body: Bytes,
     headers: Vec<(HeaderName, HeaderValue)>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// For https:// URLs.
+    tls: Option<TlsConnector>,
+    /// Close the connection after every request.
+    fresh: bool,
 }
 
 impl HttpClient {
@@ -214,6 +245,8 @@ impl HttpClient {
         url: Uri,
         body: Bytes,
         headers: Vec<(HeaderName, HeaderValue)>,
+        tls: Option<TlsConnector>,
+        fresh: bool,
     ) -> Result<Self, String> {
         let authority = url.authority().expect("checked by parse_url").as_str();
         let host = HeaderValue::from_str(authority).map_err(|e| e.to_string())?;
@@ -224,15 +257,14 @@ impl HttpClient {
             body,
             headers,
             sender: None,
+            tls,
+            fresh,
         })
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = open(&self.url, self.tls.as_ref()).await?;
         let addr = self.url.authority().expect("checked by parse_url").as_str();
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake {addr}: {e}"))?;
@@ -251,6 +283,9 @@ impl HttpClient {
             .header(HOST, self.host.clone());
         if self.method == Method::POST {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if self.fresh {
+            request = request.header(http::header::CONNECTION, "close");
         }
         for (name, value) in &self.headers {
             request = request.header(name, value);
@@ -271,7 +306,9 @@ impl HttpClient {
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        self.sender = Some(sender);
+        if !self.fresh {
+            self.sender = Some(sender);
+        }
         if status.is_success() {
             Ok(())
         } else {
@@ -280,9 +317,164 @@ impl HttpClient {
     }
 }
 
+/// A TCP connection to `url`'s authority, with TLS when `tls` is set (https://).
+async fn open(url: &Uri, tls: Option<&TlsConnector>) -> Result<Stream, String> {
+    let authority = url.authority().expect("checked by parse_url");
+    let addr = authority.as_str();
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(stream));
+    };
+    let name = ServerName::try_from(authority.host().to_owned())
+        .map_err(|e| format!("{}: {e}", authority.host()))?;
+    let stream = tls
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// A plain or TLS connection.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TLS client for https:// URLs: trusts only the certificates in `ca`, offers `alpn`.
+/// With `full_handshakes` no session is resumed (each connection costs a full handshake).
+fn tls_connector(
+    ca: Option<&str>,
+    alpn: &[u8],
+    full_handshakes: bool,
+) -> Result<TlsConnector, String> {
+    let ca = ca.ok_or("https:// needs --ca FILE")?;
+    let pem = std::fs::read(ca).map_err(|e| format!("--ca {ca}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("--ca {ca}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("--ca {ca}: {e}"))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    if full_handshakes {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// HTTP/2 connections shared by the workers (requests multiplexed over them).
+async fn h2_senders(
+    url: &Uri,
+    count: usize,
+    tls: Option<&TlsConnector>,
+) -> Result<Vec<Http2Sender>, String> {
+    let mut senders = Vec::with_capacity(count);
+    for _ in 0..count {
+        let stream = open(url, tls).await?;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::task::spawn_local(connection);
+        senders.push(sender);
+    }
+    Ok(senders)
+}
+
+type Http2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// One GET over a shared HTTP/2 connection.
+async fn h2_get(
+    sender: &mut Http2Sender,
+    url: &Uri,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<(), String> {
+    let mut request = Request::get(url.clone());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
 /// What one worker sends, over its own connection (HTTP) or a shared channel (gRPC).
 enum Client {
     Http(HttpClient),
+    H2(Http2Sender, Uri, Rc<Vec<(HeaderName, HeaderValue)>>),
     GetProduct(CatalogServiceClient<Channel>, GetProductRequest),
     PlaceOrder(OrderServiceClient<Channel>, PlaceOrderRequest),
 }
@@ -291,6 +483,7 @@ impl Client {
     async fn call(&mut self) -> Result<(), String> {
         match self {
             Self::Http(client) => client.call().await,
+            Self::H2(sender, url, headers) => h2_get(sender, url, headers).await,
             Self::GetProduct(client, request) => client
                 .get_product(request.clone())
                 .await
@@ -324,24 +517,57 @@ async fn grpc_channels(addr: &str, count: usize) -> Result<Vec<Channel>, String>
 /// Opens the connections and makes one client per worker.
 async fn clients(args: &Args) -> Result<Vec<Client>, String> {
     let workers = 0..args.concurrency;
+    let tls = |url: &Uri, alpn: &[u8]| match url.scheme_str() {
+        Some("https") => tls_connector(args.ca.as_deref(), alpn, args.fresh).map(Some),
+        _ => Ok(None),
+    };
     let clients = match &args.mode {
-        Mode::HttpGet { url } => workers
-            .map(|_| {
-                HttpClient::new(Method::GET, url.clone(), Bytes::new(), args.headers.clone())
+        Mode::HttpGet { url } => {
+            let tls = tls(url, b"http/1.1")?;
+            workers
+                .map(|_| {
+                    HttpClient::new(
+                        Method::GET,
+                        url.clone(),
+                        Bytes::new(),
+                        args.headers.clone(),
+                        tls.clone(),
+                        args.fresh,
+                    )
                     .map(Client::Http)
-            })
-            .collect::<Result<_, _>>()?,
-        Mode::HttpPost { url, body } => workers
-            .map(|_| {
-                HttpClient::new(
-                    Method::POST,
-                    url.clone(),
-                    body.clone(),
-                    args.headers.clone(),
-                )
-                .map(Client::Http)
-            })
-            .collect::<Result<_, _>>()?,
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Mode::HttpPost { url, body } => {
+            let tls = tls(url, b"http/1.1")?;
+            workers
+                .map(|_| {
+                    HttpClient::new(
+                        Method::POST,
+                        url.clone(),
+                        body.clone(),
+                        args.headers.clone(),
+                        tls.clone(),
+                        args.fresh,
+                    )
+                    .map(Client::Http)
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Mode::H2Get { url } => {
+            let tls = tls(url, b"h2")?;
+            let senders = h2_senders(url, args.connections, tls.as_ref()).await?;
+            let headers = Rc::new(args.headers.clone());
+            workers
+                .map(|i| {
+                    Client::H2(
+                        senders[i % senders.len()].clone(),
+                        url.clone(),
+                        headers.clone(),
+                    )
+                })
+                .collect()
+        }
         Mode::GrpcGetProduct { addr, id } => {
             let channels = grpc_channels(addr, args.connections).await?;
             let request = GetProductRequest { id: id.clone() };

@@ -8,6 +8,7 @@ use crate::config::{LoadErrors, Location, load_gateway_config};
 use crate::middleware::Middleware;
 use crate::routing::{RouteTable, compile};
 use crate::schema::{Schema, reflection};
+use crate::tls::server::ServerCert;
 use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,9 @@ pub struct Gateway {
     /// Open WebSockets (counted against `limits.max_ws_connections`) and their
     /// shutdown signal; shared by every table, so it outlives reloads.
     pub ws: Arc<crate::ws::Hub>,
+    /// The listener's certificate when it started with `tls:`; reloads replace the pair
+    /// in it (TLS itself is switched on or off only by a restart).
+    pub server_cert: Option<Arc<ServerCert>>,
 }
 
 impl Gateway {
@@ -38,6 +42,7 @@ impl Gateway {
     /// background work (connections, health checks): the gateway that will serve it.
     pub async fn load(config_path: &Path) -> Result<Self, LoadErrors> {
         let table = build_table(config_path, None).await?;
+        let server_cert = table.tls.clone().map(ServerCert::new);
         table.start();
         crate::telemetry::record_config_loaded();
         Ok(Self {
@@ -50,6 +55,7 @@ impl Gateway {
             loaded_at: Mutex::new(SystemTime::now()),
             ready: AtomicBool::new(false),
             ws: Arc::default(),
+            server_cert,
         })
     }
 
@@ -76,6 +82,18 @@ impl Gateway {
                     tracing::warn!(
                         "listen/admin addresses changed: they take effect after a restart"
                     );
+                }
+                match (&self.server_cert, &table.tls) {
+                    (Some(serving), Some(loaded)) => {
+                        if serving.current().cert != loaded.cert {
+                            serving.replace(loaded.clone());
+                            tracing::info!("TLS certificate reloaded: new handshakes use it");
+                        }
+                    }
+                    (None, None) => {}
+                    _ => tracing::warn!(
+                        "`tls` was switched on or off: that takes effect after a restart"
+                    ),
                 }
                 let routes = table.routes.len();
                 table.start();
@@ -138,6 +156,11 @@ pub async fn build_table(
     .map_err(|e| errors.push(Location::new(&config.path, 0), e))
     .ok()
     .flatten();
+    let tls = config.tls.as_ref().and_then(|tls| {
+        crate::tls::server::load(tls)
+            .map_err(|e| errors.push(Location::new(&config.path, 0), e))
+            .ok()
+    });
 
     let mut reflected = Vec::new();
     for (name, spanned) in &config.upstreams {
@@ -164,6 +187,7 @@ pub async fn build_table(
         )?;
         table.cache = cache;
         table.tracing = tracing;
+        table.tls = tls;
         Ok(table)
     })
     .await

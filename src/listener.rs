@@ -16,6 +16,11 @@
 //! - a request head larger than `max_header_bytes` is answered 431 (HTTP/1) or refused by
 //!   the HTTP/2 header-list limit.
 //!
+//! With `tls:` every connection first completes a TLS handshake (1.2 or 1.3), which counts
+//! against `max_connections` and must end within `header_read_timeout` of the accept like
+//! the first request head; ALPN then decides HTTP/2 or HTTP/1.1 (no sniffing). A client
+//! that speaks plaintext to it, or rejects the certificate, ends its own connection only.
+//!
 //! WebSocket upgrades leave this loop once the connection is handed over (the socket has
 //! its own idle and ping limits); HTTP/2 with prior knowledge is sniffed as before.
 
@@ -35,6 +40,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
@@ -83,6 +89,7 @@ pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: impl Fn() -> Limits + Send + 'static,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let max = limits()
@@ -113,6 +120,7 @@ pub async fn serve(
         tokio::spawn(connection(
             tcp,
             peer,
+            tls.clone(),
             app.clone(),
             limits(),
             stop.clone(),
@@ -138,8 +146,19 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Which protocols a connection may speak.
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (sniffed from the preface).
+    Sniffed,
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// TLS with ALPN `http/1.1`, or no ALPN (older clients).
+    Http1,
+}
+
 /// The connection builder for `limits`.
-fn builder(limits: &Limits) -> Builder<TokioExecutor> {
+fn builder(limits: &Limits, protocol: Protocol) -> Builder<TokioExecutor> {
     let head = usize::try_from(limits.max_header_bytes.0)
         .unwrap_or(usize::MAX)
         .clamp(MIN_HEADER_BYTES as usize, MAX_HEADER_BYTES as usize);
@@ -156,7 +175,11 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
         // WebSockets over HTTP/2 (RFC 8441), as `axum::serve` offers them.
         .enable_connect_protocol();
-    builder
+    match protocol {
+        Protocol::Sniffed => builder,
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Http1 => builder.http1_only(),
+    }
 }
 
 /// Requests in flight on one connection and when the last one ended.
@@ -195,16 +218,68 @@ impl Drop for InFlight {
     }
 }
 
+/// One accepted connection: the TLS handshake when the listener has TLS, then HTTP. The
+/// permit is held throughout, so handshakes in progress count as connections.
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     app: axum::Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
     let accepted = Instant::now();
+    let Some(acceptor) = tls else {
+        let io = TokioIo::new(tcp);
+        return serve_http(io, Protocol::Sniffed, peer, app, limits, stop, accepted).await;
+    };
+    let deadline = accepted + limits.header_read_timeout.0;
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            crate::telemetry::record_tls_handshake("ok");
+            stream
+        }
+        Ok(Err(error)) => {
+            crate::telemetry::record_tls_handshake("error");
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            crate::telemetry::record_tls_handshake("timeout");
+            tracing::debug!(%peer, "no TLS handshake within header_read_timeout; closing");
+            return;
+        }
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    serve_http(
+        TokioIo::new(stream),
+        protocol,
+        peer,
+        app,
+        limits,
+        stop,
+        accepted,
+    )
+    .await;
+}
+
+/// Serves HTTP on an open (and, with TLS, handshaken) connection until it ends.
+async fn serve_http<I>(
+    io: I,
+    protocol: Protocol,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    accepted: Instant,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         started: AtomicBool::new(false),
@@ -233,8 +308,8 @@ async fn connection(
             }
         })
     };
-    let builder = builder(&limits);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let builder = builder(&limits, protocol);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
     let header_timeout = limits.header_read_timeout.0;

@@ -60,10 +60,17 @@ impl Server {
             let gateway = self.gateway.clone();
             move || gateway.table().limits
         };
+        let tls = match &self.gateway.server_cert {
+            Some(cert) => {
+                Some(crate::tls::server::acceptor(cert.clone()).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
         let main = tokio::spawn(crate::listener::serve(
             self.http,
             app,
             limits,
+            tls,
             stop_rx.clone(),
         ));
         let admin = self.admin.map(|listener| {

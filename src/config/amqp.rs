@@ -14,6 +14,9 @@ pub struct AmqpUpstreamConfig {
     /// and the workers own the topology (contract §9).
     #[serde(default)]
     pub declare: Option<AmqpDeclare>,
+    /// TLS settings of an `amqps://` url (system roots without it).
+    #[serde(default)]
+    pub tls: Option<super::UpstreamTlsConfig>,
 }
 
 /// `declare:` — durable exchanges and queues to create when missing, and bindings.

@@ -203,6 +203,18 @@ pub fn load_gateway_config(path: &Path) -> Result<GatewayConfig, LoadErrors> {
     };
     config.descriptors = config.descriptors.iter().map(resolve).collect();
     config.mappings = config.mappings.iter().map(resolve).collect();
+    if let Some(tls) = &mut config.tls {
+        tls.cert = resolve(&tls.cert);
+        tls.key = resolve(&tls.key);
+    }
+    for upstream in config.upstreams.values_mut() {
+        let upstream = &mut upstream.value;
+        let grpc = upstream.grpc.as_mut().and_then(|g| g.tls.as_mut());
+        let amqp = upstream.amqp.as_mut().and_then(|a| a.tls.as_mut());
+        for tls in grpc.into_iter().chain(amqp) {
+            tls.resolve(&base_dir);
+        }
+    }
     config.base_dir = base_dir;
     config.path = path.to_path_buf();
     // The file parsed above, so this second, lenient read of it cannot fail in practice;

@@ -47,11 +47,9 @@ pub struct GatewayConfig {
     /// How long SIGINT/SIGTERM waits for in-flight requests before exiting.
     #[serde(default)]
     pub shutdown_grace: Option<ConfigDuration>,
-
-    // Sections of the contract that this build does not implement yet. They are parsed so
-    // that `check` can name them precisely instead of failing on "unknown field".
+    /// TLS termination on `listen` (`crate::tls::server`).
     #[serde(default)]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ServerTlsConfig>,
     #[serde(default)]
     pub cors: Option<CorsConfig>,
     #[serde(default)]
@@ -105,6 +103,52 @@ pub struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     pub endpoint: String,
+/// `tls:` — the listener's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// The leaf certificate first, then the intermediates.
+    pub cert: PathBuf,
+    /// PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key of the leaf.
+    pub key: PathBuf,
+}
+
+/// `tls:` of an upstream (gRPC `https://` endpoints, `amqps://`): how the gateway checks
+/// the backend's certificate and which one it presents (mTLS).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CAs to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mTLS; needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name checked against the backend's certificate (and sent as SNI) instead of the
+    /// endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl UpstreamTlsConfig {
+    /// Relative paths resolved against `base` (the config file's folder).
+    pub(crate) fn resolve(&mut self, base: &std::path::Path) {
+        for path in [&mut self.ca, &mut self.cert, &mut self.key]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// The files it names, for the file watch.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.ca, &self.cert, &self.key].into_iter().flatten()
+    }
 }
 
 /// Proto3 JSON mapping options (contract §3 `json:`).
@@ -215,6 +259,9 @@ pub struct GrpcUpstreamConfig {
     /// HTTP/2 connections opened to each endpoint (requests are spread over them).
     #[serde(default = "default_connections")]
     pub connections_per_endpoint: usize,
+    /// TLS settings of `https://` endpoints (system roots without it).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 fn default_connections() -> usize {

@@ -1,5 +1,6 @@
-//! Live reload from files: the config file's folder and every descriptor and mapping path
-//! are watched, and a change reloads the gateway (refused when bad, like any reload).
+//! Live reload from files: the config file's folder, every descriptor and mapping path and
+//! the TLS files (the listener's certificate and key, upstreams' CAs and client
+//! certificates) are watched, and a change reloads the gateway (refused when bad, like any reload).
 //!
 //! Files change in awkward ways: editors write a temp file and rename it over the original,
 //! files are deleted and re-created, Kubernetes swaps a `..data` symlink under a ConfigMap
@@ -129,20 +130,37 @@ async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
     }
 }
 
-/// What the loader reads: the config file, and the descriptor and mapping paths it names.
+/// What the loader reads: the config file, the descriptor and mapping paths it names,
+/// and the single files it names (TLS certificates and keys).
 #[derive(Clone, PartialEq, Eq)]
 struct Sources {
     config: PathBuf,
     descriptors: Vec<PathBuf>,
     mappings: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 impl Sources {
     fn of(config: &GatewayConfig) -> Self {
+        let mut files = Vec::new();
+        if let Some(tls) = &config.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+        }
+        for upstream in config.upstreams.values() {
+            let upstream = &upstream.value;
+            let grpc = upstream.grpc.as_ref().and_then(|g| g.tls.as_ref());
+            let amqp = upstream.amqp.as_ref().and_then(|a| a.tls.as_ref());
+            files.extend(
+                grpc.into_iter()
+                    .chain(amqp)
+                    .flat_map(|t| t.files().cloned()),
+            );
+        }
         Self {
             config: config.path.clone(),
             descriptors: config.descriptors.clone(),
             mappings: config.mappings.clone(),
+            files,
         }
     }
 
@@ -163,6 +181,9 @@ impl Sources {
             }
             add(parent(path), RecursiveMode::NonRecursive);
         }
+        for file in &self.files {
+            add(parent(file), RecursiveMode::NonRecursive);
+        }
         folders
     }
 
@@ -172,6 +193,7 @@ impl Sources {
         tokio::task::spawn_blocking(move || {
             let mut errors = crate::config::LoadErrors::default();
             let mut files = vec![self.config.clone()];
+            files.extend(self.files.iter().cloned());
             let mut descriptor_exts = vec!["proto"];
             descriptor_exts.extend_from_slice(crate::schema::DESCRIPTOR_SET_EXTENSIONS);
             files.extend(crate::config::collect_files(

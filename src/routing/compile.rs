@@ -28,7 +28,6 @@ pub fn compile(
     middleware: Arc<Middleware>,
 ) -> Result<RouteTable, LoadErrors> {
     let mut errors = LoadErrors::default();
-    check_unsupported_sections(&config, &mut errors);
     for problem in crate::listener::check(&config) {
         errors.push(Location::new(&config.path, 0), problem);
     }
@@ -60,19 +59,6 @@ pub fn compile(
     Ok(RouteTable::new(
         config, schema, upstreams, middleware, routes,
     ))
-}
-
-/// Contract sections that this build parses but does not implement yet.
-fn check_unsupported_sections(config: &GatewayConfig, errors: &mut LoadErrors) {
-    let location = Location::new(&config.path, 0);
-    for (present, key) in [(config.tls.is_some(), "tls")] {
-        if present {
-            errors.push(
-                location.clone(),
-                format!("`{key}` is not supported by this version yet"),
-            );
-        }
-    }
 }
 
 struct Compiler<'a> {

@@ -39,6 +39,9 @@ pub struct RouteTable {
     /// Span export (`telemetry.otlp`); set by `gateway::build_table` (kept across
     /// reloads while unchanged). `None`: no span is built.
     pub tracing: Option<Arc<crate::telemetry::otlp::SpanExport>>,
+    /// The listener's certificate and key (`tls:`), loaded with the table; set by
+    /// `gateway::build_table`.
+    pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
     by_first_literal: HashMap<String, Vec<usize>>,
     /// Routes whose first segment is not a literal: candidates for every path.
     wildcard_first: Vec<usize>,
@@ -162,6 +165,7 @@ impl RouteTable {
             routes,
             cache: None,
             tracing: None,
+            tls: None,
             by_first_literal,
             wildcard_first,
         }

@@ -160,6 +160,12 @@ impl UpstreamMetrics {
     }
 }
 
+/// One TLS handshake on the client listener: `ok`, `error` (the client gave up, spoke
+/// plaintext or rejected the certificate) or `timeout`.
+pub fn record_tls_handshake(result: &'static str) {
+    counter!("switchboard_tls_handshakes_total", "result" => result).increment(1);
+}
+
 /// Reload outcomes (`result` = `ok` | `error`).
 pub fn record_reload(ok: bool) {
     counter!("switchboard_config_reloads_total", "result" => if ok { "ok" } else { "error" })

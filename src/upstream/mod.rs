@@ -59,7 +59,10 @@ impl Upstreams {
                 // Same `amqp:` as before: keep it, and its live connection.
                 let reused = previous
                     .and_then(|p| p.amqp.get(name))
-                    .filter(|old| old.config == *amqp)
+                    .filter(|old| {
+                        old.config == *amqp
+                            && old.tls_files == crate::tls::client::fingerprint(amqp.tls.as_ref())
+                    })
                     .cloned();
                 match reused
                     .map(Ok)

@@ -17,6 +17,7 @@ mod topology;
 use crate::config::{AmqpDeclare, AmqpUpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::UpstreamMetrics;
+use crate::tls::client::ClientTls;
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use lapin::options::BasicConsumeOptions;
@@ -50,6 +51,8 @@ pub struct AmqpUpstream {
     pub name: String,
     /// The config it was built from, so a reload can keep it (and its connection).
     pub config: AmqpUpstreamConfig,
+    /// What the `tls:` files held when it was built (`tls::client::fingerprint`).
+    pub tls_files: u64,
     /// The URL without its password, for the admin API and logs.
     pub display_url: String,
     shared: Arc<Shared>,
@@ -61,7 +64,15 @@ pub struct AmqpUpstream {
 struct PendingStart {
     uri: AMQPUri,
     declare: Option<AmqpDeclare>,
+    tls: Option<Arc<BrokerTls>>,
     stopped: oneshot::Receiver<()>,
+}
+
+/// How an `amqps://` connection is secured: our rustls config (ring, `tls:` roots and
+/// client certificate) and the name the broker's certificate must carry.
+struct BrokerTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: String,
 }
 
 impl std::fmt::Debug for AmqpUpstream {
@@ -106,17 +117,33 @@ impl AmqpUpstream {
             .url
             .parse()
             .map_err(|e| format!("upstream `{name}`: invalid AMQP url: {e}"))?;
-        if matches!(uri.scheme, AMQPScheme::AMQPS) {
-            return Err(format!(
-                "upstream `{name}`: `amqps://` is not supported by this build (no TLS for AMQP)"
-            ));
-        }
+        let tls = match uri.scheme {
+            AMQPScheme::AMQPS => {
+                let tls = ClientTls::load(config.tls.as_ref(), &[])
+                    .and_then(|tls| {
+                        let server_name = tls.name_for(&uri.authority.host)?.to_str().into_owned();
+                        Ok(BrokerTls {
+                            config: tls.config,
+                            server_name,
+                        })
+                    })
+                    .map_err(|e| format!("upstream `{name}`: {e}"))?;
+                Some(Arc::new(tls))
+            }
+            AMQPScheme::AMQP if config.tls.is_some() => {
+                return Err(format!(
+                    "upstream `{name}`: `tls` is set but the url is not `amqps://`"
+                ));
+            }
+            AMQPScheme::AMQP => None,
+        };
         if let Some(declare) = &config.declare {
             topology::check_names(declare).map_err(|e| format!("upstream `{name}`: {e}"))?;
         }
         uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
         let display_url = format!(
-            "amqp://{}@{}:{}/{}",
+            "{}://{}@{}:{}/{}",
+            if tls.is_some() { "amqps" } else { "amqp" },
             uri.authority.userinfo.username,
             uri.authority.host,
             uri.authority.port,
@@ -133,11 +160,13 @@ impl AmqpUpstream {
         Ok(Self {
             name: name.to_string(),
             config: config.clone(),
+            tls_files: crate::tls::client::fingerprint(config.tls.as_ref()),
             display_url,
             shared,
             pending: std::sync::Mutex::new(Some(PendingStart {
                 uri,
                 declare: config.declare.clone(),
+                tls,
                 stopped,
             })),
             _stop: stop,
@@ -155,10 +184,11 @@ impl AmqpUpstream {
         if let Some(PendingStart {
             uri,
             declare,
+            tls,
             stopped,
         }) = pending
         {
-            tokio::spawn(maintain(self.shared.clone(), uri, declare, stopped));
+            tokio::spawn(maintain(self.shared.clone(), uri, declare, tls, stopped));
         }
     }
 
@@ -375,10 +405,14 @@ impl Session {
         name: &str,
         uri: &AMQPUri,
         declare: Option<&AmqpDeclare>,
+        tls: Option<&Arc<BrokerTls>>,
     ) -> lapin::Result<(Arc<Session>, Events)> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("switchboard {name}").into());
-        let connection = Connection::connect_uri(uri.clone(), properties).await?;
+        let connection = match tls {
+            None => Connection::connect_uri(uri.clone(), properties).await?,
+            Some(tls) => connect_tls(uri, tls.clone(), properties).await?,
+        };
         // Listen before anything can fail, or the error event is not kept for us.
         let events: Events = Box::pin(connection.events_listener());
         if let Some(declare) = declare {
@@ -484,6 +518,7 @@ async fn maintain(
     shared: Arc<Shared>,
     uri: AMQPUri,
     declare: Option<AmqpDeclare>,
+    tls: Option<Arc<BrokerTls>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let name = shared.name.clone();
@@ -494,7 +529,7 @@ async fn maintain(
     loop {
         let opening = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Session::open(&name, &uri, declare.as_ref()),
+            Session::open(&name, &uri, declare.as_ref(), tls.as_ref()),
         );
         let opened = tokio::select! {
             _ = &mut stop => return,
@@ -546,6 +581,32 @@ async fn maintain(
     }
 }
 
+/// Opens an `amqps://` connection through lapin's transport hook: a plain TCP stream to
+/// the broker, then a TLS handshake with our rustls config (lapin's own `amqps://` path
+/// would build a config of its own, with roots and a provider we do not choose).
+async fn connect_tls(
+    uri: &AMQPUri,
+    tls: Arc<BrokerTls>,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
+    use lapin::tcp::{AMQPUriTcpExt, RustlsConnector};
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri.clone(),
+        runtime,
+        async move |mut uri: AMQPUri, runtime| {
+            // The TCP part only: TLS is added below.
+            uri.scheme = AMQPScheme::AMQP;
+            let plain = uri.connect_async(&runtime).await?;
+            let connector = RustlsConnector::from(tls.config.clone());
+            let secured = plain.into_rustls(&connector, &tls.server_name).await?;
+            Ok::<_, lapin::Error>(secured)
+        },
+        properties,
+    )
+    .await
+}
+
 /// Exponential from `FIRST_BACKOFF`, capped at `MAX_BACKOFF`, with jitter (50–100%) so
 /// that many gateways do not reconnect in step after a broker restart.
 fn backoff(failures: u32) -> Duration {
@@ -575,10 +636,15 @@ mod tests {
         let config = |url: &str| AmqpUpstreamConfig {
             url: url.into(),
             declare: None,
+            tls: None,
         };
         assert!(AmqpUpstream::new("x", &config("http://nope")).is_err());
-        let tls = AmqpUpstream::new("x", &config("amqps://h/%2f")).unwrap_err();
-        assert!(tls.contains("amqps"), "{tls}");
+        let tls_on_plain = AmqpUpstreamConfig {
+            tls: Some(Default::default()),
+            ..config("amqp://h/%2f")
+        };
+        let error = AmqpUpstream::new("x", &tls_on_plain).unwrap_err();
+        assert!(error.contains("amqps"), "{error}");
         let ok = AmqpUpstream::new("x", &config("amqp://u:secret@127.0.0.1:1/%2f")).unwrap();
         assert!(!ok.display_url.contains("secret"), "{}", ok.display_url);
         assert!(!ok.connected());

@@ -6,10 +6,14 @@
 //! attempt, calls fail at once (UNAVAILABLE) until a backoff has passed, so a dead
 //! endpoint is not hammered with connection attempts.
 //!
+//! `https://` endpoints speak TLS (ALPN `h2`) with the upstream's `tls:` settings
+//! (`crate::tls::client`).
+//!
 //! `Connection` is also a tower `Service`, so `tonic::client::Grpc` and generated
 //! clients (streaming calls, health checks, reflection) run over it unchanged.
 
 use super::status::local_status;
+use crate::tls::client::ClientTls;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, Scheme};
@@ -18,6 +22,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -52,6 +57,8 @@ struct Shared {
     authority: Authority,
     /// `host:port` to connect to (resolved by DNS at connect time).
     address: String,
+    /// For `https://`: the connector and the name the certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     state: Mutex<State>,
     /// Serialises connection attempts: one call opens, the others wait for it.
     connecting: tokio::sync::Mutex<()>,
@@ -74,8 +81,9 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// A connection to `endpoint` (`http://host:port`); nothing is opened yet.
-    pub fn new(endpoint: &str) -> Result<Self, String> {
+    /// A connection to `endpoint` (`http://host:port`, or `https://host:port` with `tls`);
+    /// nothing is opened yet.
+    pub fn new(endpoint: &str, tls: Option<&Arc<ClientTls>>) -> Result<Self, String> {
         let uri: Uri = endpoint
             .parse()
             .map_err(|e| format!("invalid endpoint `{endpoint}`: {e}"))?;
@@ -88,12 +96,21 @@ impl Connection {
             .port_u16()
             .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
         let address = format!("{}:{port}", authority.host());
+        let tls = match (scheme == Scheme::HTTPS, tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some((
+                tokio_rustls::TlsConnector::from(tls.config.clone()),
+                tls.name_for(authority.host())?,
+            )),
+            (true, None) => return Err(format!("`{endpoint}` needs TLS settings")),
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 endpoint: endpoint.to_string(),
                 scheme,
                 authority,
                 address,
+                tls,
                 state: Mutex::new(State::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -194,20 +211,42 @@ impl Connection {
     }
 
     async fn open(&self) -> Result<SendRequest<RequestBody>, String> {
-        if self.shared.scheme == Scheme::HTTPS {
-            return Err("https endpoints need TLS, which this gateway does not support".into());
-        }
         let stream = TcpStream::connect(&self.shared.address)
             .await
             .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let Some((connector, name)) = &self.shared.tls else {
+            return self.handshake(TokioIo::new(stream)).await;
+        };
+        let stream = connector
+            .connect(name.clone(), stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        // A server without ALPN is taken at its word; one that picked another protocol
+        // would not understand HTTP/2.
+        if let Some(protocol) = stream.get_ref().1.alpn_protocol()
+            && protocol != b"h2"
+        {
+            return Err(format!(
+                "TLS: the server chose ALPN `{}`, not h2",
+                String::from_utf8_lossy(protocol)
+            ));
+        }
+        self.handshake(TokioIo::new(stream)).await
+    }
+
+    /// The HTTP/2 handshake over an open transport, and the task that drives it.
+    async fn handshake<I>(&self, io: I) -> Result<SendRequest<RequestBody>, String>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .adaptive_window(true)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let endpoint = self.shared.endpoint.clone();

@@ -42,6 +42,25 @@ pub struct GrpcUpstream {
     pub health: health::EndpointHealth,
     /// Health checks were started (once per upstream, however many tables share it).
     health_started: std::sync::atomic::AtomicBool,
+    /// What the `tls:` files held when it was built (`tls::client::fingerprint`).
+    tls_files: u64,
+}
+
+/// The TLS settings of `https://` endpoints (system roots when `tls:` is absent); `tls:`
+/// with no `https://` endpoint is a mistake worth a load error.
+fn client_tls(
+    config: &GrpcUpstreamConfig,
+    endpoints: &[String],
+) -> Result<Option<Arc<crate::tls::client::ClientTls>>, String> {
+    let https = endpoints.iter().any(|e| e.starts_with("https://"));
+    if !https {
+        if config.tls.is_some() {
+            return Err("`tls` is set but no endpoint is `https://`".into());
+        }
+        return Ok(None);
+    }
+    crate::tls::client::ClientTls::load(config.tls.as_ref(), &[b"h2"])
+        .map(|tls| Some(Arc::new(tls)))
 }
 
 impl GrpcUpstream {
@@ -61,12 +80,15 @@ impl GrpcUpstream {
         if endpoints.is_empty() {
             return Err(format!("upstream `{name}` has no `endpoints` (or `dns`)"));
         }
+        let tls = client_tls(config, &endpoints).map_err(|e| format!("upstream `{name}`: {e}"))?;
         let per_endpoint = config.connections_per_endpoint.max(1);
         let mut connections = Vec::with_capacity(endpoints.len() * per_endpoint);
         for _ in 0..per_endpoint {
             for uri in &endpoints {
-                connections
-                    .push(Connection::new(uri).map_err(|e| format!("upstream `{name}`: {e}"))?);
+                connections.push(
+                    Connection::new(uri, tls.as_ref())
+                        .map_err(|e| format!("upstream `{name}`: {e}"))?,
+                );
             }
         }
         let health = health::EndpointHealth::new(name, &endpoints, policies.health_check.clone());
@@ -85,6 +107,7 @@ impl GrpcUpstream {
             retry: policies.retry.as_ref().map(RetryPolicy::new),
             health,
             health_started: std::sync::atomic::AtomicBool::new(false),
+            tls_files: crate::tls::client::fingerprint(config.tls.as_ref()),
         })
     }
 
@@ -94,6 +117,9 @@ impl GrpcUpstream {
             && self.breaker.as_ref().map(|b| &b.config) == config.circuit_breaker.as_ref()
             && self.retry.as_ref().map(|r| &r.config) == config.retry.as_ref()
             && self.health.config.as_ref() == config.health_check.as_ref()
+            && config.grpc.as_ref().is_some_and(|grpc| {
+                self.tls_files == crate::tls::client::fingerprint(grpc.tls.as_ref())
+            })
     }
 
     /// The next connection, round-robin over healthy endpoints (over all of them when
