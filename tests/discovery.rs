@@ -83,7 +83,11 @@ async fn endpoints_follow_the_dns_answers() {
 
     // A second address joins.
     dns.set(&[one, two]);
-    wait_for_endpoints(&gw, &[(ep_a.as_str(), "healthy"), (ep_b.as_str(), "healthy")]).await;
+    wait_for_endpoints(
+        &gw,
+        &[(ep_a.as_str(), "healthy"), (ep_b.as_str(), "healthy")],
+    )
+    .await;
     for _ in 0..40 {
         assert_eq!(get("/v1/products/1").await, 200);
     }
@@ -115,7 +119,11 @@ async fn endpoints_follow_the_dns_answers() {
         (&ep_a, &ep_b, &a, &b)
     };
     dns.set(&[if slow_on_a { two } else { one }]);
-    wait_for_endpoints(&gw, &[(stays.as_str(), "healthy"), (leaves.as_str(), "draining")]).await;
+    wait_for_endpoints(
+        &gw,
+        &[(stays.as_str(), "healthy"), (leaves.as_str(), "draining")],
+    )
+    .await;
     let before = leaves_shop.counters.catalog.load(Ordering::SeqCst);
     let stays_before = stays_shop.counters.catalog.load(Ordering::SeqCst);
     for _ in 0..10 {
@@ -133,14 +141,19 @@ async fn endpoints_follow_the_dns_answers() {
     assert_eq!(slow.await.unwrap(), 200, "the call in flight finished");
     wait_for_endpoints(&gw, &[(stays.as_str(), "healthy")]).await;
 
-    // DNS fails: the last good set stays, and the failures are counted.
+    // DNS fails: the last good set stays, and the failures are counted. (The binary
+    // installs the metrics recorder at start-up; in-process, the first scrape does.)
+    gateway::get_text(gw.admin_url("/metrics")).await;
     dns.fail(true);
     let queries = dns.queries.load(Ordering::SeqCst);
     support::wait_until("a few failed resolutions", Duration::from_secs(5), || {
         dns.queries.load(Ordering::SeqCst) > queries + 4
     })
     .await;
-    assert_eq!(endpoints(&gw).await, [(stays.clone(), "healthy".to_string())]);
+    assert_eq!(
+        endpoints(&gw).await,
+        [(stays.clone(), "healthy".to_string())]
+    );
     assert_eq!(get("/v1/products/1").await, 200);
     let metrics = gateway::get_text(gw.admin_url("/metrics")).await;
     let failures = metrics
@@ -157,7 +170,10 @@ async fn endpoints_follow_the_dns_answers() {
         )),
         "{metrics}"
     );
-    assert!(!metrics.contains(&format!("endpoint=\"{leaves}\"")), "{metrics}");
+    assert!(
+        !metrics.contains(&format!("endpoint=\"{leaves}\"")),
+        "{metrics}"
+    );
     dns.fail(false);
 }
 

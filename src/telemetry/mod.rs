@@ -199,16 +199,20 @@ impl WsMetrics {
 /// Appends the per-endpoint series of gRPC upstreams, `(upstream, endpoints)`, in the
 /// Prometheus text format. Labels are the upstream and endpoint names (from config or a
 /// DNS answer, so bounded), plus the fixed `state` values.
-pub fn render_endpoints(out: &mut String, upstreams: &[(&str, Vec<crate::upstream::grpc::EndpointView>)]) {
+pub fn render_endpoints(
+    out: &mut String,
+    upstreams: &[(&str, Vec<crate::upstream::grpc::EndpointView>)],
+) {
     use crate::upstream::grpc::balancer::State;
     use std::fmt::Write;
-    let samples = |out: &mut String, f: &dyn Fn(&mut String, &str, &crate::upstream::grpc::EndpointView)| {
-        for (upstream, views) in upstreams {
-            for view in views {
-                f(out, upstream, view);
+    let samples =
+        |out: &mut String, f: &dyn Fn(&mut String, &str, &crate::upstream::grpc::EndpointView)| {
+            for (upstream, views) in upstreams {
+                for view in views {
+                    f(out, upstream, view);
+                }
             }
-        }
-    };
+        };
     let labels = |upstream: &str, endpoint: &str| {
         format!(
             "upstream=\"{}\",endpoint=\"{}\"",

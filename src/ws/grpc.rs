@@ -80,7 +80,9 @@ impl GrpcBridge {
         let lease = match self.upstream.connected().await {
             Ok(lease) => lease,
             Err(status) => {
-                self.upstream.metrics.record(status.code(), started.elapsed());
+                self.upstream
+                    .metrics
+                    .record(status.code(), started.elapsed());
                 if let Some(permit) = permit {
                     permit.record(status.code());
                 }
@@ -102,9 +104,10 @@ impl GrpcBridge {
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
         self.upstream.metrics.record(code, started.elapsed());
-        self.upstream
-            .balancer
-            .report(lease.endpoint(), crate::upstream::grpc::outlier::Outcome::of(code));
+        self.upstream.balancer.report(
+            lease.endpoint(),
+            crate::upstream::grpc::outlier::Outcome::of(code),
+        );
         if let Some(permit) = permit {
             permit.record(code);
         }

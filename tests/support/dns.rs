@@ -22,7 +22,9 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub async fn start(answers: &[IpAddr]) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS socket");
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind DNS socket");
         let addr = socket.local_addr().expect("DNS address");
         let answers = Arc::new(Mutex::new(answers.to_vec()));
         let failing = Arc::new(AtomicBool::new(false));

@@ -342,7 +342,11 @@ mod tests {
         let busy = held.endpoint().name.clone();
         for _ in 0..20 {
             let lease = b.pick(&[]).unwrap();
-            assert_ne!(lease.endpoint().name, busy, "the busier endpoint is avoided");
+            assert_ne!(
+                lease.endpoint().name,
+                busy,
+                "the busier endpoint is avoided"
+            );
         }
         drop(held);
         assert!(b.endpoints().iter().all(|e| e.in_flight() == 0));
@@ -406,7 +410,10 @@ mod tests {
         b.replace(vec![list[1].clone(), endpoint("c:1")]);
         assert_eq!(held.endpoint().state(&b.clock), State::Draining);
         assert_eq!(b.draining().len(), 1);
-        assert!(picks(&b, 10).iter().all(|n| n == "c:1"), "b unhealthy, a gone");
+        assert!(
+            picks(&b, 10).iter().all(|n| n == "c:1"),
+            "b unhealthy, a gone"
+        );
         assert!(!b.endpoints()[0].is_healthy(), "b kept its state");
         drop(held);
         drop(list);

@@ -8,11 +8,11 @@
 
 use super::GrpcUpstream;
 use crate::config::ResolverConfig;
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as Servers,
     ResolverOpts,
 };
-use hickory_resolver::TokioResolver;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Weak;
@@ -200,11 +200,15 @@ pub async fn run(upstream: Weak<GrpcUpstream>, target: DnsTarget) {
     let Some(name) = upstream.upgrade().map(|u| u.name.clone()) else {
         return;
     };
-    let failures = metrics::counter!("switchboard_upstream_dns_failures_total", "upstream" => name.clone());
+    // Looked up at each failure (rare), so the recorder installed by then counts it.
+    let failed = || {
+        metrics::counter!("switchboard_upstream_dns_failures_total", "upstream" => name.clone())
+            .increment(1);
+    };
     let resolver = match Resolver::new(&target) {
         Ok(resolver) => resolver,
         Err(error) => {
-            failures.increment(1);
+            failed();
             tracing::error!(upstream = %name, %error, "DNS discovery cannot start");
             return;
         }
@@ -221,7 +225,7 @@ pub async fn run(upstream: Weak<GrpcUpstream>, target: DnsTarget) {
                 live.set_addresses(&target, &addresses);
             }
             Err(error) => {
-                failures.increment(1);
+                failed();
                 let kept = live.balancer.endpoints().len();
                 // The first failure of a run is a warning; the rest of it, debug.
                 if failing {

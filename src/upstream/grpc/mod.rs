@@ -72,9 +72,9 @@ impl GrpcUpstream {
             Some(_) if !config.endpoints.is_empty() => {
                 return Err(prefix("`endpoints` and `dns` exclude each other".into()));
             }
-            Some(dns) => Some(
-                DnsTarget::parse(dns, config.refresh.map(|r| r.0), resolver).map_err(prefix)?,
-            ),
+            Some(dns) => {
+                Some(DnsTarget::parse(dns, config.refresh.map(|r| r.0), resolver).map_err(prefix)?)
+            }
             None if config.refresh.is_some() => {
                 return Err(prefix("`refresh` applies to `dns` only".into()));
             }
@@ -85,7 +85,9 @@ impl GrpcUpstream {
         };
         let outlier = policies.outlier.clone().unwrap_or_default();
         if outlier.max_ejected_percent > 100 {
-            return Err(prefix("`outlier.max_ejected_percent` is at most 100".into()));
+            return Err(prefix(
+                "`outlier.max_ejected_percent` is at most 100".into(),
+            ));
         }
         if outlier.base_ejection.0.is_zero() {
             return Err(prefix("`outlier.base_ejection` must be more than 0".into()));
@@ -121,7 +123,11 @@ impl GrpcUpstream {
     }
 
     /// Whether this upstream was built from exactly these settings (reload reuse).
-    pub fn same_settings(&self, config: &UpstreamConfig, resolver: Option<&ResolverConfig>) -> bool {
+    pub fn same_settings(
+        &self,
+        config: &UpstreamConfig,
+        resolver: Option<&ResolverConfig>,
+    ) -> bool {
         let dns = match &self.config.dns {
             Some(dns) => DnsTarget::parse(dns, self.config.refresh.map(|r| r.0), resolver).ok(),
             None => None,
@@ -249,7 +255,10 @@ impl GrpcUpstream {
     fn no_endpoint(&self) -> Status {
         status::local_status(
             tonic::Code::Unavailable,
-            format!("upstream `{}` has no endpoint (DNS not resolved yet?)", self.name),
+            format!(
+                "upstream `{}` has no endpoint (DNS not resolved yet?)",
+                self.name
+            ),
         )
     }
 
@@ -322,9 +331,14 @@ impl GrpcUpstream {
                 return Err(self.no_endpoint());
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let result =
-                unary::call(lease.connection(), path.clone(), headers, framed.clone(), remaining)
-                    .await;
+            let result = unary::call(
+                lease.connection(),
+                path.clone(),
+                headers,
+                framed.clone(),
+                remaining,
+            )
+            .await;
             let outcome = match &result {
                 Ok(_) => Outcome::Answered,
                 Err(e) => Outcome::of(e.status.code()),

@@ -179,7 +179,9 @@ impl Detector {
             u32::try_from(now.saturating_sub(returned_at) / base).unwrap_or(u32::MAX)
         };
         let multiplier = previous.saturating_sub(forgiven).saturating_add(1);
-        let millis = base.saturating_mul(u64::from(multiplier)).min(max.max(base));
+        let millis = base
+            .saturating_mul(u64::from(multiplier))
+            .min(max.max(base));
         endpoint.multiplier.store(multiplier, Ordering::Relaxed);
         endpoint
             .ejected_until

@@ -106,7 +106,9 @@ pub async fn call(
 }
 
 /// The one message of a unary response, or the status it ended with.
-async fn read_response(response: http::Response<hyper::body::Incoming>) -> Result<Response<Bytes>, Status> {
+async fn read_response(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Response<Bytes>, Status> {
     let (parts, body) = response.into_parts();
     let headers = parts.headers;
     if let Some(encoding) = headers.get(GRPC_ENCODING)
