@@ -169,7 +169,7 @@ async fn ejection_under_load_kill_and_restart() {
         worker.await.unwrap();
     }
 
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = outcomes.lock().unwrap().clone();
     let after: Vec<u16> = outcomes
         .iter()
         .filter(|(at, _)| *at > ejected_at)

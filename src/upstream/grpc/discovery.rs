@@ -115,7 +115,7 @@ pub fn parse_nameservers(config: &ResolverConfig) -> Result<Vec<SocketAddr>, Str
 /// Asks the system, or the configured servers.
 enum Resolver {
     System,
-    Servers(TokioResolver),
+    Servers(Box<TokioResolver>),
 }
 
 impl Resolver {
@@ -146,7 +146,7 @@ impl Resolver {
         )
         .with_options(options)
         .build()
-        .map(Resolver::Servers)
+        .map(|r| Resolver::Servers(Box::new(r)))
         .map_err(|e| format!("resolver: {e}"))
     }
 
