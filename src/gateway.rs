@@ -166,7 +166,11 @@ pub async fn build_table(
     for (name, spanned) in &config.upstreams {
         let wants_reflection = spanned.value.grpc.as_ref().is_some_and(|g| g.reflection);
         if let (true, Some(upstream)) = (wants_reflection, upstreams.grpc.get(name)) {
-            match reflection::fetch_descriptors(upstream.connection().clone()).await {
+            let fetched = match upstream.any_connection().await {
+                Ok(connection) => reflection::fetch_descriptors(connection).await,
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Ok(files) => reflected.extend(files),
                 Err(e) => errors.push(
                     Location::new(&config.path, spanned.referenced.line()),

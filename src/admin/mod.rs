@@ -4,6 +4,7 @@
 mod cache;
 pub mod guard;
 
+use crate::config::Balance;
 use crate::gateway::Gateway;
 use crate::routing::Target;
 use axum::Json;
@@ -43,10 +44,21 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let mut text = crate::telemetry::prometheus().render();
+    // Endpoint series are written from the live table at each scrape, so endpoints that
+    // DNS or a reload removed disappear instead of lingering.
+    let table = gateway.table();
+    let mut upstreams: Vec<_> = table.upstreams.grpc.values().collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let views: Vec<_> = upstreams
+        .iter()
+        .map(|u| (u.name.as_str(), u.endpoint_views()))
+        .collect();
+    crate::telemetry::render_endpoints(&mut text, &views);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::prometheus().render(),
+        text,
     )
         .into_response()
 }
@@ -132,17 +144,38 @@ async fn upstreams(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Valu
         .into_iter()
         .map(|name| {
             let upstream = &table.upstreams.grpc[name];
+            let views = upstream.endpoint_views();
+            let (balance, outlier) = upstream.balance();
             json!({
                 "name": name,
                 "protocol": "grpc",
-                "endpoints": upstream.endpoints,
-                "health": upstream
-                    .health
-                    .snapshot()
-                    .into_iter()
-                    .map(|(endpoint, healthy)| json!({ "endpoint": endpoint, "healthy": healthy }))
+                "balance": match balance {
+                    Balance::P2c => "p2c",
+                    Balance::RoundRobin => "round_robin",
+                },
+                "dns": upstream.dns.as_ref().map(|d| json!({
+                    "host": d.host,
+                    "port": d.port,
+                    "refresh_ms": d.refresh.as_millis() as u64,
+                })),
+                "outlier": {
+                    "consecutive_failures": outlier.consecutive_failures,
+                    "base_ejection_ms": outlier.base_ejection.0.as_millis() as u64,
+                    "max_ejection_ms": outlier.max_ejection.0.as_millis() as u64,
+                    "max_ejected_percent": outlier.max_ejected_percent,
+                },
+                "endpoints": views.iter().map(|v| json!({
+                    "endpoint": v.name,
+                    "state": v.state.as_str(),
+                    "in_flight": v.in_flight,
+                    "ejections": v.ejections,
+                    "consecutive_failures": v.consecutive_failures,
+                })).collect::<Vec<_>>(),
+                "health": views
+                    .iter()
+                    .map(|v| json!({ "endpoint": v.name, "healthy": v.healthy }))
                     .collect::<Vec<_>>(),
-                "health_check": upstream.health.config.is_some(),
+                "health_check": upstream.health_check.is_some(),
                 "reflection": upstream.config.reflection,
                 "circuit": upstream.breaker.as_ref().map(|b| b.state().as_str()),
                 "retry_attempts": upstream.retry.as_ref().map(|r| r.config.attempts),

@@ -65,6 +65,9 @@ pub struct GatewayConfig {
     /// Span export (`crate::telemetry::otlp`); off when absent.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The DNS servers `dns:` upstreams are resolved with (default: the system resolver).
+    #[serde(default)]
+    pub resolver: Option<ResolverConfig>,
 
     /// The folder of the config file; relative paths are resolved against it.
     #[serde(skip)]
@@ -242,17 +245,75 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<BreakerConfig>,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// How calls are spread over the endpoints (gRPC upstreams).
+    #[serde(default)]
+    pub balance: Balance,
+    /// Passive outlier ejection (gRPC upstreams); defaults apply when absent.
+    #[serde(default)]
+    pub outlier: Option<OutlierConfig>,
+}
+
+/// `balance:` on an upstream.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Power of two choices: the endpoint with fewer calls in flight of two picked at random.
+    #[default]
+    P2c,
+    RoundRobin,
+}
+
+/// `outlier:` on a gRPC upstream: an endpoint whose calls fail `consecutive_failures`
+/// times in a row (connect errors, UNAVAILABLE) leaves the rotation for
+/// `base_ejection` × the number of times it was ejected, at most `max_ejection`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject an endpoint; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    pub base_ejection: ConfigDuration,
+    /// Longest ejection, however often an endpoint was ejected.
+    pub max_ejection: ConfigDuration,
+    /// At most this share of the endpoints is ejected at once (at least one may be,
+    /// never the last one in rotation).
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: ConfigDuration(Duration::from_secs(10)),
+            max_ejection: ConfigDuration(Duration::from_secs(300)),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `resolver:` (top level): the DNS servers for `dns:` upstreams.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// `ip` or `ip:port` (port 53 when absent), asked over UDP (TCP for long answers).
+    pub nameservers: Vec<String>,
+    /// Deadline of one query (default 2s).
+    #[serde(default)]
+    pub timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcUpstreamConfig {
-    /// `http://host:port` URIs, balanced round-robin.
+    /// `http://host:port` URIs, each one endpoint.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// `host:port` resolved by DNS at connect time (alternative to `endpoints`).
+    /// `host:port` re-resolved every `refresh`: each A/AAAA address is one endpoint
+    /// (alternative to `endpoints`).
     #[serde(default)]
     pub dns: Option<String>,
+    /// How often `dns` is resolved again (default 5s).
+    #[serde(default)]
+    pub refresh: Option<ConfigDuration>,
     /// Fetch descriptors from the server's reflection service at start-up.
     #[serde(default)]
     pub reflection: bool,

@@ -203,3 +203,93 @@ impl WsMetrics {
         }
     }
 }
+
+/// Appends the per-endpoint series of gRPC upstreams, `(upstream, endpoints)`, in the
+/// Prometheus text format. Labels are the upstream and endpoint names (from config or a
+/// DNS answer, so bounded), plus the fixed `state` values.
+pub fn render_endpoints(
+    out: &mut String,
+    upstreams: &[(&str, Vec<crate::upstream::grpc::EndpointView>)],
+) {
+    use crate::upstream::grpc::balancer::State;
+    use std::fmt::Write;
+    let samples =
+        |out: &mut String, f: &dyn Fn(&mut String, &str, &crate::upstream::grpc::EndpointView)| {
+            for (upstream, views) in upstreams {
+                for view in views {
+                    f(out, upstream, view);
+                }
+            }
+        };
+    let labels = |upstream: &str, endpoint: &str| {
+        format!(
+            "upstream=\"{}\",endpoint=\"{}\"",
+            escape_label(upstream),
+            escape_label(endpoint)
+        )
+    };
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_upstream_endpoint_state 1 for the state each endpoint is in (healthy, unhealthy, ejected, draining).\n# TYPE switchboard_upstream_endpoint_state gauge"
+    );
+    samples(out, &|out, upstream, view| {
+        let labels = labels(upstream, &view.name);
+        for state in State::ALL {
+            let _ = writeln!(
+                out,
+                "switchboard_upstream_endpoint_state{{{labels},state=\"{}\"}} {}",
+                state.as_str(),
+                u8::from(view.state == state)
+            );
+        }
+    });
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_upstream_endpoint_healthy 1 when the endpoint passes active health checks (always without health_check).\n# TYPE switchboard_upstream_endpoint_healthy gauge"
+    );
+    samples(out, &|out, upstream, view| {
+        let _ = writeln!(
+            out,
+            "switchboard_upstream_endpoint_healthy{{{}}} {}",
+            labels(upstream, &view.name),
+            u8::from(view.healthy)
+        );
+    });
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_upstream_endpoint_in_flight Calls in flight on the endpoint.\n# TYPE switchboard_upstream_endpoint_in_flight gauge"
+    );
+    samples(out, &|out, upstream, view| {
+        let _ = writeln!(
+            out,
+            "switchboard_upstream_endpoint_in_flight{{{}}} {}",
+            labels(upstream, &view.name),
+            view.in_flight
+        );
+    });
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_upstream_endpoint_ejections_total Times the endpoint was ejected as an outlier.\n# TYPE switchboard_upstream_endpoint_ejections_total counter"
+    );
+    samples(out, &|out, upstream, view| {
+        let _ = writeln!(
+            out,
+            "switchboard_upstream_endpoint_ejections_total{{{}}} {}",
+            labels(upstream, &view.name),
+            view.ejections
+        );
+    });
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}

@@ -31,6 +31,11 @@ impl Upstreams {
     pub fn build(config: &GatewayConfig, previous: Option<&Upstreams>) -> Result<Self, LoadErrors> {
         let mut errors = LoadErrors::default();
         let mut upstreams = Upstreams::default();
+        if let Some(resolver) = &config.resolver
+            && let Err(e) = grpc::discovery::parse_nameservers(resolver)
+        {
+            errors.push(Location::new(&config.path, 0), e);
+        }
         for (name, spanned) in &config.upstreams {
             let location = Location::new(&config.path, spanned.referenced.line());
             let upstream = &spanned.value;
@@ -49,6 +54,7 @@ impl Upstreams {
                     (upstream.retry.is_some(), "retry"),
                     (upstream.circuit_breaker.is_some(), "circuit_breaker"),
                     (upstream.health_check.is_some(), "health_check"),
+                    (upstream.outlier.is_some(), "outlier"),
                 ] {
                     if present {
                         let message =
@@ -86,11 +92,11 @@ impl Upstreams {
             };
             let reused = previous
                 .and_then(|p| p.grpc.get(name))
-                .filter(|old| old.same_settings(upstream))
+                .filter(|old| old.same_settings(upstream, config.resolver.as_ref()))
                 .cloned();
-            let built = reused
-                .map(Ok)
-                .unwrap_or_else(|| GrpcUpstream::new(name, grpc, upstream).map(Arc::new));
+            let built = reused.map(Ok).unwrap_or_else(|| {
+                GrpcUpstream::new(name, grpc, upstream, config.resolver.as_ref()).map(Arc::new)
+            });
             match built {
                 Ok(u) => {
                     upstreams.grpc.insert(name.clone(), u);
@@ -101,7 +107,8 @@ impl Upstreams {
         errors.into_result(upstreams)
     }
 
-    /// Starts what runs in the background: AMQP connections and gRPC health checks.
+    /// Starts what runs in the background: AMQP connections, gRPC health checks and DNS
+    /// discovery.
     /// Building opens nothing, so `switchboard check` stays offline; the serving gateway
     /// calls this when a table goes live (upstreams kept from the previous table are
     /// already running: starting is once per upstream).
@@ -110,7 +117,7 @@ impl Upstreams {
             upstream.start();
         }
         for upstream in self.grpc.values() {
-            upstream.start_health_checks();
+            upstream.start();
         }
     }
 }

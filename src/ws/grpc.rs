@@ -77,7 +77,19 @@ impl GrpcBridge {
             None => None,
         };
         let started = std::time::Instant::now();
-        let mut grpc = tonic::client::Grpc::new(self.upstream.connection().clone());
+        let lease = match self.upstream.connected().await {
+            Ok(lease) => lease,
+            Err(status) => {
+                self.upstream
+                    .metrics
+                    .record(status.code(), started.elapsed());
+                if let Some(permit) = permit {
+                    permit.record(status.code());
+                }
+                return Err(status);
+            }
+        };
+        let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
         let result = match grpc.ready().await {
             Ok(()) => grpc
                 .streaming(request, self.path.clone(), self.codec)
@@ -92,6 +104,10 @@ impl GrpcBridge {
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
         self.upstream.metrics.record(code, started.elapsed());
+        self.upstream.balancer.report(
+            lease.endpoint(),
+            crate::upstream::grpc::outlier::Outcome::of(code),
+        );
         if let Some(permit) = permit {
             permit.record(code);
         }

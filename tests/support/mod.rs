@@ -1,10 +1,11 @@
 //! Shared by the integration tests: the echo test server, the demo shop, a gateway, the
-//! broker, a WebSocket client and waiting for a condition.
+//! broker, a WebSocket client, a DNS server and waiting for a condition.
 //! Each test binary uses a subset, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
 pub mod amqp;
 pub mod chromium;
+pub mod dns;
 pub mod echo;
 
 // `#[path]` on a non-inline `mod` resolves relative to this file's directory (tests/support/).

@@ -44,6 +44,12 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What tonic's `Channel` sent, so backends see the same client.
 const USER_AGENT: &str = "tonic/0.14.9";
 
+/// A failed send; `unsent` holds the request when it never reached the connection.
+pub struct SendError {
+    pub status: Status,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
 /// A lazily connected HTTP/2 connection to one endpoint; clones share it.
 #[derive(Clone)]
 pub struct Connection {
@@ -117,6 +123,17 @@ impl Connection {
         })
     }
 
+    /// A connection to `address` for the service named by `endpoint` (`http://host:port`,
+    /// used as `:authority`): one address DNS discovery resolved.
+    pub fn for_address(endpoint: &str, address: std::net::SocketAddr) -> Result<Self, String> {
+        let mut connection = Self::new(endpoint, None)?;
+        let shared = Arc::get_mut(&mut connection.shared)
+            .ok_or_else(|| "connection already shared".to_string())?;
+        shared.address = address.to_string();
+        shared.endpoint = format!("{endpoint} ({address})");
+        Ok(connection)
+    }
+
     /// `path` as an absolute URI on this endpoint (HTTP/2 needs `:scheme`/`:authority`).
     pub fn uri(&self, path: http::uri::PathAndQuery) -> Result<Uri, Status> {
         let mut parts = http::uri::Parts::default();
@@ -128,16 +145,32 @@ impl Connection {
     }
 
     /// Sends one request. The caller bounds the whole call (and so this) with its deadline.
-    pub async fn send(
+    pub async fn send(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, Status> {
+        self.try_send(request).await.map_err(|e| e.status)
+    }
+
+    /// Sends one request; a request that never left (no connection, or the connection
+    /// closed before it was written) comes back with the error, so it can go elsewhere.
+    pub async fn try_send(
         &self,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, Status> {
+    ) -> Result<Response<Incoming>, SendError> {
         if let header::Entry::Vacant(entry) = request.headers_mut().entry(header::USER_AGENT) {
             entry.insert(HeaderValue::from_static(USER_AGENT));
         }
-        let mut sender = self.sender().await?;
-        sender.send_request(request).await.map_err(|e| {
-            if e.is_canceled() || sender.is_closed() {
+        let mut sender = match self.sender().await {
+            Ok(sender) => sender,
+            Err(status) => {
+                return Err(SendError {
+                    status,
+                    unsent: Some(request),
+                });
+            }
+        };
+        sender.try_send_request(request).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            let e = e.into_error();
+            let status = if e.is_canceled() || sender.is_closed() {
                 // The connection went away under the call; the next call reconnects.
                 local_status(
                     Code::Unavailable,
@@ -146,8 +179,15 @@ impl Connection {
             } else {
                 let cause = format!("request to `{}` failed: {e}", self.shared.endpoint);
                 local_status(Status::from_error(Box::new(e)).code(), cause)
-            }
+            };
+            SendError { status, unsent }
         })
+    }
+
+    /// Opens the connection if it is not open (or reports why it cannot be): a caller
+    /// that learns here that the endpoint is down has sent nothing and may go elsewhere.
+    pub async fn connect(&self) -> Result<(), Status> {
+        self.sender().await.map(drop)
     }
 
     /// The open connection's sender, opening one first if there is none (or it died).

@@ -1,47 +1,63 @@
-//! gRPC backends: one pool of HTTP/2 connections per upstream, balanced round-robin over
-//! its endpoints, called with dynamic messages.
+//! gRPC backends: a balancer over each upstream's endpoints (fixed, or discovered by
+//! DNS), each endpoint a small pool of HTTP/2 connections, called with dynamic messages.
 
+pub mod balancer;
 mod codec;
 pub mod connection;
+pub mod discovery;
 pub mod health;
+pub mod outlier;
 pub mod status;
 pub mod unary;
 
 pub use codec::{DynamicCodec, RawCodec};
 pub use connection::Connection;
 
-use crate::config::{GrpcUpstreamConfig, UpstreamConfig};
+use crate::config::{Balance, GrpcUpstreamConfig, OutlierConfig, ResolverConfig, UpstreamConfig};
 use crate::telemetry::UpstreamMetrics;
 use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::retry::RetryPolicy;
+use balancer::{Balancer, Endpoint, Lease};
 use bytes::Bytes;
+use discovery::DnsTarget;
+use http::HeaderMap;
 use http::uri::PathAndQuery;
+use outlier::Outcome;
 use prost_reflect::DynamicMessage;
+use smallvec::SmallVec;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The connections of one gRPC upstream. They connect lazily and reconnect by
-/// themselves; cloning a `Connection` shares it.
+/// Endpoints one call may try when the request could not be sent (connect errors): the
+/// first and up to two others. Nothing reached a backend, so this is safe for every call.
+const UNSENT_TRIES: usize = 3;
+
+/// Endpoints a call already failed to reach.
+type Tried = SmallVec<[Arc<Endpoint>; 2]>;
+
+/// One gRPC upstream: its endpoints and the policies of its calls.
 #[derive(Debug)]
 pub struct GrpcUpstream {
     pub name: String,
-    pub endpoints: Vec<String>,
     /// The config it was built from, so a reload can keep it when nothing changed.
     pub config: GrpcUpstreamConfig,
-    connections: Vec<Connection>,
-    next: AtomicUsize,
+    pub balancer: Balancer,
+    /// What DNS discovery resolves (`dns:` upstreams).
+    pub dns: Option<DnsTarget>,
+    connections_per_endpoint: usize,
     pub metrics: UpstreamMetrics,
     /// Kept across reloads with the upstream, so its state survives them.
     pub breaker: Option<Arc<CircuitBreaker>>,
     pub retry: Option<RetryPolicy>,
-    /// Which endpoints the balancer may use (all, without `health_check`).
-    pub health: health::EndpointHealth,
-    /// Health checks were started (once per upstream, however many tables share it).
-    health_started: std::sync::atomic::AtomicBool,
+    pub health_check: Option<crate::config::HealthCheckConfig>,
+    /// Background work (health checks, discovery) was started: once per upstream,
+    /// however many tables share it.
+    started: AtomicBool,
     /// What the `tls:` files held when it was built (`tls::client::fingerprint`).
     tls_files: u64,
 }
@@ -68,36 +84,52 @@ impl GrpcUpstream {
         name: &str,
         config: &GrpcUpstreamConfig,
         policies: &UpstreamConfig,
+        resolver: Option<&ResolverConfig>,
     ) -> Result<Self, String> {
-        let mut endpoints: Vec<String> = config.endpoints.clone();
-        if let Some(dns) = &config.dns {
-            endpoints.push(if dns.contains("://") {
-                dns.clone()
-            } else {
-                format!("http://{dns}")
-            });
-        }
-        if endpoints.is_empty() {
-            return Err(format!("upstream `{name}` has no `endpoints` (or `dns`)"));
-        }
-        let tls = client_tls(config, &endpoints).map_err(|e| format!("upstream `{name}`: {e}"))?;
-        let per_endpoint = config.connections_per_endpoint.max(1);
-        let mut connections = Vec::with_capacity(endpoints.len() * per_endpoint);
-        for _ in 0..per_endpoint {
-            for uri in &endpoints {
-                connections.push(
-                    Connection::new(uri, tls.as_ref())
-                        .map_err(|e| format!("upstream `{name}`: {e}"))?,
-                );
+        let prefix = |e: String| format!("upstream `{name}`: {e}");
+        let dns = match &config.dns {
+            Some(_) if !config.endpoints.is_empty() => {
+                return Err(prefix("`endpoints` and `dns` exclude each other".into()));
             }
+            Some(dns) => {
+                Some(DnsTarget::parse(dns, config.refresh.map(|r| r.0), resolver).map_err(prefix)?)
+            }
+            None if config.refresh.is_some() => {
+                return Err(prefix("`refresh` applies to `dns` only".into()));
+            }
+            None if config.endpoints.is_empty() => {
+                return Err(format!("upstream `{name}` has no `endpoints` (or `dns`)"));
+            }
+            None => None,
+        };
+        let outlier = policies.outlier.clone().unwrap_or_default();
+        if outlier.max_ejected_percent > 100 {
+            return Err(prefix(
+                "`outlier.max_ejected_percent` is at most 100".into(),
+            ));
         }
-        let health = health::EndpointHealth::new(name, &endpoints, policies.health_check.clone());
+        if outlier.base_ejection.0.is_zero() {
+            return Err(prefix("`outlier.base_ejection` must be more than 0".into()));
+        }
+        let tls = client_tls(config, &config.endpoints).map_err(prefix)?;
+        let per_endpoint = config.connections_per_endpoint.max(1);
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|uri| {
+                let connections = (0..per_endpoint)
+                    .map(|_| Connection::new(uri, tls.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(prefix)?;
+                Ok(Arc::new(Endpoint::new(uri.clone(), connections)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             name: name.to_string(),
-            endpoints,
             config: config.clone(),
-            connections,
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(name, policies.balance, outlier, endpoints),
+            dns,
+            connections_per_endpoint: per_endpoint,
             metrics: UpstreamMetrics::new(name),
             breaker: policies
                 .circuit_breaker
@@ -105,47 +137,153 @@ impl GrpcUpstream {
                 .map(|b| CircuitBreaker::new(name, b).map(Arc::new))
                 .transpose()?,
             retry: policies.retry.as_ref().map(RetryPolicy::new),
-            health,
-            health_started: std::sync::atomic::AtomicBool::new(false),
+            health_check: policies.health_check.clone(),
+            started: AtomicBool::new(false),
             tls_files: crate::tls::client::fingerprint(config.tls.as_ref()),
         })
     }
 
     /// Whether this upstream was built from exactly these settings (reload reuse).
-    pub fn same_settings(&self, config: &UpstreamConfig) -> bool {
+    pub fn same_settings(
+        &self,
+        config: &UpstreamConfig,
+        resolver: Option<&ResolverConfig>,
+    ) -> bool {
+        let dns = match &self.config.dns {
+            Some(dns) => DnsTarget::parse(dns, self.config.refresh.map(|r| r.0), resolver).ok(),
+            None => None,
+        };
         config.grpc.as_ref() == Some(&self.config)
+            && dns == self.dns
             && self.breaker.as_ref().map(|b| &b.config) == config.circuit_breaker.as_ref()
             && self.retry.as_ref().map(|r| &r.config) == config.retry.as_ref()
-            && self.health.config.as_ref() == config.health_check.as_ref()
+            && self.health_check.as_ref() == config.health_check.as_ref()
+            && self.balancer.policy == config.balance
+            && self.balancer.detector.config == config.outlier.clone().unwrap_or_default()
             && config.grpc.as_ref().is_some_and(|grpc| {
                 self.tls_files == crate::tls::client::fingerprint(grpc.tls.as_ref())
             })
     }
 
-    /// The next connection, round-robin over healthy endpoints (over all of them when
-    /// none is known healthy: failing open beats refusing everything).
-    pub fn connection(&self) -> &Connection {
-        let n = self.connections.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|i| self.health.is_healthy(i % self.endpoints.len()))
-            .map(|i| &self.connections[i])
-            .unwrap_or_else(|| &self.connections[start % n])
+    /// The balancing policy and ejection settings in force.
+    pub fn balance(&self) -> (Balance, &OutlierConfig) {
+        (self.balancer.policy, &self.balancer.detector.config)
     }
 
-    /// Checks every endpoint's grpc.health.v1 status on the configured interval, for as
-    /// long as this upstream is in use (the task holds only a weak reference).
-    pub fn start_health_checks(self: &Arc<Self>) {
-        let Some(config) = self.health.config.clone() else {
-            return;
-        };
-        if self.health_started.swap(true, Ordering::AcqRel) {
+    /// Starts the background work of a live upstream: health checks, DNS discovery.
+    /// Both hold only a weak reference and stop once the upstream is dropped.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let weak = Arc::downgrade(self);
-        let connections = self.connections[..self.endpoints.len()].to_vec();
-        tokio::spawn(health::run(weak, connections, config));
+        if let Some(config) = self.health_check.clone() {
+            tokio::spawn(health::run(Arc::downgrade(self), config));
+        }
+        if let Some(target) = self.dns.clone() {
+            tokio::spawn(discovery::run(Arc::downgrade(self), target));
+        }
+    }
+
+    /// Applies a DNS answer: known addresses keep their endpoint, new ones join, the
+    /// others drain.
+    pub fn set_addresses(&self, target: &DnsTarget, addresses: &[SocketAddr]) {
+        let current = self.balancer.endpoints();
+        let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        if current.iter().map(|e| &e.name).eq(names.iter()) {
+            return;
+        }
+        let draining = self.balancer.draining();
+        let authority = target.authority_uri();
+        let list: Vec<Arc<Endpoint>> = addresses
+            .iter()
+            .zip(names)
+            .filter_map(|(address, name)| {
+                if let Some(known) = current.iter().chain(&draining).find(|e| e.name == name) {
+                    return Some(known.clone());
+                }
+                let connections = (0..self.connections_per_endpoint)
+                    .map(|_| Connection::for_address(&authority, *address))
+                    .collect::<Result<Vec<_>, _>>();
+                match connections {
+                    Ok(connections) => Some(Arc::new(Endpoint::new(name, connections))),
+                    Err(error) => {
+                        tracing::error!(upstream = %self.name, %address, %error, "resolved address left out");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let joined: Vec<&str> = list.iter().map(|e| e.name.as_str()).collect();
+        tracing::info!(upstream = %self.name, host = %target.host, endpoints = ?joined, "DNS answer changed the endpoints");
+        self.balancer.replace(list);
+    }
+
+    /// A connection for one-off calls at load time (descriptors by reflection): the
+    /// first endpoint, or for a `dns:` upstream not yet live, the first address a
+    /// resolution finds now.
+    pub async fn any_connection(&self) -> Result<Connection, String> {
+        if let Some(endpoint) = self.balancer.endpoints().first() {
+            return Ok(endpoint.first_connection().clone());
+        }
+        let Some(target) = &self.dns else {
+            return Err("no endpoints".into());
+        };
+        let addresses = discovery::resolve_once(target).await?;
+        let first = addresses
+            .first()
+            .ok_or_else(|| format!("`{}` resolved to no address", target.host))?;
+        Connection::for_address(&target.authority_uri(), *first)
+    }
+
+    /// An endpoint for the next call, connected: endpoints that cannot be reached are
+    /// counted as failures and skipped (nothing was sent to them).
+    pub async fn connected(&self) -> Result<Lease, Status> {
+        let mut tried = Tried::new();
+        loop {
+            let Some(lease) = self.balancer.pick(&tried) else {
+                return Err(self.no_endpoint());
+            };
+            match lease.connection().connect().await {
+                Ok(()) => return Ok(lease),
+                Err(status) => {
+                    self.balancer.report(lease.endpoint(), Outcome::Failed);
+                    if tried.len() + 1 >= UNSENT_TRIES
+                        || self.balancer.endpoints().len() <= tried.len() + 1
+                    {
+                        return Err(status);
+                    }
+                    tried.push(lease.endpoint().clone());
+                }
+            }
+        }
+    }
+
+    /// Every endpoint as it stands now: those in the list, then those draining.
+    pub fn endpoint_views(&self) -> Vec<EndpointView> {
+        let clock = &self.balancer.clock;
+        self.balancer
+            .endpoints()
+            .iter()
+            .chain(self.balancer.draining().iter())
+            .map(|e| EndpointView {
+                name: e.name.clone(),
+                state: e.state(clock),
+                healthy: e.is_healthy(),
+                in_flight: e.in_flight(),
+                ejections: e.outlier.ejections(),
+                consecutive_failures: e.outlier.consecutive_failures(),
+            })
+            .collect()
+    }
+
+    fn no_endpoint(&self) -> Status {
+        status::local_status(
+            tonic::Code::Unavailable,
+            format!(
+                "upstream `{}` has no endpoint (DNS not resolved yet?)",
+                self.name
+            ),
+        )
     }
 
     /// A unary call with the upstream's policies: the circuit breaker admits it, the
@@ -175,13 +313,7 @@ impl GrpcUpstream {
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 remaining,
-                unary::call(
-                    self.connection(),
-                    call.path.clone(),
-                    this_try,
-                    framed.clone(),
-                    remaining,
-                ),
+                self.send_unary(&call.path, this_try, &framed, deadline),
             )
             .await
             {
@@ -204,6 +336,52 @@ impl GrpcUpstream {
             }
             tracing::debug!(upstream = %self.name, attempt, ?backoff, "retrying after UNAVAILABLE");
             tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// One attempt of a unary call. A request that could not be sent (no connection to
+    /// the endpoint picked) goes to another endpoint at once, whatever the method: the
+    /// backend never saw it.
+    async fn send_unary(
+        &self,
+        path: &PathAndQuery,
+        mut headers: HeaderMap,
+        framed: &Bytes,
+        deadline: Instant,
+    ) -> Result<Response<Bytes>, Status> {
+        let mut tried = Tried::new();
+        loop {
+            let Some(lease) = self.balancer.pick(&tried) else {
+                return Err(self.no_endpoint());
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = unary::call(
+                lease.connection(),
+                path.clone(),
+                headers,
+                framed.clone(),
+                remaining,
+            )
+            .await;
+            let outcome = match &result {
+                Ok(_) => Outcome::Answered,
+                Err(e) => Outcome::of(e.status.code()),
+            };
+            self.balancer.report(lease.endpoint(), outcome);
+            match result {
+                Ok(response) => return Ok(response),
+                Err(unary::CallError {
+                    status,
+                    unsent: Some(unsent),
+                }) if tried.len() + 1 < UNSENT_TRIES
+                    && self.balancer.endpoints().len() > tried.len() + 1 =>
+                {
+                    tracing::debug!(upstream = %self.name, endpoint = %lease.endpoint().name, cause = %status.message(), "request not sent: trying another endpoint");
+                    headers = unsent;
+                    tried.push(lease.endpoint().clone());
+                }
+                Err(error) => return Err(error.status),
+            }
         }
     }
 
@@ -235,9 +413,18 @@ impl GrpcUpstream {
         // to the deadline (grpc-go, grpc-java) would cut it.
         let request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         let started = Instant::now();
-        let mut grpc = tonic::client::Grpc::new(self.connection().clone());
+        let lease = match self.connected().await {
+            Ok(lease) => lease,
+            Err(status) => {
+                let result = Err(status);
+                self.record(&result, started, permit, call.client_deadline);
+                return result;
+            }
+        };
+        let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
         let result = grpc.server_streaming(request, call.path, codec).await;
-        self.record(&result, started, permit, call.client_deadline);
+        let code = self.record(&result, started, permit, call.client_deadline);
+        self.balancer.report(lease.endpoint(), Outcome::of(code));
         result
     }
 
@@ -274,6 +461,18 @@ impl GrpcUpstream {
             None => Ok(None),
         }
     }
+}
+
+/// One endpoint for the admin API and metrics.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    pub name: String,
+    pub state: balancer::State,
+    /// The active health checks' verdict (true without `health_check`).
+    pub healthy: bool,
+    pub in_flight: usize,
+    pub ejections: u64,
+    pub consecutive_failures: u32,
 }
 
 /// One backend call as the proxy prepared it.

@@ -21,7 +21,7 @@ struct RpcStatus {
 
 /// Metadata that marks a status the gateway made itself while calling a backend
 /// (connecting, framing, a broken connection), as opposed to one the backend sent.
-const LOCAL_MARK: &str = "x-switchboard-local";
+pub(super) const LOCAL_MARK: &str = "x-switchboard-local";
 
 /// A status made by the gateway's own gRPC client. Its message is a cause for the log
 /// (it names endpoints and transport errors); clients get a generic text for the code.

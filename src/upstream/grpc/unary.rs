@@ -57,6 +57,23 @@ pub fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
     Ok(buf.freeze())
 }
 
+/// A failed unary call; `unsent` gives the request metadata back when the request never
+/// left the gateway (no connection), so the call can be tried on another endpoint.
+#[derive(Debug)]
+pub struct CallError {
+    pub status: Status,
+    pub unsent: Option<HeaderMap>,
+}
+
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        Self {
+            status,
+            unsent: None,
+        }
+    }
+}
+
 /// One unary call on `connection`: `timeout` travels as `grpc-timeout` (the caller
 /// enforces it). The response carries headers and trailers as metadata, like tonic's.
 pub async fn call(
@@ -65,7 +82,7 @@ pub async fn call(
     mut metadata: HeaderMap,
     framed: Bytes,
     timeout: Duration,
-) -> Result<Response<Bytes>, Status> {
+) -> Result<Response<Bytes>, CallError> {
     for name in RESERVED {
         metadata.remove(name);
     }
@@ -81,7 +98,17 @@ pub async fn call(
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = metadata;
 
-    let response = connection.send(request).await?;
+    let response = connection.try_send(request).await.map_err(|e| CallError {
+        status: e.status,
+        unsent: e.unsent.map(|request| request.into_parts().0.headers),
+    })?;
+    Ok(read_response(response).await?)
+}
+
+/// The one message of a unary response, or the status it ended with.
+async fn read_response(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Response<Bytes>, Status> {
     let (parts, body) = response.into_parts();
     let headers = parts.headers;
     if let Some(encoding) = headers.get(GRPC_ENCODING)
@@ -257,6 +284,8 @@ fn status_code(map: &HeaderMap) -> Option<Code> {
 /// details does not panic: the details are dropped.
 fn status_from(mut map: HeaderMap) -> Status {
     let code = status_code(&map).unwrap_or(Code::Unknown);
+    // Only the gateway marks its own statuses; a backend cannot pass for it.
+    map.remove(super::status::LOCAL_MARK);
     map.remove(GRPC_STATUS);
     let (code, message) = match map.remove(GRPC_MESSAGE) {
         Some(value) => match percent_encoding::percent_decode(value.as_bytes()).decode_utf8() {
@@ -277,7 +306,8 @@ fn status_from(mut map: HeaderMap) -> Status {
 }
 
 /// tonic adds the response headers to a status that ends a body without a message.
-fn with_metadata(mut status: Status, headers: HeaderMap) -> Status {
+fn with_metadata(mut status: Status, mut headers: HeaderMap) -> Status {
+    headers.remove(super::status::LOCAL_MARK);
     status.metadata_mut().as_mut().extend(headers);
     status
 }
