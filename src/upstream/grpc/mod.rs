@@ -24,6 +24,9 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+/// How many times opening a server stream the server refused unprocessed is retried.
+const MAX_STREAM_RESENDS: u32 = 3;
+
 /// The connections of one gRPC upstream. They connect lazily and reconnect by
 /// themselves; cloning a `Connection` shares it.
 #[derive(Debug)]
@@ -189,13 +192,29 @@ impl GrpcUpstream {
         let permit = self.admit()?;
         // The message without its gRPC prefix: tonic frames it again.
         let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
-        // No `grpc-timeout`: a stream outlives the route deadline (which the caller
-        // enforces on opening it and its first message), and servers that bind handlers
-        // to the deadline (grpc-go, grpc-java) would cut it.
-        let request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         let started = Instant::now();
-        let mut grpc = tonic::client::Grpc::new(self.connection().clone());
-        let result = grpc.server_streaming(request, call.path, call.codec).await;
+        let mut resends = 0;
+        let result = loop {
+            // No `grpc-timeout`: a stream outlives the route deadline (which the caller
+            // enforces on opening it and its first message), and servers that bind
+            // handlers to the deadline (grpc-go, grpc-java) would cut it.
+            let request = Request::from_parts(
+                call.metadata.clone(),
+                tonic::Extensions::default(),
+                message.clone(),
+            );
+            let mut grpc = tonic::client::Grpc::new(self.connection().clone());
+            let result = grpc
+                .server_streaming(request, call.path.clone(), call.codec.clone())
+                .await;
+            // A stream the server refused unprocessed (GOAWAY) opens on a new connection.
+            match result {
+                Err(status) if status::is_unprocessed(&status) && resends < MAX_STREAM_RESENDS => {
+                    resends += 1;
+                }
+                result => break result,
+            }
+        };
         self.record(&result, started, permit, call.client_deadline);
         result
     }
