@@ -183,7 +183,7 @@ impl Connection {
                 )
             } else {
                 let cause = format!("request to `{}` failed: {error}", self.shared.endpoint);
-                local_status(Status::from_error(Box::new(error)).code(), cause)
+                transport_status(error, cause)
             });
         }
     }
@@ -286,6 +286,36 @@ impl Connection {
         });
         Ok(sender)
     }
+}
+
+/// The status for a transport failure of a call (a stream reset, a broken connection).
+/// A connection that broke (I/O error, GOAWAY) or a stream the server reset with CANCEL
+/// is UNAVAILABLE, as gRPC clients report it: tonic would say UNKNOWN (HTTP 500) for the
+/// first and CANCELLED (HTTP 499, as if the client had gone away) for the second. Other
+/// resets keep gRPC's mapping of their HTTP/2 error code.
+pub fn transport_status(error: hyper::Error, cause: String) -> Status {
+    let broken = connection_broke(&error);
+    let code = match Status::from_error(Box::new(error)).code() {
+        _ if broken => Code::Unavailable,
+        Code::Cancelled | Code::Unknown => Code::Unavailable,
+        code => code,
+    };
+    local_status(code, cause)
+}
+
+/// Whether the error is the connection's rather than one stream's.
+fn connection_broke(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.is_io() || h2.is_go_away();
+        }
+        if current.is::<std::io::Error>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// A copy of a unary request to resend if the server refuses it unprocessed; `None`

@@ -83,7 +83,8 @@ func unaryEcho(_ interface{}, ctx context.Context, dec func(interface{}) error, 
 		select {
 		case <-time.After(time.Duration(delay) * time.Millisecond):
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			// What a well-behaved handler answers: DEADLINE_EXCEEDED or CANCELLED.
+			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
 	return &message, nil
