@@ -17,7 +17,10 @@ pub struct Fixture {
 pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let protos = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/protos"));
+        let protos = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/protos"
+        ));
         let schema = Schema::load(&[protos], &[]).expect("echo fixture protos load");
         let desc = schema
             .pool

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(template) = PathTemplate::parse(template) else {
         return;
     };
-    let _ = (template.shape(), template.specificity(), template.openapi_path());
+    let _ = (
+        template.shape(),
+        template.specificity(),
+        template.openapi_path(),
+    );
     let Ok(path) = RequestPath::parse(path) else {
         return;
     };

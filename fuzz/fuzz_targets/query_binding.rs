@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut message = DynamicMessage::new(desc.clone());
         if binding.apply(desc, &mut message, query).is_ok() {
-            fixture.codec.encode(&message).expect("a bound message encodes as JSON");
+            fixture
+                .codec
+                .encode(&message)
+                .expect("a bound message encodes as JSON");
         }
     }
 });
