@@ -46,7 +46,7 @@ async fn goaways_and_idle_gaps_lose_no_request() {
                     while running.load(Ordering::Relaxed) {
                         n += 1;
                         let id = format!("p{phase}w{worker}n{n}");
-                        let sent = if n % 2 == 0 {
+                        let sent = if n.is_multiple_of(2) {
                             http.post(&post)
                                 .json(&json!({ "id": id, "name": "x" }))
                                 .send()
@@ -56,7 +56,11 @@ async fn goaways_and_idle_gaps_lose_no_request() {
                         match sent.await {
                             Ok(response) if response.status() == 200 => {
                                 let body: Value = response.json().await.unwrap_or_default();
-                                let expected = if n % 2 == 0 { id } else { format!("w{worker}") };
+                                let expected = if n.is_multiple_of(2) {
+                                    id
+                                } else {
+                                    format!("w{worker}")
+                                };
                                 if body["id"] == expected.as_str() {
                                     ok.fetch_add(1, Ordering::Relaxed);
                                 } else {
