@@ -10,8 +10,9 @@
 //! OpenAPI cannot say everything a route table can: WebSocket routes and routes on HTTP
 //! methods outside the eight OpenAPI knows are left out, and unnamed `*`/`**` segments
 //! stay literal in the path. A multi-segment variable prints as one parameter
-//! (`/v1/{name}`); when that path is already taken for the method, the route is listed
-//! in an expanded form instead (`/v1/shelves/{shelves}/books/{books}`).
+//! (`/v1/{name}`); when that path is already taken for the method, or another path
+//! differs from it only in parameter names (`/v1/{book.name}`: the same path to OpenAPI),
+//! the route is listed in an expanded form instead (`/v1/shelves/{shelves}/books/{books}`).
 
 use crate::routing::template::{PathTemplate, Segment};
 use crate::routing::{BodyRule, GrpcRoute, Route, RouteTable, StaticRoute, Target};
@@ -122,10 +123,18 @@ impl<'t> Builder<'t> {
             .insert(method, operation);
     }
 
+    /// Whether `path` cannot take `method`: the path has it already, or another path has
+    /// the same hierarchy with other parameter names (`/v1/{name}` and `/v1/{book.name}`),
+    /// which OpenAPI counts as the same path (tools keep one and drop the other).
     fn taken(&self, path: &str, method: &str) -> bool {
-        self.paths
-            .get(path)
-            .is_some_and(|item| item.contains_key(method))
+        let shape = hierarchy(path);
+        self.paths.iter().any(|(listed, item)| {
+            if listed == path {
+                item.contains_key(method)
+            } else {
+                hierarchy(listed) == shape
+            }
+        })
     }
 
     fn grpc_operation(
@@ -829,6 +838,25 @@ fn expanded_path(template: &PathTemplate) -> (String, Vec<Slot>) {
     (path, slots)
 }
 
+/// `path` with its parameter names blanked (`/v1/{name}` → `/v1/{}`): paths that differ
+/// only in those are the same path to OpenAPI.
+fn hierarchy(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// `base`, or `base_2`, `base_3`… when a slot of the path already has that name.
 fn unique_name(base: &str, slots: &[Slot]) -> String {
     let mut name = base.to_string();
@@ -1061,6 +1089,11 @@ message ListBooksResponse {
     /// The document of the library fixture under `json:` options `json` (YAML flow map).
     /// Channels connect lazily, so the unreachable upstream is never dialled.
     fn build(json: &str) -> Value {
+        build_with(PROTO, ROUTES, json)
+    }
+
+    /// The document of `proto` (as test/library/v1/library.proto) served by `routes`.
+    fn build_with(proto: &str, routes: &str, json: &str) -> Value {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sb-openapi-{}-{n}", std::process::id()));
@@ -1069,8 +1102,8 @@ message ListBooksResponse {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         };
-        write("protos/test/library/v1/library.proto", PROTO);
-        write("routes.yaml", ROUTES);
+        write("protos/test/library/v1/library.proto", proto);
+        write("routes.yaml", routes);
         let config = format!(
             "descriptors: [protos/]\nmappings: [routes.yaml]\njson: {json}\nupstreams:\n  \
              library:\n    grpc: {{ endpoints: [\"http://127.0.0.1:1\"] }}\n"
@@ -1087,6 +1120,50 @@ message ListBooksResponse {
         let doc = document(&table);
         std::fs::remove_dir_all(&dir).ok();
         doc
+    }
+
+    /// Issue 14: PATCH `/v1/{book.name=shelves/*/books/*}` printed as `/v1/{book.name}`
+    /// next to GET `/v1/{name}` (a shelf): the same path to OpenAPI, so tools dropped one.
+    /// Every method is listed, on paths that differ in more than parameter names.
+    #[test]
+    fn multi_segment_variables_on_every_method_get_distinct_paths() {
+        let proto = r#"syntax = "proto3";
+package test.library.v1;
+import "google/api/annotations.proto";
+import "google/protobuf/empty.proto";
+service Library {
+  rpc GetShelf(ByName) returns (Shelf) { option (google.api.http) = { get: "/v1/{name=shelves/*}" }; }
+  rpc DeleteShelf(ByName) returns (google.protobuf.Empty) { option (google.api.http) = { delete: "/v1/{name=shelves/*}" }; }
+  rpc GetBook(ByName) returns (Book) { option (google.api.http) = { get: "/v1/{name=shelves/*/books/*}" }; }
+  rpc UpdateBook(UpdateBookRequest) returns (Book) { option (google.api.http) = { patch: "/v1/{book.name=shelves/*/books/*}" body: "book" }; }
+  rpc DeleteBook(ByName) returns (google.protobuf.Empty) { option (google.api.http) = { delete: "/v1/{name=shelves/*/books/*}" }; }
+}
+message ByName { string name = 1; }
+message Shelf { string name = 1; }
+message Book { string name = 1; string title = 2; }
+message UpdateBookRequest { Book book = 1; }
+"#;
+        let routes =
+            "routes:\n  - grpc_service: { upstream: library, service: test.library.v1.Library }\n";
+        let doc = build_with(proto, routes, "{}");
+        let paths = doc["paths"].as_object().unwrap();
+        let mut operations = Vec::new();
+        let mut hierarchies = std::collections::HashSet::new();
+        for (path, item) in paths {
+            assert!(
+                hierarchies.insert(hierarchy(path)),
+                "{path} repeats a path: {paths:?}"
+            );
+            for method in item.as_object().unwrap().keys() {
+                operations.push(item[method]["operationId"].as_str().unwrap().to_string());
+            }
+        }
+        operations.sort();
+        assert_eq!(operations.len(), 5, "{paths:?}");
+        let patch = op(&doc, "/v1/shelves/{shelves}/books/{books}", "patch");
+        assert_eq!(param_names(patch), ["shelves", "books"]);
+        op(&doc, "/v1/shelves/{shelves}/books/{books}", "delete");
+        op(&doc, "/v1/{name}", "delete");
     }
 
     /// The fixture with the default JSON options, built once.

@@ -7,18 +7,16 @@ mod support;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::amqp::{
     Answer, BROKER, BROKER_URL, connect, connected, describe, echo, quote, require_broker, unique,
     wait_connected, worker,
 };
 use support::gateway::{self, TestGateway, client};
+use support::proxy::CutProxy;
 use support::wait_until;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 
 // ---------------------------------------------------------------------------------------
 // Gateway
@@ -433,74 +431,18 @@ async fn declare_creates_the_configured_topology() {
 // ---------------------------------------------------------------------------------------
 // Broker trouble
 
-/// A TCP proxy in front of the broker whose connections the test can cut.
-struct CutProxy {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl CutProxy {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (is_cut, tracked) = (cut.clone(), connections.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if is_cut.load(Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut broker) = TcpStream::connect(BROKER).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    }
-                });
-                tracked.lock().unwrap().push(task.abort_handle());
-            }
-        })
-        .abort_handle();
-        Self {
-            addr,
-            cut,
-            connections,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    /// Drops every proxied connection and refuses new ones.
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
+/// The broker's URL through `proxy`.
+fn proxied_url(proxy: &CutProxy) -> String {
+    format!("amqp://guest:guest@{}/%2f", proxy.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_fails_fast_and_recovers_without_restart() {
     let queue = unique("cut");
-    let proxy = CutProxy::start().await;
+    let proxy = CutProxy::start(BROKER).await;
     let gw = gateway_with(
         "mq",
-        &proxy.url(),
+        &proxied_url(&proxy),
         &format!(
             "routes:\n  - http: {{ post: \"/q\", body: \"*\" }}\n    amqp: {{ upstream: mq, routing_key: {queue} }}\n    timeout: 10s\n"
         ),

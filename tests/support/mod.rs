@@ -7,6 +7,8 @@ pub mod amqp;
 pub mod chromium;
 pub mod dns;
 pub mod echo;
+pub mod grpc_go;
+pub mod proxy;
 
 // `#[path]` on a non-inline `mod` resolves relative to this file's directory (tests/support/).
 #[path = "../../examples/shop/mod.rs"]

@@ -11,8 +11,20 @@
 //!
 //! `Connection` is also a tower `Service`, so `tonic::client::Grpc` and generated
 //! clients (streaming calls, health checks, reflection) run over it unchanged.
+//!
+//! Interop with gRPC servers (grpc-go, grpc-java, Envoy) rests on two rules they all
+//! share:
+//! - Pings: servers answer a client that pings more often than every 5 minutes, or at
+//!   all while it has no call open, with GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings")
+//!   and close the connection. Keep-alive pings go out only while calls are open and at
+//!   most every `KEEP_ALIVE_INTERVAL` (5 min). Adaptive-window (BDP) pings are fine:
+//!   each follows data the server wrote, which resets its count.
+//! - GOAWAY: a server going away (max connection age, shutdown) names the last stream it
+//!   will process; streams above it, and requests that never reached the wire, were not
+//!   processed and are resent on a new connection (safe for any call, as gRPC clients
+//!   do); streams below it finish on the old connection.
 
-use super::status::local_status;
+use super::status::{local_status, unprocessed_status};
 use crate::tls::client::ClientTls;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -38,8 +50,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause after a failed connection attempt; doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Not less than the 5 minutes grpc-go and grpc-java servers permit by default
+/// (`MinTime`, `permitKeepAliveTime`): more frequent pings earn a GOAWAY.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many times a request the server never processed (refused by GOAWAY or
+/// REFUSED_STREAM, or never sent) is resent on a fresh connection.
+const MAX_UNPROCESSED_RESENDS: u32 = 3;
 
 /// What tonic's `Channel` sent, so backends see the same client.
 const USER_AGENT: &str = "tonic/0.14.9";
@@ -73,6 +90,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     sender: Option<SendRequest<RequestBody>>,
+    /// Counts the connections opened, so a call retires only the one it failed on.
+    generation: u64,
     /// Consecutive failed attempts, and until when no new one is made (and why).
     failures: u32,
     retry_at: Option<(Instant, String)>,
@@ -151,6 +170,11 @@ impl Connection {
 
     /// Sends one request; a request that never left (no connection, or the connection
     /// closed before it was written) comes back with the error, so it can go elsewhere.
+    ///
+    /// A request the server never processed is resent on a fresh connection first: one
+    /// that never left (the connection was closing), or one refused by GOAWAY or
+    /// REFUSED_STREAM. A unary body is kept for that (a cheap copy of its headers);
+    /// a streaming body only when it never left.
     pub async fn try_send(
         &self,
         mut request: Request<RequestBody>,
@@ -158,30 +182,58 @@ impl Connection {
         if let header::Entry::Vacant(entry) = request.headers_mut().entry(header::USER_AGENT) {
             entry.insert(HeaderValue::from_static(USER_AGENT));
         }
-        let mut sender = match self.sender().await {
-            Ok(sender) => sender,
-            Err(status) => {
-                return Err(SendError {
-                    status,
-                    unsent: Some(request),
-                });
-            }
-        };
-        sender.try_send_request(request).await.map_err(|mut e| {
-            let unsent = e.take_message();
-            let e = e.into_error();
-            let status = if e.is_canceled() || sender.is_closed() {
+        let mut resends = 0;
+        loop {
+            let spare = replayable(&request);
+            let (mut sender, generation) = match self.sender().await {
+                Ok(sender) => sender,
+                Err(status) => {
+                    return Err(SendError {
+                        status,
+                        unsent: Some(request),
+                    });
+                }
+            };
+            let (error, unsent) = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut error) => {
+                    let unsent = error.take_message();
+                    let error = error.into_error();
+                    let unprocessed = unsent.is_some() || refused(&error);
+                    if unprocessed {
+                        // The connection is going away: the next call opens a new one.
+                        self.retire(generation);
+                    }
+                    match unsent.or(if unprocessed { spare } else { None }) {
+                        Some(again) if resends < MAX_UNPROCESSED_RESENDS => {
+                            resends += 1;
+                            tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
+                                "request not processed by the server; resending on a new connection");
+                            request = again;
+                            continue;
+                        }
+                        leftover => (error, leftover),
+                    }
+                }
+            };
+            let status = if refused(&error) {
+                // Not processed, but this body cannot be replayed here: the caller may.
+                unprocessed_status(format!(
+                    "`{}` refused the request unprocessed: {error}",
+                    self.shared.endpoint
+                ))
+            } else if error.is_canceled() || sender.is_closed() {
                 // The connection went away under the call; the next call reconnects.
                 local_status(
                     Code::Unavailable,
-                    format!("connection to `{}` closed: {e}", self.shared.endpoint),
+                    format!("connection to `{}` closed: {error}", self.shared.endpoint),
                 )
             } else {
-                let cause = format!("request to `{}` failed: {e}", self.shared.endpoint);
-                local_status(Status::from_error(Box::new(e)).code(), cause)
+                let cause = format!("request to `{}` failed: {error}", self.shared.endpoint);
+                transport_status(error, cause)
             };
-            SendError { status, unsent }
-        })
+            return Err(SendError { status, unsent });
+        }
     }
 
     /// Opens the connection if it is not open (or reports why it cannot be): a caller
@@ -190,8 +242,17 @@ impl Connection {
         self.sender().await.map(drop)
     }
 
-    /// The open connection's sender, opening one first if there is none (or it died).
-    async fn sender(&self) -> Result<SendRequest<RequestBody>, Status> {
+    /// Forgets connection `generation` if it is still the current one.
+    fn retire(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.generation == generation {
+            state.sender = None;
+        }
+    }
+
+    /// The open connection's sender (and its generation), opening one first if there is
+    /// none (or it died).
+    async fn sender(&self) -> Result<(SendRequest<RequestBody>, u64), Status> {
         if let Some(sender) = self.current()? {
             return Ok(sender);
         }
@@ -209,8 +270,9 @@ impl Connection {
             Ok(sender) => {
                 state.failures = 0;
                 state.retry_at = None;
+                state.generation += 1;
                 state.sender = Some(sender.clone());
-                Ok(sender)
+                Ok((sender, state.generation))
             }
             Err(error) => {
                 let error = format!("cannot connect to `{}`: {error}", self.shared.endpoint);
@@ -225,11 +287,11 @@ impl Connection {
     }
 
     /// A live sender; `None` when a connection should be opened; an error while backing off.
-    fn current(&self) -> Result<Option<SendRequest<RequestBody>>, Status> {
+    fn current(&self) -> Result<Option<(SendRequest<RequestBody>, u64)>, Status> {
         let mut state = self.lock();
         if let Some(sender) = &state.sender {
             if !sender.is_closed() {
-                return Ok(Some(sender.clone()));
+                return Ok(Some((sender.clone(), state.generation)));
             }
             tracing::debug!(endpoint = %self.shared.endpoint, "upstream connection closed; reconnecting");
             state.sender = None;
@@ -284,7 +346,8 @@ impl Connection {
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
+            // Pings on an idle connection are what servers punish first.
+            .keep_alive_while_idle(false)
             .adaptive_window(true)
             .handshake(io)
             .await
@@ -299,6 +362,66 @@ impl Connection {
         });
         Ok(sender)
     }
+}
+
+/// The status for a transport failure of a call (a stream reset, a broken connection).
+/// A connection that broke (I/O error, GOAWAY) or a stream the server reset with CANCEL
+/// is UNAVAILABLE, as gRPC clients report it: tonic would say UNKNOWN (HTTP 500) for the
+/// first and CANCELLED (HTTP 499, as if the client had gone away) for the second. Other
+/// resets keep gRPC's mapping of their HTTP/2 error code.
+pub fn transport_status(error: hyper::Error, cause: String) -> Status {
+    let broken = connection_broke(&error);
+    let code = match Status::from_error(Box::new(error)).code() {
+        _ if broken => Code::Unavailable,
+        Code::Cancelled | Code::Unknown => Code::Unavailable,
+        code => code,
+    };
+    local_status(code, cause)
+}
+
+/// Whether the error is the connection's rather than one stream's.
+fn connection_broke(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.is_io() || h2.is_go_away();
+        }
+        if current.is::<std::io::Error>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// A copy of a unary request to resend if the server refuses it unprocessed; `None`
+/// for a streaming body, which cannot be replayed.
+fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let Either::Left(body) = request.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Either::Left(body.clone()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether the server refused the stream before processing it: it was above the last
+/// stream id of a GOAWAY the server sent (h2 reports those, and requests the closing
+/// connection no longer accepted, as a remote GOAWAY), or reset with REFUSED_STREAM.
+/// In-flight streams cut by the connection closing report an I/O error instead.
+fn refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote())
+                || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// tonic's clients (streaming calls, health, reflection) send through this.
@@ -327,5 +450,131 @@ impl tower::Service<Request<tonic::body::Body>> for Connection {
                 .send(Request::from_parts(parts, Either::Right(body)))
                 .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keep-alive policy seen from the server: a raw HTTP/2 peer records the PING
+    //! frames it receives, over hours of paused time.
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const HEADERS: u8 = 1;
+    const ACK: u8 = 1;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A server that answers the first request at once (`:status 200`, end of stream)
+    /// when `answer` is set, or never; acknowledges pings and reports when each came.
+    async fn peer(answer: bool) -> (String, mpsc::UnboundedReceiver<tokio::time::Instant>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (pings, received) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut preface = [0; PREFACE.len()];
+            socket.read_exact(&mut preface).await.unwrap();
+            assert_eq!(preface, PREFACE);
+            socket.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+            loop {
+                let mut head = [0u8; 9];
+                if socket.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let (kind, flags) = (head[3], head[4]);
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                let mut payload = vec![0; len];
+                socket.read_exact(&mut payload).await.unwrap();
+                let reply = match kind {
+                    SETTINGS if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                    PING if flags & ACK == 0 => {
+                        let _ = pings.send(tokio::time::Instant::now());
+                        frame(PING, ACK, 0, &payload)
+                    }
+                    // `:status: 200` (static table index 8), END_STREAM | END_HEADERS.
+                    HEADERS if answer => frame(HEADERS, 0x5, stream, &[0x88]),
+                    _ => continue,
+                };
+                socket.write_all(&reply).await.unwrap();
+            }
+        });
+        (endpoint, received)
+    }
+
+    fn request(connection: &Connection) -> Request<RequestBody> {
+        let mut request = Request::new(Either::Left(Full::new(Bytes::from_static(b"x"))));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = connection
+            .uri(http::uri::PathAndQuery::from_static("/test.Echo/Get"))
+            .unwrap();
+        request
+    }
+
+    fn drain(
+        received: &mut mpsc::UnboundedReceiver<tokio::time::Instant>,
+    ) -> Vec<tokio::time::Instant> {
+        std::iter::from_fn(|| received.try_recv().ok()).collect()
+    }
+
+    /// grpc-go and grpc-java servers send GOAWAY "too_many_pings" after a few pings on a
+    /// connection without calls (they permit one per 2 h): an idle connection is silent.
+    #[tokio::test(start_paused = true)]
+    async fn no_pings_while_idle() {
+        let (endpoint, mut pings) = peer(true).await;
+        let connection = Connection::new(&endpoint).unwrap();
+        connection.send(request(&connection)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        assert_eq!(drain(&mut pings), vec![], "pings on an idle connection");
+        assert!(
+            connection.current().unwrap().is_some(),
+            "the connection stays open"
+        );
+    }
+
+    /// While a call is open, pings come no more often than every 5 minutes (the servers'
+    /// default `MinTime` / `permitKeepAliveTime`), and the connection is kept.
+    #[tokio::test(start_paused = true)]
+    async fn pings_during_a_call_are_five_minutes_apart() {
+        let (endpoint, mut pings) = peer(false).await;
+        let connection = Connection::new(&endpoint).unwrap();
+        let call = tokio::spawn({
+            let connection = connection.clone();
+            async move { connection.send(request(&connection)).await.map(|_| ()) }
+        });
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(31 * 60)).await;
+        let pings = drain(&mut pings);
+        assert!(
+            (5..=6).contains(&pings.len()),
+            "{} pings in 31 min: {:?}",
+            pings.len(),
+            pings.iter().map(|at| *at - start).collect::<Vec<_>>()
+        );
+        let mut last = start;
+        for at in pings {
+            assert!(
+                at - last >= KEEP_ALIVE_INTERVAL,
+                "a ping {:?} after the last",
+                at - last
+            );
+            last = at;
+        }
+        assert!(
+            !call.is_finished(),
+            "the call is still open: pings were answered"
+        );
     }
 }

@@ -40,6 +40,9 @@ const UNSENT_TRIES: usize = 3;
 /// Endpoints a call already failed to reach.
 type Tried = SmallVec<[Arc<Endpoint>; 2]>;
 
+/// How many times opening a server stream the server refused unprocessed is retried.
+const MAX_STREAM_RESENDS: u32 = 3;
+
 /// One gRPC upstream: its endpoints and the policies of its calls.
 #[derive(Debug)]
 pub struct GrpcUpstream {
@@ -408,21 +411,37 @@ impl GrpcUpstream {
         let permit = self.admit()?;
         // The message without its gRPC prefix: tonic frames it again.
         let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
-        // No `grpc-timeout`: a stream outlives the route deadline (which the caller
-        // enforces on opening it and its first message), and servers that bind handlers
-        // to the deadline (grpc-go, grpc-java) would cut it.
-        let request = Request::from_parts(call.metadata, tonic::Extensions::default(), message);
         let started = Instant::now();
-        let lease = match self.connected().await {
-            Ok(lease) => lease,
-            Err(status) => {
-                let result = Err(status);
-                self.record(&result, started, permit, call.client_deadline);
-                return result;
+        let mut resends = 0;
+        let (result, lease) = loop {
+            let lease = match self.connected().await {
+                Ok(lease) => lease,
+                Err(status) => {
+                    let result = Err(status);
+                    self.record(&result, started, permit, call.client_deadline);
+                    return result;
+                }
+            };
+            // No `grpc-timeout`: a stream outlives the route deadline (which the caller
+            // enforces on opening it and its first message), and servers that bind
+            // handlers to the deadline (grpc-go, grpc-java) would cut it.
+            let request = Request::from_parts(
+                call.metadata.clone(),
+                tonic::Extensions::default(),
+                message.clone(),
+            );
+            let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
+            let result = grpc
+                .server_streaming(request, call.path.clone(), codec.clone())
+                .await;
+            // A stream the server refused unprocessed (GOAWAY) opens on a new connection.
+            match result {
+                Err(status) if status::is_unprocessed(&status) && resends < MAX_STREAM_RESENDS => {
+                    resends += 1;
+                }
+                result => break (result, lease),
             }
         };
-        let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
-        let result = grpc.server_streaming(request, call.path, codec).await;
         let code = self.record(&result, started, permit, call.client_deadline);
         self.balancer.report(lease.endpoint(), Outcome::of(code));
         result

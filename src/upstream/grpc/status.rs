@@ -37,6 +37,25 @@ pub fn is_local(status: &tonic::Status) -> bool {
     status.metadata().get(LOCAL_MARK).is_some() || std::error::Error::source(status).is_some()
 }
 
+/// Metadata that marks a request the server refused without processing it (above a
+/// GOAWAY's last stream id, or REFUSED_STREAM): safe to send again, whatever the method.
+const UNPROCESSED_MARK: &str = "x-switchboard-unprocessed";
+
+/// UNAVAILABLE for a request the server never processed ([`is_unprocessed`]).
+pub fn unprocessed_status(cause: impl Into<String>) -> tonic::Status {
+    let mut status = local_status(tonic::Code::Unavailable, cause);
+    status.metadata_mut().insert(
+        UNPROCESSED_MARK,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+/// Whether `status` says the server never processed the request, so it can be resent.
+pub fn is_unprocessed(status: &tonic::Status) -> bool {
+    status.metadata().get(UNPROCESSED_MARK).is_some()
+}
+
 /// What a client reads for a failure whose cause stays in the log.
 fn generic_message(code: tonic::Code) -> &'static str {
     match code {

@@ -181,7 +181,10 @@ async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<Heade
     let mut joined: Option<BytesMut> = None;
     let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Status::from_error(Box::new(e)))?;
+        let frame = frame.map_err(|e| {
+            let cause = format!("reading the response failed: {e}");
+            super::connection::transport_status(e, cause)
+        })?;
         match frame.into_data() {
             Ok(chunk) if data.is_empty() && joined.is_none() => data = chunk,
             Ok(chunk) => {
