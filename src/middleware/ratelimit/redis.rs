@@ -19,32 +19,48 @@ use tokio::sync::{mpsc, oneshot};
 /// `KEYS[i]` a key; `ARGV[4i-3..4i]` its policy: kind (`t`oken bucket, `l`eaky bucket,
 /// fixed `w`indow), rate, per (µs), burst. Decides the keys in order (one key may come
 /// several times) and returns {allowed, remaining, reset µs} for each, flattened.
+///
+/// Each key is read once and written once per call: a key's state lives in a Lua table
+/// between its decisions, holding exactly what a write and a read would have given back
+/// (`tonumber(tostring(x))`: Redis' Lua keeps 14 significant digits), so a batch decides
+/// as the same decisions made one call each would, for a fraction of the Redis work.
 const BATCH: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function stored(x) return tonumber(tostring(x)) end
+
+local buckets, gcras, windows = {}, {}, {}
 
 local function token_bucket(key, rate, per, burst)
   local interval = per / rate
-  local s = redis.call('HMGET', key, 'tokens', 'last')
-  local tokens = tonumber(s[1]) or burst
-  local last = tonumber(s[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - last) / interval)
+  local b = buckets[key]
+  if not b then
+    local s = redis.call('HMGET', key, 'tokens', 'last')
+    b = {tokens = tonumber(s[1]) or burst, last = tonumber(s[2]) or now}
+    buckets[key] = b
+  end
+  local tokens = math.min(burst, b.tokens + math.max(0, now - b.last) / interval)
   local allowed = 0
   if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
   local reset = 0
   if tokens < 1 then reset = math.ceil((1 - tokens) * interval) end
-  redis.call('HSET', key, 'tokens', tostring(tokens), 'last', tostring(now))
-  redis.call('PEXPIRE', key, math.ceil((burst - tokens) * interval / 1000) + 1000)
+  b.tokens, b.last = stored(tokens), stored(now)
+  b.ttl = math.ceil((burst - tokens) * interval / 1000) + 1000
   return allowed, math.floor(tokens), reset
 end
 
 local function leaky_bucket(key, rate, per, burst)
   local interval = math.ceil(per / rate)
   local capacity = burst * interval
-  local tat = math.max(tonumber(redis.call('GET', key)) or now, now)
+  local g = gcras[key]
+  if not g then
+    g = {tat = tonumber(redis.call('GET', key))}
+    gcras[key] = g
+  end
+  local tat = math.max(g.tat or now, now)
   local next = tat + interval
   if next - now <= capacity then
-    redis.call('SET', key, tostring(next), 'PX', math.ceil((next - now) / 1000) + 1000)
+    g.tat, g.ttl = stored(next), math.ceil((next - now) / 1000) + 1000
     return 1, math.max(0, math.floor((capacity - (next - now)) / interval)), math.max(0, next + interval - capacity - now)
   end
   return 0, 0, next - now - capacity
@@ -53,11 +69,14 @@ end
 local function fixed_window(key, rate, per)
   local start = now - (now % per)
   local window = key .. ':' .. tostring(start)
-  local count = tonumber(redis.call('GET', window)) or 0
-  if count >= rate then return 0, 0, start + per - now end
-  count = redis.call('INCR', window)
-  if count == 1 then redis.call('PEXPIRE', window, math.ceil(per / 1000) + 1000) end
-  local remaining = math.max(0, rate - count)
+  local w = windows[window]
+  if not w then
+    w = {count = tonumber(redis.call('GET', window)) or 0, added = 0, per = per}
+    windows[window] = w
+  end
+  if w.count >= rate then return 0, 0, start + per - now end
+  w.count, w.added = w.count + 1, w.added + 1
+  local remaining = math.max(0, rate - w.count)
   local reset = 0
   if remaining == 0 then reset = start + per - now end
   return 1, remaining, reset
@@ -80,6 +99,20 @@ for i, key in ipairs(KEYS) do
   out[o + 1] = allowed
   out[o + 2] = remaining
   out[o + 3] = reset
+end
+
+for key, b in pairs(buckets) do
+  redis.call('HSET', key, 'tokens', tostring(b.tokens), 'last', tostring(b.last))
+  redis.call('PEXPIRE', key, b.ttl)
+end
+for key, g in pairs(gcras) do
+  if g.ttl then redis.call('SET', key, tostring(g.tat), 'PX', g.ttl) end
+end
+for window, w in pairs(windows) do
+  if w.added > 0 then
+    local count = redis.call('INCRBY', window, w.added)
+    if count == w.added then redis.call('PEXPIRE', window, math.ceil(w.per / 1000) + 1000) end
+  end
 end
 return out
 ";
