@@ -77,7 +77,7 @@ fn item(i: usize, parts: usize) -> Value {
         "tags": ["hardware", "steel"],
         "status": "SHIPPED",
         "weightKg": 0.25 + (i % 10) as f64,
-        "gift": i % 3 == 0,
+        "gift": i.is_multiple_of(3),
         "parts": (0..parts).map(|p| item(i * 10 + p, 0)).collect::<Vec<_>>(),
         "warehouseIds": [format!("{}", 1000 + i), "7"],
     })

@@ -14,12 +14,8 @@ use ring::{hmac, signature};
 
 /// One verification key.
 pub enum VerifyingKey {
-    /// The HS* secret, keyed for each digest once.
-    Hmac {
-        sha256: hmac::Key,
-        sha384: hmac::Key,
-        sha512: hmac::Key,
-    },
+    /// The HS* secret, keyed for each digest once (boxed: large next to the others).
+    Hmac(Box<HmacKeys>),
     /// Big-endian modulus and exponent, without leading zero bytes.
     Rsa {
         n: Box<[u8]>,
@@ -31,13 +27,19 @@ pub enum VerifyingKey {
     Ed25519(Box<[u8]>),
 }
 
+pub struct HmacKeys {
+    sha256: hmac::Key,
+    sha384: hmac::Key,
+    sha512: hmac::Key,
+}
+
 impl VerifyingKey {
     pub fn secret(secret: &[u8]) -> Self {
-        Self::Hmac {
+        Self::Hmac(Box::new(HmacKeys {
             sha256: hmac::Key::new(hmac::HMAC_SHA256, secret),
             sha384: hmac::Key::new(hmac::HMAC_SHA384, secret),
             sha512: hmac::Key::new(hmac::HMAC_SHA512, secret),
-        }
+        }))
     }
 
     /// The public key of a JWK, or `None` for a key this gateway does not verify with:
@@ -76,7 +78,7 @@ impl VerifyingKey {
     /// The algorithm a JWK without `alg` is taken to be for.
     pub fn default_algorithm(&self) -> Algorithm {
         match self {
-            Self::Hmac { .. } => Algorithm::HS256,
+            Self::Hmac(_) => Algorithm::HS256,
             Self::Rsa { .. } => Algorithm::RS256,
             Self::P256(_) => Algorithm::ES256,
             Self::P384(_) => Algorithm::ES384,
@@ -89,7 +91,7 @@ impl VerifyingKey {
         use Algorithm::*;
         matches!(
             (self, alg),
-            (Self::Hmac { .. }, HS256 | HS384 | HS512)
+            (Self::Hmac(_), HS256 | HS384 | HS512)
                 | (
                     Self::Rsa { .. },
                     RS256 | RS384 | RS512 | PS256 | PS384 | PS512
@@ -120,14 +122,14 @@ impl VerifyingKey {
                 .is_ok()
         };
         match (self, alg) {
-            (Self::Hmac { sha256, .. }, Algorithm::HS256) => {
-                hmac::verify(sha256, message, sig).is_ok()
+            (Self::Hmac(keys), Algorithm::HS256) => {
+                hmac::verify(&keys.sha256, message, sig).is_ok()
             }
-            (Self::Hmac { sha384, .. }, Algorithm::HS384) => {
-                hmac::verify(sha384, message, sig).is_ok()
+            (Self::Hmac(keys), Algorithm::HS384) => {
+                hmac::verify(&keys.sha384, message, sig).is_ok()
             }
-            (Self::Hmac { sha512, .. }, Algorithm::HS512) => {
-                hmac::verify(sha512, message, sig).is_ok()
+            (Self::Hmac(keys), Algorithm::HS512) => {
+                hmac::verify(&keys.sha512, message, sig).is_ok()
             }
             (Self::Rsa { n, e }, Algorithm::RS256) => rsa(n, e, &RSA_PKCS1_2048_8192_SHA256),
             (Self::Rsa { n, e }, Algorithm::RS384) => rsa(n, e, &RSA_PKCS1_2048_8192_SHA384),
