@@ -12,8 +12,9 @@
 
 use super::auth::{KeyMaps, invalid, parse_jwks, pick};
 use crate::error::GatewayError;
+use crate::middleware::jwt_keys::VerifyingKey;
 use crate::middleware::token_cache::TokenCache;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -79,7 +80,7 @@ impl RemoteJwks {
         &self,
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<DecodingKey, GatewayError> {
+    ) -> Result<Arc<VerifyingKey>, GatewayError> {
         let (cached, age) = self.lookup(alg, kid);
         if let Some(key) = cached
             .as_ref()
@@ -132,9 +133,9 @@ impl RemoteJwks {
     /// for an unknown kid of a known set, else 503 (no keys at all yet).
     fn without_fetch(
         &self,
-        cached: Option<DecodingKey>,
+        cached: Option<Arc<VerifyingKey>>,
         kid: Option<&str>,
-    ) -> Result<DecodingKey, GatewayError> {
+    ) -> Result<Arc<VerifyingKey>, GatewayError> {
         if let Some(key) = cached {
             return Ok(key);
         }
@@ -161,7 +162,11 @@ impl RemoteJwks {
     }
 
     /// The cached key (if any) and the age of the cached set.
-    fn lookup(&self, alg: Algorithm, kid: Option<&str>) -> (Option<DecodingKey>, Option<Duration>) {
+    fn lookup(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> (Option<Arc<VerifyingKey>>, Option<Duration>) {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         match state.keys.as_ref() {
             Some((keys, fetched)) => (

@@ -10,6 +10,8 @@ pub mod client_ip;
 pub mod cors;
 pub mod deadline;
 pub mod jwks;
+mod jwt_claims;
+mod jwt_keys;
 pub mod ratelimit;
 pub mod token_cache;
 

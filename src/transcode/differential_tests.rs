@@ -280,22 +280,10 @@ fn random_messages_transcode_as_prost_reflect_does() {
                     "round {round}, {config:?}"
                 );
             }
-            // JSON → protobuf: the same message as prost-reflect parses. Timestamps are
-            // parsed by prost-reflect (the fast path refuses them, the codec falls back).
+            // JSON → protobuf: the same message as prost-reflect parses (timestamps too).
             let mut encoded = Vec::new();
-            let fast = to_proto::encode(plan, expected.as_bytes(), &mut encoded);
-            let has_timestamps = ["at", "ats"]
-                .iter()
-                .any(|name| message.has_field_by_name(name));
-            if has_timestamps {
-                assert!(fast.is_err(), "round {round}: {expected}");
-                encoded.clear();
-                codec
-                    .json_to_proto(&ty, expected.as_bytes(), &mut encoded)
-                    .unwrap();
-            } else {
-                fast.unwrap_or_else(|e| panic!("round {round}: fast path refused {expected}: {e}"));
-            }
+            to_proto::encode(plan, expected.as_bytes(), &mut encoded)
+                .unwrap_or_else(|e| panic!("round {round}: fast path refused {expected}: {e}"));
             let ours = DynamicMessage::decode(ty.descriptor().clone(), encoded.as_slice()).unwrap();
             let reference = codec.decode(ty.descriptor(), expected.as_bytes()).unwrap();
             assert_eq!(
@@ -394,6 +382,80 @@ fn json_inputs_agree_with_prost_reflect() {
         r#"{"color": "BLUE", "i32": 4}"#,
     ] {
         agree(&lenient, &ty, json).unwrap();
+    }
+}
+
+/// Timestamps in requests: the fast path takes what prost-reflect accepts (same seconds
+/// and nanos) and leaves everything else to it (same error).
+#[test]
+fn json_timestamps_agree_with_prost_reflect() {
+    let schema = schema();
+    let ty = all_type(&schema);
+    let codec = JsonCodec::new(&JsonConfig::default());
+    let plan = ty.plan.as_deref().unwrap();
+    let accepted = [
+        "2026-12-02T10:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999999Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999999Z",
+        "2026-12-02T10:00:00.5Z",
+        "2026-12-02T10:00:00.123456Z",
+        "2026-12-02T10:00:00+05:30",
+        "2026-12-02T10:00:00.25-08:00",
+        "2024-02-29T12:00:00Z",
+    ];
+    for text in accepted {
+        for json in [
+            format!(r#"{{"at": "{text}"}}"#),
+            format!(r#"{{"ats": ["{text}", "{text}"], "i32": 1}}"#),
+        ] {
+            let mut fast = Vec::new();
+            to_proto::encode(plan, json.as_bytes(), &mut fast)
+                .unwrap_or_else(|e| panic!("fast path refused {json}: {e}"));
+            let reference = agree(&codec, &ty, &json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let fast = DynamicMessage::decode(ty.descriptor().clone(), fast.as_slice()).unwrap();
+            assert_eq!(fast.encode_to_vec(), reference.encode_to_vec(), "{json}");
+        }
+    }
+    let refused = [
+        "2026-12-02t10:00:00Z",
+        "2026-12-02 10:00:00Z",
+        "2026-12-02T10:00Z",
+        "2026-12-02T10:00:00",
+        "2026-12-02T10:00:00.Z",
+        "2026-12-02T10:00:00z",
+        "2026-12-02T10:00:00+0530",
+        "2026-12-02T10:00:00Z ",
+        " 2026-12-02T10:00:00Z",
+        "2026-13-02T10:00:00Z",
+        "2026-02-30T10:00:00Z",
+        "2023-02-29T10:00:00Z",
+        "2026-12-02T24:00:00Z",
+        "2026-12-02T10:00:60Z",
+        "2026-12-02T10:00:00.1234567891Z",
+        "0000-12-31T23:59:59Z",
+        "9999-12-31T23:59:59-01:00",
+        "+2026-12-02T10:00:00Z",
+        "",
+    ];
+    for text in refused {
+        let json = format!(r#"{{"at": "{text}"}}"#);
+        let mut fast = Vec::new();
+        let taken = to_proto::encode(plan, json.as_bytes(), &mut fast).is_ok();
+        let result = agree(&codec, &ty, &json);
+        assert!(
+            !taken || result.is_ok(),
+            "{json}: the fast path took what prost-reflect refuses"
+        );
+    }
+    for json in [
+        r#"{"at": 12}"#,
+        r#"{"at": {}}"#,
+        r#"{"at": null}"#,
+        r#"{"ats": [null]}"#,
+    ] {
+        let _ = agree(&codec, &ty, json);
     }
 }
 

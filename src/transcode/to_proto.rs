@@ -5,8 +5,7 @@
 //! It accepts what prost-reflect accepts (the same number, string and base64 rules; the
 //! visitors below mirror `prost_reflect::dynamic::serde::de::kind`), but gives up on
 //! anything unusual — an unknown key, a repeated key, two members of one oneof, an unknown
-//! enum name, a timestamp (its strict RFC 3339 check is prost-reflect's), any parse
-//! error — with an error the caller answers by running prost-reflect
+//! enum name, a timestamp prost-reflect would refuse, any parse error — with an error the caller answers by running prost-reflect
 //! on the same input. So the result and the error messages are always prost-reflect's;
 //! this path only has to be right on the input it takes.
 
@@ -257,7 +256,20 @@ impl<'de> DeserializeSeed<'de> for Value<'_> {
                 end_length(out, start);
             }
             Scalar::Timestamp => {
-                return Err(D::Error::custom("a timestamp: prost-reflect parses it"));
+                let text = deserializer.deserialize_str(StrVisitor)?;
+                let (seconds, nanos) = timestamp(&text)
+                    .ok_or_else(|| D::Error::custom("a timestamp prost-reflect refuses"))?;
+                key(out, field.number, 2);
+                let start = begin_length(out);
+                if seconds != 0 {
+                    key(out, 1, 0);
+                    encode_varint(seconds as u64, out);
+                }
+                if nanos != 0 {
+                    key(out, 2, 0);
+                    encode_varint(i64::from(nanos) as u64, out);
+                }
+                end_length(out, start);
             }
             Scalar::String => {
                 let text = deserializer.deserialize_string(StrVisitor)?;
@@ -401,6 +413,65 @@ fn end_length(out: &mut Vec<u8>, start: usize) {
     encode_varint(len as u64, &mut varint);
     out[start - 1] = varint[0];
     out.splice(start..start, varint[1..].iter().copied());
+}
+
+/// The seconds and nanos of an RFC 3339 timestamp, when prost-reflect accepts it: its
+/// strict syntax check (`validate_strict_rfc3339`), prost-types' parser, its range.
+fn timestamp(text: &str) -> Option<(i64, i32)> {
+    /// Unix seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    if !strict_rfc3339(text.as_bytes()) {
+        return None;
+    }
+    let parsed: prost_types::Timestamp = text.parse().ok()?;
+    RANGE
+        .contains(&parsed.seconds)
+        .then_some((parsed.seconds, parsed.nanos))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, nothing around it.
+fn strict_rfc3339(b: &[u8]) -> bool {
+    let mut at = 0;
+    let digits = |at: &mut usize, n: usize| {
+        let ok = b.len() >= *at + n && b[*at..*at + n].iter().all(u8::is_ascii_digit);
+        *at += n;
+        ok
+    };
+    let char = |at: &mut usize, c: u8| {
+        let ok = b.get(*at) == Some(&c);
+        *at += 1;
+        ok
+    };
+    let date_time = digits(&mut at, 4)
+        && char(&mut at, b'-')
+        && digits(&mut at, 2)
+        && char(&mut at, b'-')
+        && digits(&mut at, 2)
+        && char(&mut at, b'T')
+        && digits(&mut at, 2)
+        && char(&mut at, b':')
+        && digits(&mut at, 2)
+        && char(&mut at, b':')
+        && digits(&mut at, 2);
+    if !date_time {
+        return false;
+    }
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let fraction = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if fraction == 0 {
+            return false;
+        }
+        at += fraction;
+    }
+    match b.get(at) {
+        Some(b'Z') => at + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            at += 1;
+            digits(&mut at, 2) && char(&mut at, b':') && digits(&mut at, 2) && at == b.len()
+        }
+        _ => false,
+    }
 }
 
 // --- the visitors of prost-reflect's JSON mapping --------------------------------------
