@@ -21,16 +21,23 @@ impl TraceContext {
             .get("x-trace-id")
             .filter(|v| is_valid_trace_id(v.as_bytes()))
             .cloned();
-        let w3c_trace = parent
-            .map(|(trace, _)| trace.to_string())
-            .unwrap_or_else(random_trace_id);
-        let flags = parent.map(|(_, flags)| flags).unwrap_or("01");
-        let traceparent = format!("00-{w3c_trace}-{}-{flags}", random_hex::<8>());
-        let trace_id = explicit
-            .unwrap_or_else(|| HeaderValue::from_str(&w3c_trace).expect("hex is a valid header"));
+        // `00-<trace>-<parent>-<flags>`, written in place: no intermediate strings on the
+        // hot path.
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        match parent {
+            Some((trace, flags)) => {
+                traceparent[3..35].copy_from_slice(trace.as_bytes());
+                traceparent[53..55].copy_from_slice(flags.as_bytes());
+            }
+            None => random_hex(&mut traceparent[3..35]),
+        }
+        random_hex(&mut traceparent[36..52]);
+        let trace_id = explicit.unwrap_or_else(|| {
+            HeaderValue::from_bytes(&traceparent[3..35]).expect("hex is a valid header")
+        });
         Self {
             trace_id,
-            traceparent: HeaderValue::from_str(&traceparent).expect("hex is a valid header"),
+            traceparent: HeaderValue::from_bytes(&traceparent).expect("hex is a valid header"),
         }
     }
 
@@ -66,23 +73,19 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     valid.then_some((trace, flags))
 }
 
-fn random_trace_id() -> String {
-    random_hex::<16>()
-}
-
-fn random_hex<const N: usize>() -> String {
+/// Fills `out` (an even length, at most 32) with random lowercase hex, never all zeros.
+fn random_hex(out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(N * 2);
-    let mut bytes = [0u8; N];
-    fastrand::fill(&mut bytes);
+    let mut bytes = [0u8; 16];
+    let bytes = &mut bytes[..out.len() / 2];
+    fastrand::fill(bytes);
     if bytes.iter().all(|b| *b == 0) {
-        bytes[N - 1] = 1;
+        bytes[bytes.len() - 1] = 1;
     }
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes.iter()) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 15) as usize];
     }
-    out
 }
 
 #[cfg(test)]
@@ -120,6 +123,16 @@ mod tests {
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(tp.ends_with("-01"));
         assert!(!tp.contains("00f067aa0ba902b7"), "a new parent id: {tp}");
+    }
+
+    #[test]
+    fn a_new_trace_is_forwarded_as_a_sampled_traceparent() {
+        let c = ctx(&[]);
+        let tp = c.traceparent.to_str().unwrap();
+        assert_eq!(tp.len(), 55);
+        assert!(tp.starts_with(&format!("00-{}-", c.id())), "{tp}");
+        assert!(tp.ends_with("-01"));
+        assert!(parse_traceparent(tp).is_some(), "{tp}");
     }
 
     #[test]

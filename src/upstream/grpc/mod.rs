@@ -2,6 +2,7 @@
 //! its endpoints, called with dynamic messages.
 
 mod codec;
+mod coalesce;
 pub mod connection;
 pub mod health;
 pub mod status;
