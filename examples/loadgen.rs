@@ -137,9 +137,9 @@ fn parse_args() -> Result<Args, String> {
             url: parse_url(url)?,
             body: match body.strip_prefix('@') {
                 // Bodies too large for a command line (bench/scaling's 1 MiB).
-                Some(path) => Bytes::from(
-                    std::fs::read(path).map_err(|e| format!("body file {path}: {e}"))?,
-                ),
+                Some(path) => {
+                    Bytes::from(std::fs::read(path).map_err(|e| format!("body file {path}: {e}"))?)
+                }
                 None => Bytes::from(body.to_owned()),
             },
         },

@@ -446,12 +446,20 @@ mod tests {
             )
             .await
             .unwrap();
-            assert_eq!(fast.unwrap(), unary::frame(&slow).unwrap(), "{}", route.name);
+            assert_eq!(
+                fast.unwrap(),
+                unary::frame(&slow).unwrap(),
+                "{}",
+                route.name
+            );
             // A query string sets fields too: not for the fast path.
             let (with_query, ()) = Request::get("/any?x=1").body(()).unwrap().into_parts();
             assert!(path_only_frame(grpc, &with_query, &captures).is_none());
             checked += 1;
         }
-        assert!(checked >= 3, "only {checked} demo routes took the fast path");
+        assert!(
+            checked >= 3,
+            "only {checked} demo routes took the fast path"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! gRPC backends: one pool of HTTP/2 connections per upstream, balanced round-robin over
 //! its endpoints, called with dynamic messages.
 
-mod codec;
 mod coalesce;
+mod codec;
 pub mod connection;
 pub mod health;
 pub mod status;
