@@ -6,7 +6,8 @@
 //!
 //! modes:
 //!   http-get URL                 GET over HTTP/1.1 keep-alive (https:// URLs: over TLS)
-//!   http-post URL BODY           POST BODY (application/json) over HTTP/1.1 keep-alive
+//!   http-post URL BODY           POST BODY (application/json) over HTTP/1.1 keep-alive;
+//!                                `@PATH` sends the contents of the file PATH
 //!   h2-get URL                   GET over HTTP/2: TLS with ALPN h2 for https://, prior
 //!                                knowledge (h2c) for http://
 //!   grpc-get-product ADDR ID     shop.catalog.v1.CatalogService/GetProduct over HTTP/2
@@ -70,7 +71,7 @@ use shop::pb::shop::orders::v1::order_service_client::OrderServiceClient;
 use shop::pb::shop::orders::v1::{OrderItem, PlaceOrderRequest};
 
 const USAGE: &str = "usage: loadgen <mode> [options]
-  modes:   http-get URL | http-post URL BODY | h2-get URL | grpc-get-product ADDR ID |
+  modes:   http-get URL | http-post URL BODY|@FILE | h2-get URL | grpc-get-product ADDR ID |
            grpc-place-order ADDR
   options: --concurrency N (1)  --connections N  --duration SECS (10)  --warmup SECS (1)
            --header 'Name: value' (HTTP modes, repeatable)  --ca FILE (https)  --fresh";
@@ -156,7 +157,13 @@ fn parse_args() -> Result<Args, String> {
         },
         ["http-post", url, body] => Mode::HttpPost {
             url: parse_url(url)?,
-            body: Bytes::from(body.to_owned()),
+            body: match body.strip_prefix('@') {
+                // Bodies too large for a command line (bench/scaling's 1 MiB).
+                Some(path) => {
+                    Bytes::from(std::fs::read(path).map_err(|e| format!("body file {path}: {e}"))?)
+                }
+                None => Bytes::from(body.to_owned()),
+            },
         },
         ["h2-get", url] => Mode::H2Get {
             url: parse_url(url)?,

@@ -51,7 +51,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.common.log_format);
+    // Dropped when `main` returns: the log lines still queued are written then.
+    let _log = telemetry::init_logging(cli.common.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,7 +16,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, header};
-use prost_reflect::{DynamicMessage, Value};
+use prost_reflect::{DynamicMessage, Kind, Value};
 use std::sync::Arc;
 use tonic::Streaming;
 use tonic::metadata::MetadataMap;
@@ -170,10 +170,54 @@ async fn build_request(
         framed.extend_from_slice(&unary::FRAME_PREFIX);
         table.json.json_to_proto(&route.input, &json, &mut framed)?;
         unary::finish_frame(framed)
+    } else if let Some(framed) = path_only_frame(route, parts, &captures) {
+        framed
     } else {
         unary::frame(&build_message(table, route, parts, body, captures, deadline).await?)
     };
     framed.map_err(|status| GatewayError::internal(status.message().to_owned()))
+}
+
+/// The framed request of a route whose message is only path variables bound to top-level
+/// string fields (`GET /v1/products/{id}`), written as wire records: the bytes
+/// `build_message` + `unary::frame` produce (fields in number order; a string variable is
+/// never empty), without building a `DynamicMessage`. `None` for any other route.
+fn path_only_frame(
+    route: &GrpcRoute,
+    parts: &http::request::Parts,
+    captures: &[String],
+) -> Option<Result<Bytes, tonic::Status>> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    if !matches!(route.body, BodyRule::None)
+        || !parts.uri.query().is_none_or(str::is_empty)
+        || route.path_fields.len() != captures.len()
+    {
+        return None;
+    }
+    let mut last_number = 0;
+    let mut len = unary::FRAME_PREFIX.len();
+    for (path, value) in route.path_fields.iter().zip(captures) {
+        let [field] = &path.fields[..] else {
+            return None;
+        };
+        if field.is_list() || !matches!(field.kind(), Kind::String) || value.is_empty() {
+            return None;
+        }
+        // Number order, as a `DynamicMessage` encodes them.
+        if field.number() <= last_number {
+            return None;
+        }
+        last_number = field.number();
+        len += key_len(field.number()) + encoded_len_varint(value.len() as u64) + value.len();
+    }
+    let mut framed = Vec::with_capacity(len);
+    framed.extend_from_slice(&unary::FRAME_PREFIX);
+    for (path, value) in route.path_fields.iter().zip(captures) {
+        encode_key(path.last().number(), WireType::LengthDelimited, &mut framed);
+        encode_varint(value.len() as u64, &mut framed);
+        framed.extend_from_slice(value.as_bytes());
+    }
+    Some(unary::finish_frame(framed))
 }
 
 /// Path variables, query parameters and body → the request message.
@@ -382,4 +426,58 @@ fn stream_body(
         };
         futures_util::future::ready(Some(Ok(frame)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Target;
+    use std::time::Duration;
+
+    /// The wire-record fast path sends exactly what the `DynamicMessage` path sends, on
+    /// every route of the demo configuration that takes it.
+    #[tokio::test]
+    async fn path_only_frames_are_the_bytes_a_dynamic_message_encodes() {
+        let gateway = crate::gateway::Gateway::load(std::path::Path::new("switchboard.yaml"))
+            .await
+            .unwrap();
+        let table = gateway.table();
+        let mut checked = 0;
+        for route in &table.routes {
+            let Target::Grpc(grpc) = &route.target else {
+                continue;
+            };
+            let (parts, ()) = Request::get("/any").body(()).unwrap().into_parts();
+            let captures: Vec<String> = (0..grpc.path_fields.len())
+                .map(|i| format!("välue {i}/ü"))
+                .collect();
+            let Some(fast) = path_only_frame(grpc, &parts, &captures) else {
+                continue;
+            };
+            let slow = build_message(
+                &table,
+                grpc,
+                &parts,
+                Body::empty(),
+                captures.clone(),
+                Deadline::after(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                fast.unwrap(),
+                unary::frame(&slow).unwrap(),
+                "{}",
+                route.name
+            );
+            // A query string sets fields too: not for the fast path.
+            let (with_query, ()) = Request::get("/any?x=1").body(()).unwrap().into_parts();
+            assert!(path_only_frame(grpc, &with_query, &captures).is_none());
+            checked += 1;
+        }
+        assert!(
+            checked >= 3,
+            "only {checked} demo routes took the fast path"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod otlp;
 pub mod spans;
+pub mod log_writer;
 pub mod trace;
 
 use http::StatusCode;
@@ -18,13 +19,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filtering (default `info`), to stderr.
-pub fn init_logging(format: LogFormat) {
+/// Installs the tracing subscriber: `RUST_LOG` filtering (default `info`), to stderr
+/// through the buffered writer of [`log_writer`]. Keep the guard until the process ends:
+/// dropping it writes the lines still queued.
+pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = match log_writer::stderr() {
+        Some((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
+        None => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
@@ -35,7 +43,7 @@ pub fn init_logging(format: LogFormat) {
             .try_init(),
     };
     // A second init (tests start several gateways in one process) keeps the first.
-    drop(result);
+    result.ok().and(guard)
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

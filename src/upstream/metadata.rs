@@ -100,7 +100,9 @@ pub fn grpc_metadata(
     identity: Option<&Identity>,
     client: ClientMetadata,
 ) -> Result<HeaderMap, GatewayError> {
-    let mut metadata = HeaderMap::new();
+    // Room for the gateway's names and the protocol headers `unary::call` adds, so the
+    // map is allocated once.
+    let mut metadata = HeaderMap::with_capacity(8);
     if client.grpc_metadata {
         metadata_from_headers(headers, &mut metadata)?;
     }

@@ -1,0 +1,233 @@
+//! A buffered, non-blocking log writer: request threads append formatted lines to a shared
+//! buffer and one writer thread writes them to stderr in batches. Writing each access-log
+//! line straight to stderr cost one `write` syscall (and a lock on stderr) per request on
+//! the runtime's worker thread; now a request pays a memcpy under a short lock, and the
+//! writer thread pays one syscall per batch.
+//!
+//! - Lines are never dropped: a request thread waits when `MAX_PENDING` bytes are already
+//!   queued (stderr cannot keep up), which bounds memory as the direct writes did.
+//! - The writer is woken once per batch (when the buffer goes from empty to not empty),
+//!   then lets `BATCH_WINDOW` pass so the lines of concurrent requests leave in one write.
+//! - [`LogGuard`] (held by `main`) writes what is left when the process ends normally.
+
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long the writer lets lines gather after the first one of a batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Queued bytes beyond which request threads wait for the writer.
+const MAX_PENDING: usize = 1 << 20;
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signals the writer: the first line of a batch, or close.
+    work: Condvar,
+    /// Signals request threads waiting for room.
+    room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        let mut queue = self.lock();
+        while queue.pending.len() >= MAX_PENDING && !queue.closed {
+            queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        if queue.closed {
+            // After close (process exit) there is no writer thread: write directly.
+            drop(queue);
+            let _ = std::io::stderr().write_all(bytes);
+            return;
+        }
+        let was_empty = queue.pending.is_empty();
+        queue.pending.extend_from_slice(bytes);
+        drop(queue);
+        if was_empty {
+            self.work.notify_one();
+        }
+    }
+
+    /// The writer thread: waits for a batch, lets it gather, writes it in one go.
+    fn run(&self, mut out: impl Write) {
+        let mut batch = Vec::new();
+        loop {
+            let mut queue = self.lock();
+            while queue.pending.is_empty() && !queue.closed {
+                queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            let closing = queue.closed;
+            if !closing {
+                drop(queue);
+                std::thread::sleep(BATCH_WINDOW);
+                queue = self.lock();
+            }
+            std::mem::swap(&mut batch, &mut queue.pending);
+            drop(queue);
+            self.room.notify_all();
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+            if closing {
+                return;
+            }
+        }
+    }
+}
+
+/// The `MakeWriter` for the fmt subscriber.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// One event's writer: the fmt layer formats an event into its own buffer and writes it
+/// in one `write_all`, so each call appends whole lines.
+pub struct EventWriter<'a> {
+    shared: &'a Shared,
+}
+
+impl Write for EventWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.shared.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = EventWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EventWriter {
+            shared: &self.shared,
+        }
+    }
+}
+
+/// Writes the remaining lines and stops the writer thread when dropped.
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_one();
+        self.shared.room.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The process's stderr writer and the guard that flushes it; `None` if the writer thread
+/// could not be started (the caller then writes to stderr directly).
+pub fn stderr() -> Option<(LogWriter, LogGuard)> {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    // One writer per process: a second call (tests start several gateways) gets none.
+    STARTED.set(()).ok()?;
+    spawn(std::io::stderr()).ok()
+}
+
+fn spawn(out: impl Write + Send + 'static) -> std::io::Result<(LogWriter, LogGuard)> {
+    let shared = Arc::new(Shared::default());
+    let thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || shared.run(out))?
+    };
+    Ok((
+        LogWriter {
+            shared: shared.clone(),
+        },
+        LogGuard {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Write` into a shared buffer, counting the writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut sink = self.0.lock().unwrap();
+            sink.0.extend_from_slice(buf);
+            sink.1 += 1;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_leave_whole_in_order_and_in_batches() {
+        let sink = Sink::default();
+        let (writer, guard) = spawn(sink.clone()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let line = format!("thread {t} line {i}\n");
+                        writer.make_writer().write_all(line.as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(guard);
+        let (bytes, writes) = sink.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4000);
+        for t in 0..4 {
+            let mine: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .collect();
+            let expected: Vec<String> = (0..1000).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(mine, expected);
+        }
+        assert!(writes < 4000, "{writes} writes for 4000 lines: not batched");
+    }
+
+    #[test]
+    fn the_guard_writes_what_is_queued() {
+        let sink = Sink::default();
+        let (writer, guard) = spawn(sink.clone()).unwrap();
+        writer.make_writer().write_all(b"last words\n").unwrap();
+        drop(guard);
+        assert_eq!(sink.0.lock().unwrap().0, b"last words\n");
+        // After close, lines go straight out (to stderr) instead of being lost.
+        writer.make_writer().write_all(b"").unwrap();
+    }
+}
