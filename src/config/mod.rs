@@ -106,6 +106,8 @@ pub struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     pub endpoint: String,
+}
+
 /// `tls:` — the listener's certificate chain and private key (PEM files).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -301,7 +301,7 @@ mod tests {
     use std::time::Duration;
 
     fn endpoint(name: &str) -> Arc<Endpoint> {
-        let connection = Connection::new(&format!("http://{name}")).unwrap();
+        let connection = Connection::new(&format!("http://{name}"), None).unwrap();
         Arc::new(Endpoint::new(name.to_string(), vec![connection]))
     }
 

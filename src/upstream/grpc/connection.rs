@@ -534,7 +534,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_pings_while_idle() {
         let (endpoint, mut pings) = peer(true).await;
-        let connection = Connection::new(&endpoint).unwrap();
+        let connection = Connection::new(&endpoint, None).unwrap();
         connection.send(request(&connection)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
         assert_eq!(drain(&mut pings), vec![], "pings on an idle connection");
@@ -549,7 +549,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_during_a_call_are_five_minutes_apart() {
         let (endpoint, mut pings) = peer(false).await;
-        let connection = Connection::new(&endpoint).unwrap();
+        let connection = Connection::new(&endpoint, None).unwrap();
         let call = tokio::spawn({
             let connection = connection.clone();
             async move { connection.send(request(&connection)).await.map(|_| ()) }

@@ -405,7 +405,7 @@ impl GrpcUpstream {
         codec: C,
     ) -> Result<Response<Streaming<C::Decode>>, Status>
     where
-        C: tonic::codec::Codec<Encode = Bytes> + Send + 'static,
+        C: tonic::codec::Codec<Encode = Bytes> + Clone + Send + 'static,
         C::Decode: Send + Sync + 'static,
     {
         let permit = self.admit()?;
