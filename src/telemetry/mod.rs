@@ -1,9 +1,9 @@
 //! Logs, trace ids and metrics. Metric handles are created once per route at load time,
 //! so recording on the hot path is an atomic add, not a registry look-up.
 
+pub mod log_writer;
 pub mod otlp;
 pub mod spans;
-pub mod log_writer;
 pub mod trace;
 
 use http::StatusCode;
