@@ -5,6 +5,9 @@
 //! table is compiled by `routing::compile` from `config` + `schema`, and swapped whole
 //! on reload by `gateway::Gateway`.
 
+// Time through tokio (pausable in tests) and no blocking sleeps: see clippy.toml.
+#![warn(clippy::disallowed_methods)]
+
 pub mod admin;
 pub mod cache;
 pub mod compose;

@@ -99,7 +99,7 @@ impl fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
-/// A YAML file's text after `${ENV}` expansion.
+/// A YAML file's text after `${ENV}` expansion (in values: see `config::env`).
 pub struct SourceText {
     pub path: PathBuf,
     pub text: String,
@@ -109,7 +109,7 @@ impl SourceText {
     pub fn read(path: &Path) -> Result<Self, LoadError> {
         let raw = std::fs::read_to_string(path)
             .map_err(|e| LoadError::new(Location::new(path, 0), format!("cannot read: {e}")))?;
-        let text = expand_env(&raw, |name| std::env::var(name).ok())
+        let text = super::env::expand_yaml(&raw, |name| std::env::var(name).ok())
             .map_err(|(line, message)| LoadError::new(Location::new(path, line), message))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -144,49 +144,6 @@ fn yaml_error_message(error: &serde_saphyr::Error) -> String {
         }
         _ => first.to_string(),
     }
-}
-
-/// Expands `${NAME}` in `text`. An unset variable is an error `(line, message)`; `$${` is
-/// a literal `${`.
-pub fn expand_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, (u64, String)> {
-    let mut out = String::with_capacity(text.len());
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find("${") {
-            if rest[..start].ends_with('$') {
-                out.push_str(&rest[..start - 1]);
-                out.push_str("${");
-                rest = &rest[start + 2..];
-                continue;
-            }
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| (index as u64 + 1, "unterminated `${` in string".to_string()))?;
-            // `${NAME:-default}` falls back to `default` when NAME is unset or empty.
-            let (name, default) = match after[..end].split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (&after[..end], None),
-            };
-            let value = lookup(name)
-                .filter(|v| !v.is_empty() || default.is_none())
-                .or_else(|| default.map(str::to_string))
-                .ok_or_else(|| {
-                    (
-                        index as u64 + 1,
-                        format!("environment variable `{name}` is not set"),
-                    )
-                })?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
 }
 
 /// Reads `switchboard.yaml` and resolves its relative paths against its folder.
@@ -331,21 +288,6 @@ pub(crate) fn collect_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_expansion() {
-        let lookup = |name: &str| (name == "HOST").then(|| "db.local".to_string());
-        assert_eq!(
-            expand_env("url: ${HOST}:5\n", lookup).unwrap(),
-            "url: db.local:5\n"
-        );
-        assert_eq!(expand_env("a: $${HOST}", lookup).unwrap(), "a: ${HOST}");
-        assert_eq!(expand_env("a: ${NOPE:-x:1}", lookup).unwrap(), "a: x:1");
-        assert_eq!(expand_env("a: ${HOST:-x}", lookup).unwrap(), "a: db.local");
-        let err = expand_env("a: 1\nb: ${MISSING}\n", lookup).unwrap_err();
-        assert_eq!(err.0, 2);
-        assert!(err.1.contains("MISSING"));
-    }
 
     #[test]
     fn parse_errors_have_lines() {

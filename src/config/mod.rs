@@ -3,15 +3,15 @@
 //! knows about descriptors; `routing::compile` turns these into a route table.
 
 mod amqp;
+mod env;
 mod load;
 pub mod mapping;
 mod units;
 
 pub use amqp::{AmqpBinding, AmqpDeclare, AmqpExchange, AmqpTarget, AmqpUpstreamConfig};
+pub use env::{expand_env, expand_yaml};
 pub(crate) use load::collect_files;
-pub use load::{
-    LoadError, LoadErrors, Location, SectionLines, SourceText, expand_env, load_gateway_config,
-};
+pub use load::{LoadError, LoadErrors, Location, SectionLines, SourceText, load_gateway_config};
 pub use units::{ByteSize, ConfigDuration};
 
 use serde::Deserialize;

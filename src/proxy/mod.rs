@@ -44,7 +44,7 @@ use axum::extract::ConnectInfo;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// The fallback handler of the client listener: every request comes through here.

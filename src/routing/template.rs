@@ -560,4 +560,163 @@ mod tests {
             PathTemplate::parse("/v1/products/{other}").unwrap().shape()
         );
     }
+
+    /// Generated templates against paths built to fit them: every such path matches and
+    /// gives back the values it was built from; arbitrary input never panics.
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Piece {
+            Literal(String),
+            Star(String),
+            Variable(String),
+            /// `{m=*/*…}` over these segment values.
+            MultiVariable(Vec<String>),
+        }
+
+        fn segment_value() -> impl Strategy<Value = String> {
+            "\\PC{1,6}"
+        }
+
+        fn piece() -> impl Strategy<Value = Piece> {
+            prop_oneof![
+                "[a-z0-9._~-]{1,6}".prop_map(Piece::Literal),
+                segment_value().prop_map(Piece::Star),
+                segment_value().prop_map(Piece::Variable),
+                prop::collection::vec(segment_value(), 2..4).prop_map(Piece::MultiVariable),
+            ]
+        }
+
+        /// Everything but unreserved characters percent-encoded (`/` as `%2F`, `:` too).
+        fn encode(value: &str) -> String {
+            let mut out = String::new();
+            for byte in value.bytes() {
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    out.push(byte as char);
+                } else {
+                    out.push_str(&format!("%{byte:02X}"));
+                }
+            }
+            out
+        }
+
+        #[derive(Debug)]
+        struct Case {
+            template: String,
+            path: String,
+            captures: Vec<String>,
+        }
+
+        fn case(pieces: Vec<Piece>, rest: Option<Vec<String>>, verb: Option<String>) -> Case {
+            let (mut template, mut path, mut captures) = (String::new(), String::new(), vec![]);
+            let multi = |segments: &[String]| -> String {
+                // A multi-segment value keeps `/` inside a segment escaped (`%2F`).
+                segments
+                    .iter()
+                    .map(|s| s.replace('/', "%2F"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            let encoded = |segments: &[String]| -> String {
+                segments
+                    .iter()
+                    .map(|s| encode(s))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            for (i, piece) in pieces.iter().enumerate() {
+                template.push('/');
+                path.push('/');
+                match piece {
+                    Piece::Literal(literal) => {
+                        template.push_str(literal);
+                        path.push_str(literal);
+                    }
+                    Piece::Star(value) => {
+                        template.push('*');
+                        path.push_str(&encode(value));
+                    }
+                    Piece::Variable(value) => {
+                        template.push_str(&format!("{{f{i}}}"));
+                        path.push_str(&encode(value));
+                        captures.push(value.clone());
+                    }
+                    Piece::MultiVariable(segments) => {
+                        let stars = vec!["*"; segments.len()].join("/");
+                        template.push_str(&format!("{{m{i}={stars}}}"));
+                        path.push_str(&encoded(segments));
+                        captures.push(multi(segments));
+                    }
+                }
+            }
+            if let Some(rest) = rest {
+                template.push_str("/{rest=**}");
+                if !rest.is_empty() {
+                    path.push('/');
+                    path.push_str(&encoded(&rest));
+                }
+                captures.push(multi(&rest));
+            }
+            if let Some(verb) = verb {
+                template.push(':');
+                template.push_str(&verb);
+                path.push(':');
+                path.push_str(&verb);
+            }
+            Case {
+                template,
+                path,
+                captures,
+            }
+        }
+
+        fn cases() -> impl Strategy<Value = Case> {
+            (
+                prop::collection::vec(piece(), 1..6),
+                prop::option::of(prop::collection::vec(segment_value(), 0..3)),
+                prop::option::of("[a-z]{1,5}"),
+            )
+                .prop_map(|(pieces, rest, verb)| case(pieces, rest, verb))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn built_paths_match_and_give_their_values_back(case in cases()) {
+                let template = PathTemplate::parse(&case.template)
+                    .map_err(TestCaseError::fail)?;
+                let path = RequestPath::parse(&case.path).unwrap();
+                prop_assert!(template.matches(&path), "{} !~ {}", case.template, case.path);
+                prop_assert_eq!(template.captures(&path).unwrap(), case.captures);
+            }
+
+            #[test]
+            fn a_changed_literal_or_verb_does_not_match(case in cases(), extra in "[A-Z]{1,3}") {
+                let template = PathTemplate::parse(&case.template).unwrap();
+                // Upper case never appears in generated literals or verbs.
+                if let Some(literal) = template.first_literal() {
+                    let changed = case.path.replacen(&format!("/{literal}"), &format!("/{literal}{extra}"), 1);
+                    prop_assert!(!template.matches(&RequestPath::parse(&changed).unwrap()), "{changed}");
+                }
+                if template.verb.is_some() {
+                    let changed = format!("{}{extra}", case.path);
+                    prop_assert!(!template.matches(&RequestPath::parse(&changed).unwrap()), "{changed}");
+                }
+            }
+
+            #[test]
+            fn arbitrary_input_never_panics(template in "\\PC{0,24}", path in "\\PC{0,40}") {
+                if let (Ok(template), Ok(path)) =
+                    (PathTemplate::parse(&template), RequestPath::parse(&path))
+                    && template.matches(&path)
+                {
+                    // A path that matches always yields its captures.
+                    prop_assert_eq!(template.captures(&path).map(|c| c.len()), Ok(template.variables.len()));
+                }
+            }
+        }
+    }
 }

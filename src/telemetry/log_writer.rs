@@ -71,6 +71,8 @@ impl Shared {
             let closing = queue.closed;
             if !closing {
                 drop(queue);
+                // This is the writer's own thread, never a runtime worker.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(BATCH_WINDOW);
                 queue = self.lock();
             }

@@ -252,42 +252,39 @@ pub fn render_endpoints(
             );
         }
     });
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_upstream_endpoint_healthy 1 when the endpoint passes active health checks (always without health_check).\n# TYPE switchboard_upstream_endpoint_healthy gauge"
-    );
-    samples(out, &|out, upstream, view| {
-        let _ = writeln!(
-            out,
-            "switchboard_upstream_endpoint_healthy{{{}}} {}",
-            labels(upstream, &view.name),
-            u8::from(view.healthy)
-        );
-    });
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_upstream_endpoint_in_flight Calls in flight on the endpoint.\n# TYPE switchboard_upstream_endpoint_in_flight gauge"
-    );
-    samples(out, &|out, upstream, view| {
-        let _ = writeln!(
-            out,
-            "switchboard_upstream_endpoint_in_flight{{{}}} {}",
-            labels(upstream, &view.name),
-            view.in_flight
-        );
-    });
-    let _ = writeln!(
-        out,
-        "# HELP switchboard_upstream_endpoint_ejections_total Times the endpoint was ejected as an outlier.\n# TYPE switchboard_upstream_endpoint_ejections_total counter"
-    );
-    samples(out, &|out, upstream, view| {
-        let _ = writeln!(
-            out,
-            "switchboard_upstream_endpoint_ejections_total{{{}}} {}",
-            labels(upstream, &view.name),
-            view.ejections
-        );
-    });
+    // One series per endpoint each: (name, type, help, value).
+    type Value = fn(&crate::upstream::grpc::EndpointView) -> u64;
+    let series: [(&str, &str, &str, Value); 3] = [
+        (
+            "switchboard_upstream_endpoint_healthy",
+            "gauge",
+            "1 when the endpoint passes active health checks (always without health_check).",
+            |view| u64::from(view.healthy),
+        ),
+        (
+            "switchboard_upstream_endpoint_in_flight",
+            "gauge",
+            "Calls in flight on the endpoint.",
+            |view| view.in_flight as u64,
+        ),
+        (
+            "switchboard_upstream_endpoint_ejections_total",
+            "counter",
+            "Times the endpoint was ejected as an outlier.",
+            |view| view.ejections,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        samples(out, &|out, upstream, view| {
+            let _ = writeln!(
+                out,
+                "{name}{{{}}} {}",
+                labels(upstream, &view.name),
+                value(view)
+            );
+        });
+    }
 }
 
 /// A label value with `\`, `"` and newlines escaped.

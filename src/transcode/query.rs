@@ -180,4 +180,67 @@ mod tests {
         assert!(parse_query("a=%zz").is_err());
         assert!(parse_query("a=%ff").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Form encoding as browsers write it: space as `+`, the rest percent-encoded.
+        fn form(text: &str) -> String {
+            let mut out = String::new();
+            for byte in text.bytes() {
+                match byte {
+                    b' ' => out.push('+'),
+                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(b as char),
+                    b => out.push_str(&format!("%{b:02X}")),
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn encoded_pairs_decode_to_themselves(pairs in prop::collection::vec(("\\PC{0,8}", "\\PC{0,8}"), 0..6)) {
+                let query = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", form(k), form(v)))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                let decoded: Vec<(String, String)> = parse_query(&query)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                prop_assert_eq!(decoded, pairs);
+            }
+
+            #[test]
+            fn a_string_field_gets_exactly_the_value(value in "\\PC{0,16}", depth in 0usize..4) {
+                let desc = node();
+                let key = format!("{}n", "c.".repeat(depth));
+                let mut message = DynamicMessage::new(desc.clone());
+                let binding = QueryBinding { bound: Vec::new(), body_is_whole: false, strict: true };
+                binding.apply(&desc, &mut message, &format!("{key}={}", form(&value))).unwrap();
+                let mut at = message;
+                for _ in 0..depth {
+                    let child = at.get_field_by_name("c").unwrap().as_message().unwrap().clone();
+                    at = child;
+                }
+                let n = at.get_field_by_name("n").unwrap();
+                prop_assert_eq!(n.as_str().unwrap(), value.as_str());
+            }
+
+            #[test]
+            fn any_query_is_bound_or_refused_as_the_client_s_error(query in "[a-z.=&%+0-9A-F]{0,48}|\\PC{0,48}", strict in any::<bool>()) {
+                let desc = node();
+                let mut message = DynamicMessage::new(desc.clone());
+                let binding = QueryBinding { bound: Vec::new(), body_is_whole: false, strict };
+                if let Err(error) = binding.apply(&desc, &mut message, &query) {
+                    prop_assert_eq!(error.code, tonic::Code::InvalidArgument);
+                }
+            }
+        }
+    }
 }

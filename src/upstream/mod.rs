@@ -4,6 +4,7 @@
 //! background work.
 
 pub mod amqp;
+pub mod backoff;
 pub mod breaker;
 pub mod grpc;
 pub mod metadata;

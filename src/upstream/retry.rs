@@ -3,6 +3,7 @@
 //! so that retries add at most a set share of load — a failing backend is not hammered.
 
 use crate::config::RetryConfig;
+use crate::upstream::backoff::{Backoff, Jitter};
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::Code;
@@ -45,14 +46,11 @@ impl RetryPolicy {
         true
     }
 
-    /// Backoff before retry number `retry`: base × 2^(retry−1), with ±50% jitter.
+    /// Backoff before retry number `retry` (1-based): base × 2^(retry−1), ±50% jitter.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let base = self
-            .config
-            .backoff
-            .0
-            .saturating_mul(1 << retry.saturating_sub(1).min(10));
-        base.mul_f64(0.5 + fastrand::f64())
+        let base = self.config.backoff.0;
+        Backoff::new(base, base.saturating_mul(1 << 10), Jitter::Around)
+            .delay(retry.saturating_sub(1))
     }
 }
 

@@ -76,7 +76,7 @@ impl GrpcBridge {
             ),
             None => None,
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let lease = match self.upstream.connected().await {
             Ok(lease) => lease,
             Err(status) => {

@@ -13,7 +13,8 @@ use algorithm::Params;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use metrics::Counter;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::Code;
 
 /// What a policy counts by.

@@ -18,6 +18,7 @@ use crate::config::{AmqpDeclare, AmqpUpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::client::ClientTls;
+use crate::upstream::backoff::{Backoff, Jitter};
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use lapin::options::BasicConsumeOptions;
@@ -30,15 +31,21 @@ use rpc::Replies;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How long connecting, opening the channels and declaring may take in all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first retry after a failure or a lost connection; it doubles up to the cap.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Reconnects: 100 ms doubling up to 5 s, with jitter (50–100%) so that many gateways do
+/// not reconnect in step after a broker restart.
+const RECONNECT: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(5),
+    Jitter::Down,
+);
 /// Heartbeat asked for when the URL names none: a silent broker is noticed within ~20s.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// How often the session is checked besides on lapin's error events.
@@ -572,7 +579,7 @@ async fn maintain(
                 tracing::debug!(upstream = %name, %error, failures, "AMQP connect attempt failed");
             }
         }
-        let delay = backoff(failures);
+        let delay = RECONNECT.delay(failures);
         failures = failures.saturating_add(1);
         tokio::select! {
             _ = &mut stop => return,
@@ -607,29 +614,9 @@ async fn connect_tls(
     .await
 }
 
-/// Exponential from `FIRST_BACKOFF`, capped at `MAX_BACKOFF`, with jitter (50–100%) so
-/// that many gateways do not reconnect in step after a broker restart.
-fn backoff(failures: u32) -> Duration {
-    let exponential = FIRST_BACKOFF.saturating_mul(1u32 << failures.min(16));
-    exponential
-        .min(MAX_BACKOFF)
-        .mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        for failures in 0..40 {
-            let delay = backoff(failures);
-            assert!(delay <= MAX_BACKOFF, "{failures}: {delay:?}");
-            assert!(delay >= FIRST_BACKOFF / 2, "{failures}: {delay:?}");
-        }
-        assert!(backoff(0) <= FIRST_BACKOFF);
-        assert!(backoff(30) >= MAX_BACKOFF / 2);
-    }
 
     #[tokio::test]
     async fn bad_urls_are_refused_at_load() {

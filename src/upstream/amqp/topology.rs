@@ -10,7 +10,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ExchangeKind};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A missing exchange is looked for again after this long (a worker may create it).
 const RECHECK_MISSING: Duration = Duration::from_secs(1);

@@ -26,6 +26,7 @@
 
 use super::status::{local_status, unprocessed_status};
 use crate::tls::client::ClientTls;
+use crate::upstream::backoff::{Backoff, Jitter};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, Scheme};
@@ -38,8 +39,9 @@ use rustls::pki_types::ServerName;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 /// A request body: one framed unary message, or whatever tonic streams.
@@ -47,9 +49,12 @@ pub type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
 
 /// How long opening a connection (TCP connect and HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// First pause after a failed connection attempt; doubles up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Pause after a failed connection attempt: 20 ms, doubling up to 500 ms.
+const RECONNECT: Backoff = Backoff::new(
+    Duration::from_millis(20),
+    Duration::from_millis(500),
+    Jitter::None,
+);
 /// Not less than the 5 minutes grpc-go and grpc-java servers permit by default
 /// (`MinTime`, `permitKeepAliveTime`): more frequent pings earn a GOAWAY.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
@@ -276,9 +281,7 @@ impl Connection {
             }
             Err(error) => {
                 let error = format!("cannot connect to `{}`: {error}", self.shared.endpoint);
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << state.failures.min(8))
-                    .min(MAX_BACKOFF);
+                let backoff = RECONNECT.delay(state.failures);
                 state.failures = state.failures.saturating_add(1);
                 state.retry_at = Some((Instant::now() + backoff, error.clone()));
                 Err(local_status(Code::Unavailable, error))
