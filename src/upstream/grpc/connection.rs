@@ -17,8 +17,7 @@
 //! - Pings: servers answer a client that pings more often than every 5 minutes, or at
 //!   all while it has no call open, with GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings")
 //!   and close the connection. Keep-alive pings go out only while calls are open and at
-//!   most every `KEEP_ALIVE_INTERVAL` (5 min). Adaptive-window (BDP) pings are fine:
-//!   each follows data the server wrote, which resets its count.
+//!   most every `KEEP_ALIVE_INTERVAL` (5 min). Windows are fixed, so no BDP pings either.
 //! - GOAWAY: a server going away (max connection age, shutdown) names the last stream it
 //!   will process; streams above it, and requests that never reached the wire, were not
 //!   processed and are resent on a new connection (safe for any call, as gRPC clients
@@ -49,6 +48,10 @@ pub type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
 
 /// How long opening a connection (TCP connect and HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 receive windows toward backends (see `handshake`).
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Pause after a failed connection attempt: 20 ms, doubling up to 500 ms.
 const RECONNECT: Backoff = Backoff::new(
     Duration::from_millis(20),
@@ -351,7 +354,15 @@ impl Connection {
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             // Pings on an idle connection are what servers punish first.
             .keep_alive_while_idle(false)
-            .adaptive_window(true)
+            // Fixed, large windows as Envoy uses, not the adaptive (BDP) window: h2 closes
+            // the connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") when the
+            // small DATA frames it holds unread cost more than half the connection window,
+            // and a busy gateway holds hundreds of small gRPC answers at once (300 calls in
+            // flight broke the 64 KiB default window every few seconds). The connection
+            // window also bounds what one backend connection can make us buffer.
+            .adaptive_window(false)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(io)
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
@@ -530,6 +541,40 @@ mod tests {
         received: &mut mpsc::UnboundedReceiver<tokio::time::Instant>,
     ) -> Vec<tokio::time::Instant> {
         std::iter::from_fn(|| received.try_recv().ok()).collect()
+    }
+
+    /// Hundreds of answers arrive before the calls read them (a busy gateway): each holds
+    /// a small DATA frame, which h2 charges against a budget of half the connection
+    /// window. With the 64 KiB default, 600 of them closed the connection (GOAWAY
+    /// ENHANCE_YOUR_CALM "too_many_data_frames") and failed every call on it.
+    #[tokio::test]
+    async fn many_unread_small_answers_keep_the_connection() {
+        use http_body_util::BodyExt;
+        const CALLS: usize = 600;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut server = h2::server::Builder::new()
+                .max_concurrent_streams(CALLS as u32)
+                .handshake::<_, Bytes>(socket)
+                .await
+                .unwrap();
+            while let Some(Ok((_request, mut respond))) = server.accept().await {
+                let mut body = respond.send_response(Response::new(()), false).unwrap();
+                body.send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
+                    .unwrap();
+                body.send_trailers(http::HeaderMap::new()).unwrap();
+            }
+        });
+        let connection = Connection::new(&endpoint, None).unwrap();
+        let calls = (0..CALLS).map(|_| connection.send(request(&connection)));
+        // Every answer's head first, bodies left unread until all have arrived.
+        let answers = futures_util::future::join_all(calls).await;
+        for answer in answers {
+            let body = answer.unwrap().into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes().len(), 5);
+        }
     }
 
     /// grpc-go and grpc-java servers send GOAWAY "too_many_pings" after a few pings on a
