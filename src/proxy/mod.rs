@@ -67,7 +67,9 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
         // gRPC-Web clients read every outcome, refusals included, from `grpc-status`.
         let grpc_web = grpc_web::framing::Mode::of(request.headers());
         let mut outcome = Outcome::default();
-        let result = run(&table, request, &trace, &gateway.ws, &mut outcome).await;
+        // Boxed: the phases' future is several KiB (the largest of every target's), and
+        // held inline it was copied each time the handler's future moved (axum, tower).
+        let result = Box::pin(run(&table, request, &trace, &gateway.ws, &mut outcome)).await;
         // The rescue: one place turns every error into the client's answer.
         let mut response = result.unwrap_or_else(|error| match grpc_web {
             Some(mode) => error.into_grpc_web_response(mode.content_type()),
@@ -207,7 +209,9 @@ async fn run(
         });
     request.extensions_mut().insert::<Identity>(identity);
 
-    // 12. Target.
+    // 12. Target. Each kind's future is boxed: inline, this block would be as large as the
+    // largest of them (KiBs: compose, streams, WebSocket) for every request, and copied
+    // whole wherever it moves (into the cache phase, into `run`'s own state).
     let target = async {
         match &route.target {
             Target::Static(target) => {
@@ -217,18 +221,32 @@ async fn run(
                 Ok(response)
             }
             Target::Grpc(target) => {
-                grpc::call(table, target, request, captures, trace, deadline).await
+                Box::pin(grpc::call(
+                    table, target, request, captures, trace, deadline,
+                ))
+                .await
             }
             Target::Amqp(target) => {
-                amqp::call(table, target, request, captures, trace, deadline).await
+                Box::pin(amqp::call(
+                    table, target, request, captures, trace, deadline,
+                ))
+                .await
             }
             Target::Compose(target) => {
-                crate::compose::call(table, target, request, captures, trace, deadline).await
+                Box::pin(crate::compose::call(
+                    table, target, request, captures, trace, deadline,
+                ))
+                .await
             }
             // Socket limits are checked in `ws::upgrade`; a socket has no request deadline.
-            Target::WebSocket(_) => crate::ws::upgrade(ws, table, index, request, trace).await,
+            Target::WebSocket(_) => {
+                Box::pin(crate::ws::upgrade(ws, table, index, request, trace)).await
+            }
             Target::GrpcWeb(target) => {
-                grpc_web::call(table, target, request, captures, trace, deadline).await
+                Box::pin(grpc_web::call(
+                    table, target, request, captures, trace, deadline,
+                ))
+                .await
             }
         }
     };

@@ -314,9 +314,10 @@ impl GrpcUpstream {
             }
             .ok_or_else(|| Status::internal("request metadata already sent"))?;
             let started = Instant::now();
+            // Boxed: the call's future is KiBs, and `timeout` would copy it (twice) inline.
             let result = match tokio::time::timeout(
                 remaining,
-                self.send_unary(&call.path, this_try, &framed, deadline),
+                Box::pin(self.send_unary(&call.path, this_try, &framed, deadline)),
             )
             .await
             {
