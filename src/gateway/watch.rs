@@ -72,6 +72,7 @@ fn is_change(kind: &EventKind) -> bool {
 async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
     // Capacity 1: events that arrive while a reload runs coalesce into one more look.
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let look_again = tx.clone();
     let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         match result {
             Ok(events) => {
@@ -124,7 +125,10 @@ async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
             if new_sources != sources {
                 sources = new_sources;
                 rewatch(&mut debouncer, &mut watched, &sources);
-                last = sources.clone().fingerprint().await;
+                // A file in a newly named folder may have changed after the reload read it
+                // and before its folder was watched: that event is lost. Look once more; the
+                // fingerprint (over the old set) differs, so this reloads what is there now.
+                let _ = look_again.try_send(());
             }
         }
     }
