@@ -277,8 +277,8 @@ pub fn render_endpoints(
         }
     });
     // One series per endpoint each: (name, type, help, value).
-    type Value = fn(&crate::upstream::grpc::EndpointView) -> u64;
-    let series: [(&str, &str, &str, Value); 3] = [
+    type Read = fn(&crate::upstream::grpc::EndpointView) -> u64;
+    let series: [(&str, &str, &str, Read); 3] = [
         (
             "switchboard_upstream_endpoint_healthy",
             "gauge",
@@ -298,14 +298,14 @@ pub fn render_endpoints(
             |view| view.ejections,
         ),
     ];
-    for (name, kind, help, value) in series {
+    for (name, kind, help, read) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         samples(out, &|out, upstream, view| {
             let _ = writeln!(
                 out,
                 "{name}{{{}}} {}",
                 labels(upstream, &view.name),
-                value(view)
+                read(view)
             );
         });
     }

@@ -38,9 +38,8 @@ use tokio::time::Instant;
 
 /// How long connecting, opening the channels and declaring may take in all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The first retry after a failure or a lost connection; it doubles up to the cap.
-/// Reconnects: 100 ms doubling up to 5 s, with jitter (50–100%) so that many gateways do
-/// not reconnect in step after a broker restart.
+/// Reconnects after a failure or a lost connection: 100 ms doubling up to 5 s, with jitter
+/// (50–100%) so that many gateways do not reconnect in step after a broker restart.
 const RECONNECT: Backoff = Backoff::new(
     Duration::from_millis(100),
     Duration::from_secs(5),
