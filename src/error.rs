@@ -136,6 +136,17 @@ impl GatewayError {
     pub fn body_too_large(limit: u64) -> Self {
         Self::invalid_argument(format!("request body exceeds the limit of {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .closing_connection()
+    }
+
+    /// Answered before the request body was read to its end: the HTTP/1 connection
+    /// cannot carry another request (the rest of the body is still on it), and the server
+    /// closes it. Saying so keeps a client from reusing it and failing its next request on
+    /// a broken pipe. HTTP/2 has no such header and hyper drops it there.
+    pub fn closing_connection(mut self) -> Self {
+        self.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        self
     }
 
     pub fn http_status(&self) -> StatusCode {

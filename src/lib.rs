@@ -7,26 +7,30 @@
 
 // Time through tokio (pausable in tests) and no blocking sleeps: see clippy.toml.
 #![warn(clippy::disallowed_methods)]
+// `pub` only for what the binary, the tests and the benches use; the rest is `pub(crate)`,
+// so the compiler reports what nothing uses. (Not in Cargo.toml's `[lints]`: in a binary,
+// tests and examples every `pub` is unreachable.)
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod cache;
-pub mod compose;
+pub(crate) mod admin;
+pub(crate) mod cache;
+pub(crate) mod compose;
 pub mod config;
 pub mod error;
 pub mod gateway;
-pub mod listener;
+pub(crate) mod listener;
 pub mod middleware;
 pub mod openapi;
-pub mod proxy;
-pub mod redis_connection;
+pub(crate) mod proxy;
+pub(crate) mod redis_connection;
 pub mod routing;
 pub mod schema;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod transcode;
-pub mod upstream;
-pub mod ws;
+pub(crate) mod upstream;
+pub(crate) mod ws;
 
 pub use error::GatewayError;
 pub use gateway::Gateway;

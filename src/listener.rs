@@ -44,12 +44,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
-pub const MIN_HEADER_BYTES: u64 = 8 << 10;
+pub(crate) const MIN_HEADER_BYTES: u64 = 8 << 10;
 /// Beyond this a "header limit" no longer protects anything.
-pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 /// What is wrong with the listener limits (and the admin token), if anything: load errors.
-pub fn check(config: &GatewayConfig) -> Vec<String> {
+pub(crate) fn check(config: &GatewayConfig) -> Vec<String> {
     let mut problems = check_limits(&config.limits);
     if config
         .admin_token
@@ -85,7 +85,7 @@ fn check_limits(limits: &Limits) -> Vec<String> {
 /// Serves `app` on `listener` until `stop` turns true, then waits for every connection
 /// to finish (each is told to shut down gracefully). `limits` is read for each new
 /// connection, so a reload applies to connections accepted after it.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: impl Fn() -> Limits + Send + 'static,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 /// How long after a failed connect callers fail fast before the next attempt.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
-pub struct RedisConnection {
+pub(crate) struct RedisConnection {
     client: redis::Client,
     slot: tokio::sync::Mutex<Slot>,
     /// Connect and response timeout.
@@ -25,7 +25,7 @@ struct Slot {
 
 impl RedisConnection {
     /// Checks the URL; connects on first use.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let client =
             redis::Client::open(url).map_err(|e| format!("invalid redis URL `{url}`: {e}"))?;
         Ok(Self {
@@ -36,7 +36,7 @@ impl RedisConnection {
     }
 
     /// The shared connection (the manager reconnects by itself once it exists).
-    pub async fn get(&self) -> Result<ConnectionManager, String> {
+    pub(crate) async fn get(&self) -> Result<ConnectionManager, String> {
         let mut slot = self.slot.lock().await;
         if let Some(manager) = &slot.manager {
             return Ok(manager.clone());

@@ -536,6 +536,20 @@ async fn bad_input_is_refused_before_the_backend() {
     );
     let (status, _, _) = raw(chunked).await;
     assert_eq!(status, 413);
+    // Refused while most of the body is still on its way, on a keep-alive connection: the
+    // server will close it, and the answer says so (a client that reused it would fail its
+    // next request on a broken pipe). Over the limit, and on no route at all.
+    for (path, expected) in [("/v1/echo", 413), ("/v1/nowhere", 404)] {
+        let partial = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"id\":"
+        );
+        let (status, head, _) = raw(partial).await;
+        assert_eq!(status, expected, "{path}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {head}"
+        );
+    }
 
     assert_eq!(
         echo.calls.load(Ordering::SeqCst),

@@ -12,12 +12,15 @@ use std::sync::Arc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Purge {
+pub(super) struct Purge {
     route: Option<String>,
     key_prefix: Option<String>,
 }
 
-pub async fn purge(State(gateway): State<Arc<Gateway>>, Query(purge): Query<Purge>) -> Response {
+pub(super) async fn purge(
+    State(gateway): State<Arc<Gateway>>,
+    Query(purge): Query<Purge>,
+) -> Response {
     let table = gateway.table();
     let Some(cache) = &table.cache else {
         return Json(json!({ "purged": 0 })).into_response();

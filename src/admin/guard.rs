@@ -24,7 +24,11 @@ use std::sync::Arc;
 
 /// The guard as middleware: `router.layer(axum::middleware::from_fn_with_state(gateway,
 /// guard::check))`.
-pub async fn check(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+pub(crate) async fn check(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let token = gateway.table().config.admin_token.clone();
     match refusal(&request, token.as_deref()) {
         Some((status, message)) => {

@@ -2,7 +2,7 @@
 //! table, upstreams, reload, and a small dashboard page for people.
 
 mod cache;
-pub mod guard;
+pub(crate) mod guard;
 
 use crate::config::Balance;
 use crate::gateway::Gateway;
@@ -16,7 +16,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub fn router(gateway: Arc<Gateway>) -> axum::Router {
+pub(crate) fn router(gateway: Arc<Gateway>) -> axum::Router {
     axum::Router::new()
         .route("/", get(dashboard))
         .route(

@@ -50,11 +50,11 @@ impl Default for CacheConfig {
     }
 }
 
-pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
-pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
-pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 20;
-pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
-pub const DEFAULT_MAX_INFLIGHT: usize = 10_000;
+pub(super) const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+pub(super) const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+pub(super) const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 20;
+pub(super) const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(100);
+pub(super) const DEFAULT_MAX_INFLIGHT: usize = 10_000;
 
 /// A route's `cache: { ttl, stale_if_error, vary, client_bypass }`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

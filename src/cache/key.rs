@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// One request's place in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CacheKey {
+pub(crate) struct CacheKey {
     /// SHA-256 of every part, length-prefixed so that parts cannot run into each other.
     pub digest: [u8; 32],
     /// The route's name: `DELETE /admin/cache?route=` matches it.
@@ -19,7 +19,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn build(
+    pub(crate) fn build(
         route: &Arc<str>,
         path: &str,
         query: Option<&str>,
@@ -58,10 +58,6 @@ impl CacheKey {
             route: route.clone(),
             text,
         }
-    }
-
-    pub fn hex(&self) -> String {
-        hex(&self.digest)
     }
 }
 
@@ -153,6 +149,6 @@ mod tests {
         let c = CacheKey::build(&"r".into(), "/p", None, Some("x"), &[], &none);
         let d = CacheKey::build(&"r".into(), "/px", None, None, &[], &none);
         assert_ne!(c.digest, d.digest);
-        assert_eq!(a.hex().len(), 64);
+        assert_eq!(hex(&a.digest).len(), 64);
     }
 }

@@ -40,7 +40,7 @@ impl Expiry<[u8; 32], Slot> for KeepFor {
     }
 }
 
-pub struct MemoryStore {
+pub(super) struct MemoryStore {
     cache: Cache<[u8; 32], Slot>,
 }
 
@@ -50,7 +50,7 @@ const OVERHEAD: u64 = 160;
 impl MemoryStore {
     /// Every entry weighs at least `max_bytes / max_entries`, so that the one weighted
     /// capacity bounds both the bytes and the number of entries.
-    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+    pub(super) fn new(max_entries: u64, max_bytes: u64) -> Self {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(max_entries);
         let floor = max_bytes / max_entries;
@@ -72,7 +72,7 @@ impl MemoryStore {
     }
 
     /// The entry and its age, unless it is past `keep_for`.
-    pub async fn get(&self, key: &[u8; 32]) -> Option<Stored> {
+    pub(super) async fn get(&self, key: &[u8; 32]) -> Option<Stored> {
         let slot = self.cache.get(key).await?;
         let age = slot.stored.elapsed();
         if age >= slot.keep_for {
@@ -85,7 +85,7 @@ impl MemoryStore {
         })
     }
 
-    pub async fn put(&self, key: [u8; 32], entry: Arc<Entry>, keep_for: Duration) {
+    pub(super) async fn put(&self, key: [u8; 32], entry: Arc<Entry>, keep_for: Duration) {
         let slot = Slot {
             entry,
             stored: Instant::now(),
@@ -96,7 +96,7 @@ impl MemoryStore {
     }
 
     /// Removes the entries `matches` selects; returns how many.
-    pub async fn purge(&self, matches: impl Fn(&Entry) -> bool) -> u64 {
+    pub(super) async fn purge(&self, matches: impl Fn(&Entry) -> bool) -> u64 {
         let keys: Vec<[u8; 32]> = self
             .cache
             .iter()
@@ -117,7 +117,7 @@ impl MemoryStore {
     }
 
     #[cfg(test)]
-    pub async fn entry_count(&self) -> u64 {
+    pub(super) async fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }

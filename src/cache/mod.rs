@@ -13,8 +13,8 @@ mod key;
 mod memory;
 mod redis;
 
-pub use config::{CacheConfig, RouteCache, RouteCacheSpec};
-pub use key::CacheKey;
+pub(crate) use config::{CacheConfig, RouteCache, RouteCacheSpec};
+pub(crate) use key::CacheKey;
 
 use crate::error::GatewayError;
 use axum::body::Body;
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 const DEGRADED: &str = "x-degraded";
 /// One stored answer: what is needed to rebuild the response.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
@@ -50,7 +50,7 @@ impl Entry {
 
 /// An entry read back from a store, with how long ago it was stored.
 #[derive(Clone)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub entry: Arc<Entry>,
     pub age: Duration,
 }

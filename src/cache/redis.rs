@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Every key starts with this; then a hash of the route name, then the entry's digest,
 /// so that purging one route is a SCAN of its own prefix.
 const PREFIX: &str = "switchboard:cache:v1:";
-pub struct RedisStore {
+pub(super) struct RedisStore {
     connection: RedisConnection,
     timeout: Duration,
 }
@@ -51,7 +51,7 @@ fn redis_key(route: &str, digest: &[u8; 32]) -> String {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub(super) fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         Ok(Self {
             connection: RedisConnection::new(url, timeout)?,
             timeout,
@@ -73,7 +73,11 @@ impl RedisStore {
             .map_err(|_| format!("redis did not answer within {deadline:?}"))?
     }
 
-    pub async fn get(&self, route: &str, digest: &[u8; 32]) -> Result<Option<Stored>, String> {
+    pub(super) async fn get(
+        &self,
+        route: &str,
+        digest: &[u8; 32],
+    ) -> Result<Option<Stored>, String> {
         let key = redis_key(route, digest);
         let (meta, body): (Option<String>, Option<Vec<u8>>) = self
             .run(self.timeout, async |c| {
@@ -107,7 +111,7 @@ impl RedisStore {
         }))
     }
 
-    pub async fn put(
+    pub(super) async fn put(
         &self,
         digest: &[u8; 32],
         entry: &Entry,
@@ -154,7 +158,7 @@ impl RedisStore {
 
     /// Removes the entries of `route` (all routes when `None`) whose key text starts
     /// with `key_prefix`. An admin operation: SCAN in batches, under a longer deadline.
-    pub async fn purge(
+    pub(super) async fn purge(
         &self,
         route: Option<&str>,
         key_prefix: Option<&str>,

@@ -40,7 +40,7 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
 
 /// One composed request, from the client's request to the JSON answer.
-pub async fn call(
+pub(crate) async fn call(
     table: &Arc<RouteTable>,
     route: &ComposeRoute,
     request: Request<Body>,
@@ -190,7 +190,7 @@ fn answer(
 
 /// The client's `?fields=` (Google partial-response syntax), checked against `shape`.
 /// Absent or empty: no trimming. Unknown paths are INVALID_ARGUMENT (400).
-pub fn fields_mask(
+pub(crate) fn fields_mask(
     query: &[(String, String)],
     shape: &Shape,
     proto_names: bool,

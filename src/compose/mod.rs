@@ -7,12 +7,12 @@
 //! `plan` compiles a route at load, `execute` runs it per request, `shape` builds and
 //! trims the answer (also for `partial_response` on plain gRPC routes).
 
-pub mod execute;
-pub mod plan;
-pub mod shape;
-pub mod spec;
+pub(crate) mod execute;
+pub(crate) mod plan;
+pub(crate) mod shape;
+pub(crate) mod spec;
 mod store;
-pub mod template;
+pub(crate) mod template;
 
 use crate::config::Location;
 use crate::transcode::MessageType;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use store::StepStore;
 use template::{Ref, Template};
 
-pub use execute::call;
+pub(crate) use execute::call;
 
 /// A compiled `compose:` route.
 pub struct ComposeRoute {

@@ -31,7 +31,7 @@ const MAX_ITEMS_LIMIT: usize = 1000;
 const MAX_STEPS: usize = 64;
 
 /// What `compile` needs besides the route spec.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub schema: &'a Schema,
     pub upstreams: &'a Upstreams,
     pub proto_names: bool,
@@ -43,7 +43,7 @@ pub struct Context<'a> {
 }
 
 /// The compiled route, or every problem found (each with its location).
-pub fn compile(
+pub(crate) fn compile(
     spec: &RouteSpec,
     cx: &Context<'_>,
 ) -> Result<ComposeRoute, Vec<(Location, String)>> {

@@ -12,7 +12,7 @@ const TTL: Duration = Duration::from_secs(600);
 /// A result larger than this is not kept (one entry must not evict everything else).
 const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
-pub struct StepStore {
+pub(super) struct StepStore {
     /// The step's result as JSON text, as the answer shows it.
     entries: Cache<String, Bytes>,
 }
@@ -24,7 +24,7 @@ impl Default for StepStore {
 }
 
 impl StepStore {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(MAX_BYTES)
@@ -38,7 +38,7 @@ impl StepStore {
     }
 
     /// Remembers `text` (JSON) as the last good result of `step` for `key`.
-    pub async fn put(&self, step: &str, key: &str, text: &Bytes) {
+    pub(super) async fn put(&self, step: &str, key: &str, text: &Bytes) {
         if text.len() > MAX_ENTRY_BYTES {
             return;
         }
@@ -47,7 +47,7 @@ impl StepStore {
             .await;
     }
 
-    pub async fn get(&self, step: &str, key: &str) -> Option<Bytes> {
+    pub(super) async fn get(&self, step: &str, key: &str) -> Option<Bytes> {
         self.entries.get(&entry_key(step, key)).await
     }
 }

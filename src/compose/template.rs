@@ -197,7 +197,7 @@ fn parse_string(text: &str, scope: &Scope<'_>) -> Result<Template, String> {
 }
 
 /// `ns.a.b` → a source. Step paths stay as written here; `plan` checks and normalises them.
-pub fn parse_ref(inner: &str, scope: &Scope<'_>) -> Result<Ref, String> {
+pub(crate) fn parse_ref(inner: &str, scope: &Scope<'_>) -> Result<Ref, String> {
     let text = format!("{{{inner}}}");
     let mut segments = inner.split('.').map(str::trim);
     let head = segments.next().unwrap_or_default();
@@ -256,7 +256,7 @@ pub fn parse_ref(inner: &str, scope: &Scope<'_>) -> Result<Ref, String> {
 
 /// The value at `path` inside `value`: object keys by name, array elements by index; a
 /// name applied to an array maps over its elements.
-pub fn lookup(value: &Value, path: &[String]) -> Option<Value> {
+pub(crate) fn lookup(value: &Value, path: &[String]) -> Option<Value> {
     let Some((first, rest)) = path.split_first() else {
         return Some(value.clone());
     };

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 /// What the claims of an accepted token must satisfy.
 #[derive(Clone, Debug)]
-pub struct ClaimRules {
+pub(super) struct ClaimRules {
     /// Seconds of clock skew allowed on `exp` and `nbf`.
     pub leeway: u64,
     /// Accepted issuers; `None`: any.
@@ -27,7 +27,7 @@ pub struct ClaimRules {
 impl ClaimRules {
     /// Checks the decoded claims (`payload`: the JSON of the token's middle part) at `now`
     /// (Unix seconds). The error is the reason given to the client.
-    pub fn check(&self, payload: &[u8], now: u64) -> Result<(), String> {
+    pub(super) fn check(&self, payload: &[u8], now: u64) -> Result<(), String> {
         let claims: Registered =
             serde_json::from_slice(payload).map_err(|e| format!("JSON error: {e}"))?;
         // Required: absent and malformed alike are "missing" (jsonwebtoken's order).

@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use std::collections::BTreeMap;
 
-pub async fn call(
+pub(super) async fn call(
     table: &RouteTable,
     route: &AmqpRoute,
     request: Request<Body>,

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 /// The whole body, or 413 when it is (or announces to be) larger than `limit`.
-pub async fn read_limited(
+pub(crate) async fn read_limited(
     body: Body,
     headers: &HeaderMap,
     limit: u64,
@@ -28,7 +28,8 @@ pub async fn read_limited(
         Err(_) => Err(
             GatewayError::deadline_exceeded("timed out reading the request body")
                 .with_origin(crate::error::Origin::Client)
-                .with_status(http::StatusCode::REQUEST_TIMEOUT),
+                .with_status(http::StatusCode::REQUEST_TIMEOUT)
+                .closing_connection(),
         ),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -25,7 +25,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-pub async fn call(
+pub(super) async fn call(
     table: &Arc<RouteTable>,
     route: &GrpcRoute,
     request: Request<Body>,

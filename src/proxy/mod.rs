@@ -29,7 +29,7 @@
 mod amqp;
 pub(crate) mod body;
 mod grpc;
-pub mod grpc_web;
+pub(crate) mod grpc_web;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 /// The fallback handler of the client listener: every request comes through here.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<Body> {
+pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<Body> {
     let started = Instant::now();
     // The request keeps this table to the end, whatever reloads happen meanwhile.
     let table = gateway.table();
@@ -66,14 +66,20 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
         let preflight = cors::is_preflight(&method, request.headers());
         // gRPC-Web clients read every outcome, refusals included, from `grpc-status`.
         let grpc_web = grpc_web::framing::Mode::of(request.headers());
+        let body_may_stay_unread = body_may_stay_unread(&request);
         let mut outcome = Outcome::default();
         // Boxed: the phases' future is several KiB (the largest of every target's), and
         // held inline it was copied each time the handler's future moved (axum, tower).
         let result = Box::pin(run(&table, request, &trace, &gateway.ws, &mut outcome)).await;
         // The rescue: one place turns every error into the client's answer.
-        let mut response = result.unwrap_or_else(|error| match grpc_web {
-            Some(mode) => error.into_grpc_web_response(mode.content_type()),
-            None => error.into_response(),
+        let mut response = result.unwrap_or_else(|mut error| {
+            if body_may_stay_unread {
+                error = error.closing_connection();
+            }
+            match grpc_web {
+                Some(mode) => error.into_grpc_web_response(mode.content_type()),
+                None => error.into_response(),
+            }
         });
 
         // 13. Response decoration.
@@ -114,6 +120,26 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<B
     }
     .instrument(span)
     .await
+}
+
+/// Whether a refusal may leave part of this request's body on an HTTP/1 connection. Most
+/// refusals come before the body is read; hyper then drains what has already arrived and
+/// keeps the connection, or closes it when more is on its way. A refusal says
+/// `Connection: close` in that second case, or a client would send its next request on a
+/// connection about to close and fail it. A body of up to one read buffer has arrived
+/// with its head; a longer or chunked one may not have.
+fn body_may_stay_unread(request: &Request<Body>) -> bool {
+    const ONE_READ: u64 = 8 * 1024;
+    if request.version() >= http::Version::HTTP_2 {
+        return false;
+    }
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > ONE_READ)
 }
 
 /// What the phases learned that decoration and metrics need, even when a phase failed.

@@ -148,7 +148,7 @@ pub fn compile(
 }
 
 /// What every route onto RabbitMQ shares, whatever its front door (`http:` here, or
-/// `websocket:` in `ws::compile`): one target, the upstream, exchange, routing key,
+/// `websocket:` in `routing::websocket`): one target, the upstream, exchange, routing key,
 /// protobuf types and timeout. `reads_body`: the client's payload is the message.
 pub fn compile_target(
     spec: &RouteSpec,

@@ -97,7 +97,7 @@ impl Compiler<'_> {
         }
         if let Some(path) = &spec.websocket {
             // A GET route like any other, so lookup and conflict checks cover it.
-            match crate::ws::compile_route(spec, path, self.schema, self.upstreams) {
+            match super::websocket::compile_route(spec, path, self.schema, self.upstreams) {
                 Ok((template, route)) => {
                     let target = Target::WebSocket(Box::new(route));
                     self.push(spec, Method::GET, template, target, &location);

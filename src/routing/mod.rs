@@ -5,6 +5,7 @@ pub mod amqp;
 mod compile;
 pub mod grpc_web;
 pub mod template;
+pub mod websocket;
 
 pub use compile::compile;
 
@@ -66,8 +67,9 @@ pub enum Target {
     Static(StaticRoute),
     /// An `amqp:` route: RabbitMQ request-reply or publish (`amqp::AmqpRoute`).
     Amqp(Box<amqp::AmqpRoute>),
-    /// A `websocket:` route: a GET that upgrades and bridges frames (`crate::ws`).
-    WebSocket(Box<crate::ws::WsRoute>),
+    /// A `websocket:` route: a GET that upgrades and bridges frames (`websocket::WsRoute`,
+    /// run by `crate::ws`).
+    WebSocket(Box<websocket::WsRoute>),
     /// A `compose:` route: several backend calls, one JSON answer (`crate::compose`).
     Compose(Box<crate::compose::ComposeRoute>),
     /// A method of a `grpc_web:` service: gRPC-Web framing passed through to gRPC.

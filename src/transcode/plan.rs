@@ -16,7 +16,7 @@ use std::collections::HashMap;
 /// the root; `Scalar::Message` refers to others by index (so recursion is a cycle of
 /// indexes, not of pointers).
 #[derive(Debug)]
-pub struct Plan {
+pub(super) struct Plan {
     pub(super) messages: Vec<MessagePlan>,
     pub(super) enums: Vec<EnumPlan>,
 }
@@ -83,7 +83,7 @@ pub(super) struct EnumPlan {
 }
 
 impl EnumPlan {
-    pub fn name(&self, number: i32) -> Option<&str> {
+    pub(super) fn name(&self, number: i32) -> Option<&str> {
         self.by_number
             .binary_search_by_key(&number, |(n, _)| *n)
             .ok()
@@ -96,7 +96,7 @@ const SCAN_LIMIT: usize = 12;
 
 impl MessagePlan {
     /// The field a JSON object key names: by JSON name first, then by proto name.
-    pub fn field(&self, key: &str) -> Option<usize> {
+    pub(super) fn field(&self, key: &str) -> Option<usize> {
         match &self.by_key {
             Some(map) => map.get(key).copied(),
             None => self
@@ -110,7 +110,7 @@ impl MessagePlan {
 
 impl Scalar {
     /// The wire type of one value.
-    pub fn wire_type(self) -> u8 {
+    pub(super) fn wire_type(self) -> u8 {
         match self {
             Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => 1,
             Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => 5,
@@ -121,7 +121,7 @@ impl Scalar {
 }
 
 /// The plan of `desc`, or `None` when it (or a type below it) needs prost-reflect.
-pub fn compile(desc: &MessageDescriptor) -> Option<Plan> {
+pub(super) fn compile(desc: &MessageDescriptor) -> Option<Plan> {
     let mut builder = Builder::default();
     builder.message(desc)?;
     Some(Plan {

@@ -23,7 +23,7 @@ pub struct QueryBinding {
 /// Splits `a=1&b=x+y` into decoded pairs (`+` is a space). Bad escapes or invalid UTF-8
 /// are 400.
 /// A decoded query parameter.
-pub type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+pub(super) type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 pub fn parse_query(query: &str) -> Result<Vec<QueryPair<'_>>, GatewayError> {
     query

@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 
 /// The JSON options of `JsonCodec` that shape the output.
 #[derive(Clone, Copy, Debug)]
-pub struct Options {
+pub(super) struct Options {
     pub proto_names: bool,
     pub emit_defaults: bool,
     pub enum_numbers: bool,
@@ -29,11 +29,11 @@ const MAX_DEPTH: u32 = 100;
 
 /// This input is for prost-reflect to handle.
 #[derive(Debug)]
-pub struct Unsupported;
+pub(super) struct Unsupported;
 
 /// Appends the JSON form of `bytes` (a message of the plan's root type) to `out`. On error
 /// `out` holds garbage past its original length.
-pub fn write(
+pub(super) fn write(
     plan: &Plan,
     bytes: &[u8],
     options: &Options,

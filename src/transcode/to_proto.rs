@@ -17,7 +17,7 @@ use std::fmt;
 
 /// Appends the protobuf encoding of the JSON object `json` (a message of the plan's root
 /// type) to `out`. On error `out` holds garbage past its original length.
-pub fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+pub(super) fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     Message {
         plan,

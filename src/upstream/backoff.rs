@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     pub first: Duration,
     pub max: Duration,
     pub jitter: Jitter,
@@ -13,7 +13,7 @@ pub struct Backoff {
 
 /// How much of the computed delay is actually waited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Jitter {
+pub(crate) enum Jitter {
     /// Exactly the delay.
     None,
     /// 50–100% of it: never longer than the cap.
@@ -23,12 +23,12 @@ pub enum Jitter {
 }
 
 impl Backoff {
-    pub const fn new(first: Duration, max: Duration, jitter: Jitter) -> Self {
+    pub(crate) const fn new(first: Duration, max: Duration, jitter: Jitter) -> Self {
         Self { first, max, jitter }
     }
 
     /// The pause before attempt `attempt` (0: after the first failure).
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         // 2^16 × any sensible `first` is past every cap; beyond it only overflow changes.
         let delay = self
             .first

@@ -53,7 +53,7 @@ struct Inner {
 }
 
 /// Whether an outcome counts against the backend. Client errors never do.
-pub fn is_failure(code: Code, trip_on_internal: bool) -> bool {
+pub(crate) fn is_failure(code: Code, trip_on_internal: bool) -> bool {
     matches!(code, Code::Unavailable | Code::DeadlineExceeded)
         || (trip_on_internal && code == Code::Internal)
 }

@@ -17,7 +17,7 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The headers only the gateway sets toward backends: the trace and the claims it
 /// verified (`forward_claims`, e.g. `x-user-id`).
-pub fn gateway_headers<'a>(
+pub(crate) fn gateway_headers<'a>(
     trace: &'a TraceContext,
     identity: Option<&'a Identity>,
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
@@ -35,7 +35,7 @@ pub fn gateway_headers<'a>(
 
 /// How a route passes client headers on to a gRPC backend.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ClientMetadata {
+pub(crate) struct ClientMetadata {
     /// `Grpc-Metadata-<name>` request headers become metadata `<name>`.
     pub grpc_metadata: bool,
     /// The client's `Authorization` is forwarded (the route says `forward_authorization`).
@@ -94,7 +94,7 @@ fn metadata_from_plain_headers(
 
 /// The gRPC metadata of a call made for `headers` (the client's request). A malformed
 /// client `Grpc-Metadata-*-bin` value is a 400.
-pub fn grpc_metadata(
+pub(crate) fn grpc_metadata(
     headers: &HeaderMap,
     trace: &TraceContext,
     identity: Option<&Identity>,

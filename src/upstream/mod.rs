@@ -3,12 +3,12 @@
 //! Building an upstream is pure; [`Upstreams::start`] is the one place that spawns its
 //! background work.
 
-pub mod amqp;
-pub mod backoff;
-pub mod breaker;
-pub mod grpc;
-pub mod metadata;
-pub mod retry;
+pub(crate) mod amqp;
+pub(crate) mod backoff;
+pub(crate) mod breaker;
+pub(crate) mod grpc;
+pub(crate) mod metadata;
+pub(crate) mod retry;
 
 use crate::config::{GatewayConfig, LoadErrors, Location};
 use amqp::AmqpUpstream;

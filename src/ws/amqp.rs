@@ -13,7 +13,7 @@
 use super::{Exchange, Finish, Inbound, Outbound};
 use crate::error::{GatewayError, code_for_http_status, code_from_i32};
 use crate::routing::RouteTable;
-use crate::routing::amqp::AmqpRoute;
+use crate::routing::websocket::AmqpBridge;
 use crate::upstream::amqp::Message;
 use crate::upstream::amqp::message::{self, JSON, PROTOBUF};
 use axum::extract::ws::Utf8Bytes;
@@ -21,20 +21,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use http::StatusCode;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 
 /// RPCs one socket may have waiting for their reply. When as many are out, the socket's
 /// frames are not read (backpressure onto the client through TCP), which bounds what a
 /// socket holds: this window, plus the session's inbound and outbound buffers.
-pub const MAX_IN_FLIGHT: usize = 32;
-
-/// A websocket route onto an AMQP request-reply target.
-pub struct AmqpBridge {
-    /// The target compiled as for an HTTP route (the frame is the body).
-    pub route: AmqpRoute,
-    /// The routing key: a websocket route has no path variables to fill it in with.
-    pub routing_key: ShortString,
-}
+pub(super) const MAX_IN_FLIGHT: usize = 32;
 
 impl AmqpBridge {
     /// One frame's RPC: the reply as the text of a frame, or why there is none.

@@ -16,15 +16,11 @@
 use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx};
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
-use crate::transcode::MessageType;
+use crate::routing::websocket::GrpcBridge;
 use crate::upstream::grpc::status::status_to_error;
-use crate::upstream::grpc::{GrpcUpstream, RawCodec};
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use futures_util::stream::Stream;
-use http::uri::PathAndQuery;
-use prost_reflect::MethodDescriptor;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -33,34 +29,7 @@ use tonic::{CancellationHandle, Status, Streaming};
 /// Request messages waiting for HTTP/2 flow control toward the backend.
 const REQUEST_BUFFER: usize = 32;
 
-/// tonic's buffers for one call start this small (its default is 8 KiB each way, most of
-/// an idle socket's memory) and grow when messages need it; the yield threshold (how much
-/// encoded request data is sent in one go) is tonic's default.
-pub const CODEC: RawCodec = RawCodec::with_buffers(256, 32 << 10);
-
-/// A websocket route onto a streaming gRPC method.
-pub struct GrpcBridge {
-    pub upstream: Arc<GrpcUpstream>,
-    pub method: MethodDescriptor,
-    /// `/package.Service/Method`.
-    pub path: PathAndQuery,
-    pub codec: RawCodec,
-    pub input: MessageType,
-    pub output: MessageType,
-}
-
 impl GrpcBridge {
-    pub fn kind(&self) -> &'static str {
-        match (
-            self.method.is_client_streaming(),
-            self.method.is_server_streaming(),
-        ) {
-            (true, true) => "websocket-grpc-bidi",
-            (true, false) => "websocket-grpc-client-stream",
-            _ => "websocket-grpc-server-stream",
-        }
-    }
-
     /// Opens the call (connect + response headers), if the upstream's circuit breaker
     /// admits it. The opening is what metrics and the breaker count; in-stream errors
     /// reach the client in-band.

@@ -39,7 +39,7 @@ const WRITE_BUFFER: usize = 16 << 10;
 
 /// What the checks before the upgrade hand to the socket: its place in the connection
 /// count, and the policies that may still close it later with 1008.
-pub struct Admission {
+pub(super) struct Admission {
     pub(super) permit: Permit,
     /// Consulted for every data frame from the client; a refusal sends
     /// `{"error": <status>}` and closes with 1008 (e.g. a per-message rate limit).
@@ -51,7 +51,7 @@ pub struct Admission {
 
 /// Upgrades a request on the websocket route `index` of `table` and runs the socket in
 /// its own task, or refuses with an HTTP error.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     hub: &Arc<Hub>,
     table: &Arc<RouteTable>,
     index: usize,
@@ -169,7 +169,7 @@ fn expiry_instant(exp: &serde_json::Value) -> Option<tokio::time::Instant> {
 
 /// Moves a browser's token (the subprotocol after `bearer`, or `access_token`) into
 /// `Authorization`, unless the request has that header already.
-pub fn browser_credentials<B>(request: &mut Request<B>) {
+pub(crate) fn browser_credentials<B>(request: &mut Request<B>) {
     if request.headers().contains_key(header::AUTHORIZATION) {
         return;
     }

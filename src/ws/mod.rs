@@ -13,20 +13,21 @@
 //!   inbound frames into calls and answers into JSON, and returns how the exchange ended
 //!   ([`Finish`]). It never sees the socket.
 //!
-//! Adding a backend kind: a variant of [`Backend`], its compile step in [`compile`], and an
-//! `async fn run(&YourBridge, Exchange) -> Finish` in its own module.
+//! What a route bridges to ([`WsRoute`], [`Backend`]) is compiled with the other routes in
+//! `routing::websocket`; this module adds how it runs. Adding a backend kind: a variant
+//! of `Backend` and its compile step there, and an `async fn run(&YourBridge, Exchange)
+//! -> Finish` in its own module here.
 
 mod amqp;
-mod compile;
 mod grpc;
 mod handshake;
 mod session;
 
-pub(crate) use compile::compile_route;
-pub use handshake::{browser_credentials, upgrade};
+pub(crate) use handshake::{browser_credentials, upgrade};
 
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
+pub(crate) use crate::routing::websocket::{Backend, WsRoute};
 use crate::telemetry::WsMetrics;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -36,99 +37,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, watch};
-
-/// A compiled `websocket:` route.
-pub struct WsRoute {
-    pub backend: Backend,
-    /// Forward the client's `authorization` (also one taken from a subprotocol or
-    /// `access_token`) to the backend.
-    pub forward_authorization: bool,
-    pub metrics: WsMetrics,
-}
-
-/// What is behind a socket.
-pub enum Backend {
-    Grpc(grpc::GrpcBridge),
-    Amqp(amqp::AmqpBridge),
-}
-
-/// How `routes` and `/admin/routes` show a websocket route.
-pub enum Description {
-    /// `websocket-grpc-bidi`, `websocket-grpc-client-stream`, `websocket-grpc-server-stream`.
-    Grpc {
-        kind: &'static str,
-        upstream: String,
-        method: String,
-    },
-    /// `websocket-amqp`: each frame is an RPC.
-    Amqp {
-        upstream: String,
-        exchange: String,
-        routing_key: String,
-        /// Per frame.
-        timeout_ms: u64,
-    },
-}
-
-impl Description {
-    /// The `target` object of `/admin/routes` (the AMQP one has the fields of an HTTP
-    /// AMQP route's).
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Description::Grpc {
-                kind,
-                upstream,
-                method,
-            } => serde_json::json!({ "kind": kind, "upstream": upstream, "method": method }),
-            Description::Amqp {
-                upstream,
-                exchange,
-                routing_key,
-                timeout_ms,
-            } => serde_json::json!({
-                "kind": "websocket-amqp",
-                "upstream": upstream,
-                "exchange": exchange,
-                "routing_key": routing_key,
-                "timeout_ms": timeout_ms,
-            }),
-        }
-    }
-
-    /// One line for `switchboard routes`: kind, upstream, method or routing key.
-    pub fn summary(&self) -> String {
-        match self {
-            Description::Grpc {
-                kind,
-                upstream,
-                method,
-            } => format!("{kind} {upstream} {method}"),
-            Description::Amqp {
-                upstream,
-                routing_key,
-                ..
-            } => format!("websocket-amqp {upstream} {routing_key}"),
-        }
-    }
-}
-
-impl WsRoute {
-    pub fn describe(&self) -> Description {
-        match &self.backend {
-            Backend::Grpc(bridge) => Description::Grpc {
-                kind: bridge.kind(),
-                upstream: bridge.upstream.name.clone(),
-                method: bridge.method.full_name().to_string(),
-            },
-            Backend::Amqp(bridge) => Description::Amqp {
-                upstream: bridge.route.upstream.name.clone(),
-                exchange: bridge.route.exchange.to_string(),
-                routing_key: bridge.routing_key.to_string(),
-                timeout_ms: bridge.route.timeout.as_millis() as u64,
-            },
-        }
-    }
-}
 
 impl Backend {
     /// Runs the exchange of one socket until the backend is done with it. Dropping the
@@ -149,7 +57,7 @@ impl Backend {
 
 /// A data frame from the client, on its way to the backend.
 #[derive(Debug)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// The payload of a text frame (or of a binary frame: it must hold JSON too).
     Frame(Bytes),
     /// The client sent `{"end": true}`: it has no more messages (gRPC half-close).
@@ -158,7 +66,7 @@ pub enum Inbound {
 
 /// Something for the client, from the backend.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// One answer as JSON: one text frame.
     Message(Utf8Bytes),
     /// A frame the backend could not use: `{"error": <google.rpc.Status>}` is sent and
@@ -168,12 +76,12 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    pub fn rejected(error: GatewayError) -> Self {
+    pub(crate) fn rejected(error: GatewayError) -> Self {
         Outbound::Rejected(Box::new(error))
     }
 
     /// A JSON document as a text frame.
-    pub fn json(json: String) -> Self {
+    pub(crate) fn json(json: String) -> Self {
         Outbound::Message(Utf8Bytes::from(json))
     }
 }
@@ -182,30 +90,33 @@ impl Outbound {
 /// tokio's mpsc allocates a first block of 32 slots when a channel is created — per
 /// socket — and a pointer slot is a quarter of a `Bytes` one (≈ 1.5 KiB less per idle
 /// socket, for one small allocation per message).
-pub struct InboundRx(mpsc::Receiver<Box<Inbound>>);
+pub(crate) struct InboundRx(mpsc::Receiver<Box<Inbound>>);
 
 impl InboundRx {
-    pub async fn recv(&mut self) -> Option<Inbound> {
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
         self.0.recv().await.map(|item| *item)
     }
 }
 
 /// The sending end of a socket's messages for the client (boxed, as `InboundRx`).
-pub struct OutboundTx(mpsc::Sender<Box<Outbound>>);
+pub(crate) struct OutboundTx(mpsc::Sender<Box<Outbound>>);
 
 impl OutboundTx {
     /// Waits while the client is slow; fails once the socket is closing.
-    pub async fn send(&self, item: Outbound) -> Result<(), mpsc::error::SendError<Box<Outbound>>> {
+    pub(crate) async fn send(
+        &self,
+        item: Outbound,
+    ) -> Result<(), mpsc::error::SendError<Box<Outbound>>> {
         self.0.send(Box::new(item)).await
     }
 }
 
 /// How a backend finished: `Ok` closes with 1000; `Err` sends `{"error": <status>}` and
 /// closes with 1011 (contract §5).
-pub type Finish = Result<(), GatewayError>;
+pub(crate) type Finish = Result<(), GatewayError>;
 
 /// Everything a backend gets for one socket.
-pub struct Exchange {
+pub(crate) struct Exchange {
     /// The table the socket was opened on: JSON options, descriptor pool.
     pub table: Arc<RouteTable>,
     /// Headers to pass on: trace ids, claims from `forward_claims`, and for gRPC
@@ -320,7 +231,7 @@ pub(crate) enum Full {
 }
 
 /// One open socket, counted in the hub and the route's gauge until dropped.
-pub struct Permit {
+pub(crate) struct Permit {
     hub: Arc<Hub>,
     gauge: metrics::Gauge,
     client: IpAddr,

@@ -43,7 +43,7 @@ const TOO_BIG: u16 = 1009;
 const INTERNAL: u16 = 1011;
 
 /// What `handshake` prepared for the socket.
-pub struct Session {
+pub(super) struct Session {
     pub table: Arc<RouteTable>,
     pub index: usize,
     pub admission: Admission,
@@ -72,7 +72,7 @@ enum End {
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
-pub async fn run(socket: WebSocket, session: Session) {
+pub(super) async fn run(socket: WebSocket, session: Session) {
     let Session {
         table,
         index,

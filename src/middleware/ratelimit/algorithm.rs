@@ -4,7 +4,7 @@
 
 /// One key's counters.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum State {
+pub(super) enum State {
     /// Token bucket: tokens left (fractional) at `last`.
     Bucket { tokens: f64, last: i64 },
     /// Leaky bucket as GCRA: the theoretical arrival time of the next request.
@@ -43,7 +43,7 @@ impl Params {
 
 /// Decides one request at `now`, updating `state` (None = a fresh key). Returns the new
 /// state and when it may be forgotten (it then equals a fresh key).
-pub fn decide(params: &Params, state: Option<State>, now: i64) -> (Decision, State, i64) {
+pub(super) fn decide(params: &Params, state: Option<State>, now: i64) -> (Decision, State, i64) {
     use crate::config::RateLimitAlgorithm::*;
     match params.kind {
         TokenBucket => token_bucket(params, state, now),

@@ -118,7 +118,7 @@ return out
 ";
 
 /// The most decisions sent in one script call.
-pub const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 /// Decisions waiting for the next batch, at most (callers then wait to queue, within
 /// their timeout).
 const QUEUE: usize = 4096;

@@ -19,7 +19,7 @@ const PREFIX: usize = 5;
 
 /// Binary frames, or the same frames in base64 (`application/grpc-web-text`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Binary,
     Text,
 }
@@ -27,7 +27,7 @@ pub enum Mode {
 impl Mode {
     /// The mode a request's content type names, loosely (any `application/grpc-web*`):
     /// decides whether its errors are answered in gRPC-Web form.
-    pub fn of(headers: &HeaderMap) -> Option<Mode> {
+    pub(crate) fn of(headers: &HeaderMap) -> Option<Mode> {
         let value = headers.get(header::CONTENT_TYPE)?.as_bytes();
         let starts = |prefix: &[u8]| {
             value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix)
@@ -43,7 +43,7 @@ impl Mode {
 
     /// The mode of a request a gRPC-Web route serves: protobuf messages only
     /// (`application/grpc-web[-text][+proto]`, parameters ignored).
-    pub fn of_request(headers: &HeaderMap) -> Result<Mode, GatewayError> {
+    pub(crate) fn of_request(headers: &HeaderMap) -> Result<Mode, GatewayError> {
         let value = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -61,7 +61,7 @@ impl Mode {
     }
 
     /// The response content type.
-    pub fn content_type(self) -> HeaderValue {
+    pub(crate) fn content_type(self) -> HeaderValue {
         match self {
             Mode::Binary => HeaderValue::from_static("application/grpc-web+proto"),
             Mode::Text => HeaderValue::from_static("application/grpc-web-text+proto"),
@@ -69,7 +69,7 @@ impl Mode {
     }
 
     /// Bytes as this mode sends them: as they are, or one padded base64 chunk.
-    pub fn encode(self, frames: Bytes) -> Bytes {
+    pub(crate) fn encode(self, frames: Bytes) -> Bytes {
         match self {
             Mode::Binary => frames,
             Mode::Text => Bytes::from(STANDARD.encode(&frames)),
@@ -78,7 +78,7 @@ impl Mode {
 
     /// How many bytes of request body hold at most `limit` bytes of frames: the base64
     /// of `limit` bytes, plus room for the padding of a few chunks.
-    pub fn body_limit(self, limit: u64) -> u64 {
+    pub(crate) fn body_limit(self, limit: u64) -> u64 {
         match self {
             Mode::Binary => limit,
             Mode::Text => limit.div_ceil(3).saturating_mul(4).saturating_add(64),
@@ -88,7 +88,7 @@ impl Mode {
 
 /// A text-mode body → its bytes. The body may be several base64 chunks, each padded
 /// (clients encode per write), so it is decoded one padded run of 4-byte quanta at a time.
-pub fn decode_text(body: &[u8]) -> Result<Bytes, GatewayError> {
+pub(crate) fn decode_text(body: &[u8]) -> Result<Bytes, GatewayError> {
     let bad = || GatewayError::invalid_argument("grpc-web-text body is not valid base64");
     if !body.len().is_multiple_of(4) {
         return Err(bad());
@@ -111,7 +111,7 @@ pub fn decode_text(body: &[u8]) -> Result<Bytes, GatewayError> {
 /// backend takes it. The prefix must describe exactly the bytes that follow it: a
 /// prefix larger than `limit` is refused before anything else, one that disagrees with
 /// the body (short, long, or a second frame behind it) is INVALID_ARGUMENT.
-pub fn single_message(body: Bytes, limit: u64) -> Result<Bytes, GatewayError> {
+pub(crate) fn single_message(body: Bytes, limit: u64) -> Result<Bytes, GatewayError> {
     if body.len() < PREFIX {
         return Err(GatewayError::invalid_argument(
             "grpc-web request body holds no complete message frame",
@@ -148,7 +148,7 @@ pub fn single_message(body: Bytes, limit: u64) -> Result<Bytes, GatewayError> {
 }
 
 /// A data frame around an encoded message.
-pub fn data_frame(message: &[u8]) -> Result<Bytes, GatewayError> {
+pub(crate) fn data_frame(message: &[u8]) -> Result<Bytes, GatewayError> {
     let len = u32::try_from(message.len())
         .map_err(|_| GatewayError::internal("response message longer than 4 GiB"))?;
     let mut frame = BytesMut::with_capacity(PREFIX + message.len());
@@ -161,7 +161,7 @@ pub fn data_frame(message: &[u8]) -> Result<Bytes, GatewayError> {
 /// The trailer frame that ends every answer with a body: `grpc-status`, `grpc-message`,
 /// then `metadata` (the backend's trailers; values are visible ASCII already, `-bin`
 /// ones base64), each as `name:value\r\n`.
-pub fn trailer_frame(code: Code, message: &str, metadata: Option<&HeaderMap>) -> Bytes {
+pub(crate) fn trailer_frame(code: Code, message: &str, metadata: Option<&HeaderMap>) -> Bytes {
     let mut block = Vec::with_capacity(64);
     block.extend_from_slice(b"grpc-status:");
     block.extend_from_slice((code as i32).to_string().as_bytes());

@@ -9,7 +9,7 @@
 //! ([`GatewayError::into_grpc_web_response`]); failures after it end the body with a
 //! trailer frame carrying the status.
 
-pub mod framing;
+pub(crate) mod framing;
 
 use super::body::read_limited;
 use crate::error::{GatewayError, Origin};
@@ -35,7 +35,7 @@ use tonic::{Code, Streaming};
 static GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 
-pub async fn call(
+pub(crate) async fn call(
     table: &Arc<RouteTable>,
     route: &GrpcWebRoute,
     request: Request<Body>,

@@ -10,14 +10,14 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-pub const PROTOBUF: &str = "application/x-protobuf";
-pub const JSON: &str = "application/json";
+pub(crate) const PROTOBUF: &str = "application/x-protobuf";
+pub(crate) const JSON: &str = "application/json";
 /// Delivery mode of `persistent: true` routes.
 const PERSISTENT: u8 = 2;
 
 /// A JSON request of a typed route as protobuf bytes; bad JSON is INVALID_ARGUMENT and
 /// never reaches the broker.
-pub fn typed_payload(
+pub(crate) fn typed_payload(
     json: &JsonCodec,
     request_type: &MessageType,
     body: &[u8],
@@ -30,7 +30,7 @@ pub fn typed_payload(
 /// Whether a content type announces protobuf (or gRPC) bytes: `application/x-protobuf`,
 /// `application/protobuf`, `application/vnd.google.protobuf`, `application/grpc…`, with
 /// any parameters and in any case.
-pub fn is_protobuf_type(content_type: &str) -> bool {
+pub(crate) fn is_protobuf_type(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -42,13 +42,13 @@ pub fn is_protobuf_type(content_type: &str) -> bool {
 }
 
 /// An AMQP header value carrying text (or bytes) as a long string.
-pub fn text(bytes: &[u8]) -> AMQPValue {
+pub(crate) fn text(bytes: &[u8]) -> AMQPValue {
     AMQPValue::LongString(LongString::from(bytes))
 }
 
 /// Headers as an AMQP header table, every value a long string: the trace ids and the
 /// claims the middleware forwards (`forward_claims`).
-pub fn header_table<'a>(
+pub(crate) fn header_table<'a>(
     headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) -> FieldTable {
     let mut table = FieldTable::default();
@@ -60,7 +60,7 @@ pub fn header_table<'a>(
 
 /// The properties a route decides: headers, content type, delivery mode. The upstream
 /// adds what request-reply needs (`reply_to`, `correlation_id`, `expiration`).
-pub fn properties(
+pub(crate) fn properties(
     headers: FieldTable,
     content_type: Option<ShortString>,
     persistent: bool,
@@ -78,7 +78,7 @@ pub fn properties(
 /// The reply body for the client and its content type: a protobuf reply (content type
 /// `application/x-protobuf` or none) of a typed route as JSON; anything else verbatim
 /// (e.g. a JSON error from the worker).
-pub fn reply_body(
+pub(crate) fn reply_body(
     json: &JsonCodec,
     response_type: Option<&MessageType>,
     reply: Reply,
@@ -97,7 +97,7 @@ pub fn reply_body(
 }
 
 /// The reply header `x-status` (an integer or a numeric string), 200 without one.
-pub fn reply_status(reply: &Reply) -> Result<StatusCode, GatewayError> {
+pub(crate) fn reply_status(reply: &Reply) -> Result<StatusCode, GatewayError> {
     let Some(value) = reply
         .properties
         .headers()

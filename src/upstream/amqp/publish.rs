@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 /// A long-lived channel that publishes `mandatory` messages.
-pub struct Publisher {
+pub(super) struct Publisher {
     pub channel: Channel,
     /// See `publish`.
     order: Mutex<()>,
@@ -20,7 +20,7 @@ pub struct Publisher {
 
 /// Why the broker did not take a message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
+pub(super) enum Refused {
     /// Returned as unroutable (`mandatory`): no queue is bound for the routing key.
     Returned { code: u16, text: String },
     /// Nacked: the broker could not take it (e.g. a queue overflow policy).
@@ -40,7 +40,7 @@ impl std::fmt::Display for Refused {
 
 impl Publisher {
     /// A new channel; `confirms`: in confirm mode.
-    pub async fn open(connection: &Connection, confirms: bool) -> lapin::Result<Self> {
+    pub(super) async fn open(connection: &Connection, confirms: bool) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
         if confirms {
             channel
@@ -55,7 +55,7 @@ impl Publisher {
 
     /// Sends a `mandatory` message; the returned future resolves with the broker's answer
     /// (at once with `NotRequested` without confirm mode).
-    pub async fn publish(
+    pub(super) async fn publish(
         &self,
         exchange: &ShortString,
         routing_key: ShortString,
@@ -73,7 +73,7 @@ impl Publisher {
     /// Queues a `mandatory` message on a channel without confirms, and does not wait for
     /// lapin's I/O thread to write it: the RPC path waits for the reply anyway, and a write
     /// that fails loses the connection, which fails the request (saves a thread hop).
-    pub async fn enqueue(
+    pub(super) async fn enqueue(
         &self,
         exchange: &ShortString,
         routing_key: ShortString,
@@ -120,12 +120,12 @@ impl Publisher {
 /// Waits for the confirms of abandoned publishes (a client that left mid-request) on a
 /// confirm-mode channel: lapin keeps those until someone waits for them, so the
 /// connection task calls this now and then.
-pub async fn sweep(channel: &Channel) {
+pub(super) async fn sweep(channel: &Channel) {
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
 }
 
 /// The broker's answer to a `mandatory` publish: `Ok` only for a plain ack.
-pub fn accepted(confirmation: Confirmation) -> Result<(), Refused> {
+pub(super) fn accepted(confirmation: Confirmation) -> Result<(), Refused> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {

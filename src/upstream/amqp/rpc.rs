@@ -19,13 +19,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The pseudo-queue of direct reply-to: set as `reply_to`, consumed with `no_ack`.
-pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(super) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// How often the RPC channel's returned (unroutable) messages are collected.
 const RETURN_POLL: Duration = Duration::from_millis(20);
 
 /// Why a request got no reply.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NoReply {
+pub(super) enum NoReply {
     /// The connection was lost first.
     Lost,
     /// The broker returned the request as unroutable.
@@ -33,7 +33,7 @@ pub enum NoReply {
 }
 
 /// The requests of one connection that wait for their reply, by correlation id.
-pub struct Replies {
+pub(super) struct Replies {
     /// Random per connection, so a reply meant for an earlier connection never matches.
     prefix: String,
     inner: Mutex<Inner>,
@@ -47,7 +47,7 @@ struct Inner {
 }
 
 impl Replies {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             prefix: format!("{:08x}", fastrand::u32(..)),
             inner: Mutex::new(Inner {
@@ -64,7 +64,7 @@ impl Replies {
 
     /// A fresh correlation id and the place its reply will arrive; `None` once the
     /// connection is lost.
-    pub fn register(self: &Arc<Self>) -> Option<PendingReply> {
+    pub(super) fn register(self: &Arc<Self>) -> Option<PendingReply> {
         let (sender, receiver) = oneshot::channel();
         let id = {
             let mut inner = self.lock();
@@ -123,7 +123,7 @@ impl Replies {
     }
 
     /// The connection is gone: every waiting request fails now (its sender is dropped).
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         let waiting = {
             let mut inner = self.lock();
             inner.closed = true;
@@ -132,13 +132,13 @@ impl Replies {
         drop(waiting);
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.lock().closed
     }
 }
 
 /// One request waiting for its reply. Dropping it forgets the correlation id.
-pub struct PendingReply {
+pub(super) struct PendingReply {
     pub correlation_id: ShortString,
     id: u64,
     receiver: oneshot::Receiver<Result<Reply, Refused>>,
@@ -146,7 +146,7 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
-    pub async fn reply(&mut self) -> Result<Reply, NoReply> {
+    pub(super) async fn reply(&mut self) -> Result<Reply, NoReply> {
         match (&mut self.receiver).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(refused)) => Err(NoReply::Returned(refused)),
@@ -163,7 +163,7 @@ impl Drop for PendingReply {
 
 /// Runs the connection's reply consumer until it ends (connection or channel lost),
 /// then fails the requests still waiting.
-pub async fn consume_replies(mut consumer: Consumer, replies: Arc<Replies>) {
+pub(super) async fn consume_replies(mut consumer: Consumer, replies: Arc<Replies>) {
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => replies.deliver(Reply {
@@ -181,7 +181,7 @@ pub async fn consume_replies(mut consumer: Consumer, replies: Arc<Replies>) {
 
 /// Collects the RPC channel's returned messages (lapin keeps them until asked) and fails
 /// their requests; runs for the life of the session.
-pub async fn collect_returns(channel: Channel, replies: Arc<Replies>) {
+pub(super) async fn collect_returns(channel: Channel, replies: Arc<Replies>) {
     let mut tick = tokio::time::interval(RETURN_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -18,7 +18,7 @@ const RECHECK_MISSING: Duration = Duration::from_secs(1);
 
 /// Declares the durable exchanges and queues of `declare:` and binds them, on a channel
 /// of its own. Names must fit AMQP's 255 bytes (checked when the upstream is built).
-pub async fn declare(connection: &Connection, declare: &AmqpDeclare) -> lapin::Result<()> {
+pub(super) async fn declare(connection: &Connection, declare: &AmqpDeclare) -> lapin::Result<()> {
     let channel = connection.create_channel().await?;
     for exchange in &declare.exchanges {
         let kind = match exchange.kind.as_str() {
@@ -65,7 +65,7 @@ pub async fn declare(connection: &Connection, declare: &AmqpDeclare) -> lapin::R
 }
 
 /// Refuses names AMQP cannot carry (more than 255 bytes), before anything connects.
-pub fn check_names(declare: &AmqpDeclare) -> Result<(), String> {
+pub(super) fn check_names(declare: &AmqpDeclare) -> Result<(), String> {
     let names = declare
         .exchanges
         .iter()
@@ -85,14 +85,14 @@ pub fn check_names(declare: &AmqpDeclare) -> Result<(), String> {
 
 /// Which exchanges this connection has seen (or not seen) on the broker.
 #[derive(Default)]
-pub struct Exchanges {
+pub(super) struct Exchanges {
     known: Mutex<HashMap<String, Option<Instant>>>,
 }
 
 impl Exchanges {
     /// `Ok` when `name` exists; the broker is asked once per connection (the default
     /// exchange `""` always exists). The caller bounds this with its deadline.
-    pub async fn check(&self, connection: &Connection, name: &str) -> Result<(), String> {
+    pub(super) async fn check(&self, connection: &Connection, name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Ok(());
         }

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 /// A request body: one framed unary message, or whatever tonic streams.
-pub type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
+pub(crate) type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
 
 /// How long opening a connection (TCP connect and HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -383,7 +383,7 @@ impl Connection {
 /// is UNAVAILABLE, as gRPC clients report it: tonic would say UNKNOWN (HTTP 500) for the
 /// first and CANCELLED (HTTP 499, as if the client had gone away) for the second. Other
 /// resets keep gRPC's mapping of their HTTP/2 error code.
-pub fn transport_status(error: hyper::Error, cause: String) -> Status {
+pub(crate) fn transport_status(error: hyper::Error, cause: String) -> Status {
     let broken = connection_broke(&error);
     let code = match Status::from_error(Box::new(error)).code() {
         _ if broken => Code::Unavailable,

@@ -19,9 +19,9 @@ use std::sync::Weak;
 use std::time::Duration;
 
 /// How often a `dns:` name is resolved again when `refresh` is not set.
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
 /// The shortest `refresh` accepted.
-pub const MIN_REFRESH: Duration = Duration::from_millis(100);
+pub(crate) const MIN_REFRESH: Duration = Duration::from_millis(100);
 /// Deadline of one resolution with the system resolver, or one query with `resolver:`.
 const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// More addresses than this in one answer are cut (each is a connection).
@@ -95,7 +95,7 @@ impl DnsTarget {
 }
 
 /// `resolver.nameservers`: `ip` or `ip:port` (53 when absent).
-pub fn parse_nameservers(config: &ResolverConfig) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn parse_nameservers(config: &ResolverConfig) -> Result<Vec<SocketAddr>, String> {
     if config.nameservers.is_empty() {
         return Err("`resolver.nameservers` is empty".into());
     }
@@ -187,7 +187,7 @@ impl Resolver {
 }
 
 /// One resolution of `target`, for load-time needs (reflection before the upstream is live).
-pub async fn resolve_once(target: &DnsTarget) -> Result<Vec<SocketAddr>, String> {
+pub(crate) async fn resolve_once(target: &DnsTarget) -> Result<Vec<SocketAddr>, String> {
     Resolver::new(target)?
         .resolve(target)
         .await
@@ -196,7 +196,7 @@ pub async fn resolve_once(target: &DnsTarget) -> Result<Vec<SocketAddr>, String>
 
 /// Resolves `target` now and every `refresh`, handing each good answer to the upstream,
 /// until the upstream is dropped (a reload replaced it and its last call finished).
-pub async fn run(upstream: Weak<GrpcUpstream>, target: DnsTarget) {
+pub(crate) async fn run(upstream: Weak<GrpcUpstream>, target: DnsTarget) {
     let Some(name) = upstream.upgrade().map(|u| u.name.clone()) else {
         return;
     };

@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 /// Checks every endpoint each interval until the upstream is dropped (after a reload
 /// that replaced it and the last request that used it). The endpoints are those in the
 /// list at each round, so endpoints DNS discovery adds are checked too.
-pub async fn run(upstream: Weak<GrpcUpstream>, config: HealthCheckConfig) {
+pub(crate) async fn run(upstream: Weak<GrpcUpstream>, config: HealthCheckConfig) {
     let timeout = config
         .timeout
         .map(|t| t.0)

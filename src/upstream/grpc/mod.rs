@@ -1,17 +1,17 @@
 //! gRPC backends: a balancer over each upstream's endpoints (fixed, or discovered by
 //! DNS), each endpoint a small pool of HTTP/2 connections, called with dynamic messages.
 
-pub mod balancer;
+pub(crate) mod balancer;
 mod codec;
-pub mod connection;
-pub mod discovery;
-pub mod health;
-pub mod outlier;
-pub mod status;
-pub mod unary;
+pub(crate) mod connection;
+pub(crate) mod discovery;
+pub(crate) mod health;
+pub(crate) mod outlier;
+pub(crate) mod status;
+pub(crate) mod unary;
 
-pub use codec::{DynamicCodec, RawCodec};
-pub use connection::Connection;
+pub(crate) use codec::{DynamicCodec, RawCodec};
+pub(crate) use connection::Connection;
 
 use crate::config::{Balance, GrpcUpstreamConfig, OutlierConfig, ResolverConfig, UpstreamConfig};
 use crate::telemetry::UpstreamMetrics;

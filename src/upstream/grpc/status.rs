@@ -25,7 +25,7 @@ pub(super) const LOCAL_MARK: &str = "x-switchboard-local";
 
 /// A status made by the gateway's own gRPC client. Its message is a cause for the log
 /// (it names endpoints and transport errors); clients get a generic text for the code.
-pub fn local_status(code: tonic::Code, cause: impl Into<String>) -> tonic::Status {
+pub(crate) fn local_status(code: tonic::Code, cause: impl Into<String>) -> tonic::Status {
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert(LOCAL_MARK, tonic::metadata::MetadataValue::from_static("1"));
     tonic::Status::with_metadata(code, cause, metadata)
@@ -33,7 +33,7 @@ pub fn local_status(code: tonic::Code, cause: impl Into<String>) -> tonic::Statu
 
 /// Whether the gateway made `status` itself ([`local_status`], or tonic from a transport
 /// error) rather than receiving it from the backend.
-pub fn is_local(status: &tonic::Status) -> bool {
+pub(crate) fn is_local(status: &tonic::Status) -> bool {
     status.metadata().get(LOCAL_MARK).is_some() || std::error::Error::source(status).is_some()
 }
 
@@ -42,7 +42,7 @@ pub fn is_local(status: &tonic::Status) -> bool {
 const UNPROCESSED_MARK: &str = "x-switchboard-unprocessed";
 
 /// UNAVAILABLE for a request the server never processed ([`is_unprocessed`]).
-pub fn unprocessed_status(cause: impl Into<String>) -> tonic::Status {
+pub(crate) fn unprocessed_status(cause: impl Into<String>) -> tonic::Status {
     let mut status = local_status(tonic::Code::Unavailable, cause);
     status.metadata_mut().insert(
         UNPROCESSED_MARK,
@@ -52,7 +52,7 @@ pub fn unprocessed_status(cause: impl Into<String>) -> tonic::Status {
 }
 
 /// Whether `status` says the server never processed the request, so it can be resent.
-pub fn is_unprocessed(status: &tonic::Status) -> bool {
+pub(crate) fn is_unprocessed(status: &tonic::Status) -> bool {
     status.metadata().get(UNPROCESSED_MARK).is_some()
 }
 
@@ -70,7 +70,7 @@ fn generic_message(code: tonic::Code) -> &'static str {
 /// objects with `@type`; others keep their bytes in base64 under `value`. A status the
 /// gateway made itself ([`local_status`], or one tonic made from a transport error)
 /// keeps its text for the log only.
-pub fn status_to_error(
+pub(crate) fn status_to_error(
     status: &tonic::Status,
     pool: &DescriptorPool,
     json: &JsonCodec,
@@ -131,7 +131,7 @@ fn render_any(
 }
 
 /// Headers that belong to the gRPC protocol itself, never surfaced as metadata.
-pub fn is_protocol_header(name: &str) -> bool {
+pub(crate) fn is_protocol_header(name: &str) -> bool {
     matches!(
         name,
         "content-type"
@@ -148,7 +148,7 @@ pub fn is_protocol_header(name: &str) -> bool {
 }
 
 /// Response metadata and trailers → `Grpc-Metadata-<name>` headers.
-pub fn append_metadata_headers(metadata: &HeaderMap, out: &mut HeaderMap) {
+pub(crate) fn append_metadata_headers(metadata: &HeaderMap, out: &mut HeaderMap) {
     for (name, value) in metadata {
         if is_protocol_header(name.as_str()) {
             continue;
@@ -165,7 +165,7 @@ pub fn append_metadata_headers(metadata: &HeaderMap, out: &mut HeaderMap) {
 /// (only the gateway sets it, from a checked token or `forward_authorization`), and the
 /// trace headers the gateway sets itself. Claim names from `forward_claims` are stripped
 /// by the middleware before this runs.
-pub fn client_may_set(name: &str) -> bool {
+pub(crate) fn client_may_set(name: &str) -> bool {
     !(matches!(
         name,
         "connection"
@@ -199,7 +199,10 @@ pub fn client_may_set(name: &str) -> bool {
 /// `Grpc-Metadata-<name>` request headers → metadata `<name>`. Names a client may not set
 /// (see [`client_may_set`]) are dropped; a `-bin` value that is not base64 is refused
 /// (400), since the backend would otherwise fail the whole call on it.
-pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) -> Result<(), GatewayError> {
+pub(crate) fn metadata_from_headers(
+    headers: &HeaderMap,
+    out: &mut HeaderMap,
+) -> Result<(), GatewayError> {
     for (name, value) in headers {
         let Some(stripped) = name.as_str().strip_prefix("grpc-metadata-") else {
             continue;
@@ -223,13 +226,13 @@ pub fn metadata_from_headers(headers: &HeaderMap, out: &mut HeaderMap) -> Result
 }
 
 /// Standard base64, padded or not (gRPC accepts both for `-bin` metadata).
-pub fn is_base64(value: &[u8]) -> bool {
+pub(crate) fn is_base64(value: &[u8]) -> bool {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     STANDARD.decode(value).is_ok() || STANDARD_NO_PAD.decode(value).is_ok()
 }
 
 /// A header value that is known to be valid (ASCII we produced ourselves).
-pub fn header_value(text: &str) -> HeaderValue {
+pub(crate) fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 

@@ -32,10 +32,10 @@ const RESERVED: [HeaderName; 3] = [
 
 /// An encoded request message behind room for its gRPC prefix: write the message after
 /// `FRAME_PREFIX` placeholder bytes, then `finish_frame`.
-pub const FRAME_PREFIX: [u8; 5] = [0; 5];
+pub(crate) const FRAME_PREFIX: [u8; 5] = [0; 5];
 
 /// Fills in the gRPC prefix of a buffer begun with `FRAME_PREFIX` (uncompressed).
-pub fn finish_frame(mut buf: Vec<u8>) -> Result<Bytes, Status> {
+pub(crate) fn finish_frame(mut buf: Vec<u8>) -> Result<Bytes, Status> {
     let len = buf.len().saturating_sub(FRAME_PREFIX.len());
     let prefix = u32::try_from(len)
         .map_err(|_| Status::internal(format!("request message too large: {len} bytes")))?;
@@ -44,7 +44,7 @@ pub fn finish_frame(mut buf: Vec<u8>) -> Result<Bytes, Status> {
 }
 
 /// `message` with the gRPC length prefix (uncompressed), ready to send (and resend).
-pub fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
+pub(crate) fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
     let len = message.encoded_len();
     let prefix = u32::try_from(len)
         .map_err(|_| Status::internal(format!("request message too large: {len} bytes")))?;
@@ -60,7 +60,7 @@ pub fn frame(message: &DynamicMessage) -> Result<Bytes, Status> {
 /// A failed unary call; `unsent` gives the request metadata back when the request never
 /// left the gateway (no connection), so the call can be tried on another endpoint.
 #[derive(Debug)]
-pub struct CallError {
+pub(crate) struct CallError {
     pub status: Status,
     pub unsent: Option<HeaderMap>,
 }
@@ -76,7 +76,7 @@ impl From<Status> for CallError {
 
 /// One unary call on `connection`: `timeout` travels as `grpc-timeout` (the caller
 /// enforces it). The response carries headers and trailers as metadata, like tonic's.
-pub async fn call(
+pub(crate) async fn call(
     connection: &Connection,
     path: http::uri::PathAndQuery,
     mut metadata: HeaderMap,
@@ -173,7 +173,7 @@ async fn read_response(
 /// The trailers of a unary answer, when they carry more than its status; its metadata
 /// holds them too, after the headers.
 #[derive(Clone, Debug)]
-pub struct Trailers(pub HeaderMap);
+pub(crate) struct Trailers(pub HeaderMap);
 
 /// The whole response body (one chunk in the common case: no copy) and its trailers.
 async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<HeaderMap>), Status> {

@@ -1,17 +1,151 @@
-//! `websocket:` route entries → `WsRoute`, checked at load time like every route
-//! (`routing::compile` calls [`compile_route`] and files the result as a GET route, so
-//! websocket routes share lookup and conflict detection).
+//! `websocket:` routes: what a socket is bridged to, compiled at load time like every
+//! route (`compile` files the result as a GET route, so websocket routes share lookup
+//! and conflict detection). Running a socket is `crate::ws`'s part: it adds the
+//! behaviour (`Backend::run`, the bridges' calls) to the types defined here.
 
-use super::amqp::AmqpBridge;
-use super::grpc::{CODEC, GrpcBridge};
-use super::{Backend, WsRoute};
+use super::amqp::AmqpRoute;
+use super::template::PathTemplate;
 use crate::config::AmqpTarget;
 use crate::config::mapping::{GrpcTarget, RouteSpec};
-use crate::routing::template::PathTemplate;
 use crate::schema::Schema;
 use crate::telemetry::WsMetrics;
 use crate::transcode::MessageType;
 use crate::upstream::Upstreams;
+use crate::upstream::grpc::{GrpcUpstream, RawCodec};
+use http::uri::PathAndQuery;
+use lapin::types::ShortString;
+use prost_reflect::MethodDescriptor;
+use std::sync::Arc;
+
+/// A compiled `websocket:` route.
+pub struct WsRoute {
+    pub backend: Backend,
+    /// Forward the client's `authorization` (also one taken from a subprotocol or
+    /// `access_token`) to the backend.
+    pub forward_authorization: bool,
+    pub metrics: WsMetrics,
+}
+
+/// What is behind a socket.
+pub enum Backend {
+    Grpc(GrpcBridge),
+    Amqp(AmqpBridge),
+}
+
+/// How `routes` and `/admin/routes` show a websocket route.
+pub enum Description {
+    /// `websocket-grpc-bidi`, `websocket-grpc-client-stream`, `websocket-grpc-server-stream`.
+    Grpc {
+        kind: &'static str,
+        upstream: String,
+        method: String,
+    },
+    /// `websocket-amqp`: each frame is an RPC.
+    Amqp {
+        upstream: String,
+        exchange: String,
+        routing_key: String,
+        /// Per frame.
+        timeout_ms: u64,
+    },
+}
+
+impl Description {
+    /// The `target` object of `/admin/routes` (the AMQP one has the fields of an HTTP
+    /// AMQP route's).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Description::Grpc {
+                kind,
+                upstream,
+                method,
+            } => serde_json::json!({ "kind": kind, "upstream": upstream, "method": method }),
+            Description::Amqp {
+                upstream,
+                exchange,
+                routing_key,
+                timeout_ms,
+            } => serde_json::json!({
+                "kind": "websocket-amqp",
+                "upstream": upstream,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "timeout_ms": timeout_ms,
+            }),
+        }
+    }
+
+    /// One line for `switchboard routes`: kind, upstream, method or routing key.
+    pub fn summary(&self) -> String {
+        match self {
+            Description::Grpc {
+                kind,
+                upstream,
+                method,
+            } => format!("{kind} {upstream} {method}"),
+            Description::Amqp {
+                upstream,
+                routing_key,
+                ..
+            } => format!("websocket-amqp {upstream} {routing_key}"),
+        }
+    }
+}
+
+impl WsRoute {
+    pub fn describe(&self) -> Description {
+        match &self.backend {
+            Backend::Grpc(bridge) => Description::Grpc {
+                kind: bridge.kind(),
+                upstream: bridge.upstream.name.clone(),
+                method: bridge.method.full_name().to_string(),
+            },
+            Backend::Amqp(bridge) => Description::Amqp {
+                upstream: bridge.route.upstream.name.clone(),
+                exchange: bridge.route.exchange.to_string(),
+                routing_key: bridge.routing_key.to_string(),
+                timeout_ms: bridge.route.timeout.as_millis() as u64,
+            },
+        }
+    }
+}
+
+/// tonic's buffers for one call start this small (its default is 8 KiB each way, most of
+/// an idle socket's memory) and grow when messages need it; the yield threshold (how much
+/// encoded request data is sent in one go) is tonic's default.
+pub const CODEC: RawCodec = RawCodec::with_buffers(256, 32 << 10);
+
+/// A websocket route onto a streaming gRPC method.
+pub struct GrpcBridge {
+    pub upstream: Arc<GrpcUpstream>,
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`.
+    pub path: PathAndQuery,
+    pub codec: RawCodec,
+    pub input: MessageType,
+    pub output: MessageType,
+}
+
+impl GrpcBridge {
+    pub fn kind(&self) -> &'static str {
+        match (
+            self.method.is_client_streaming(),
+            self.method.is_server_streaming(),
+        ) {
+            (true, true) => "websocket-grpc-bidi",
+            (true, false) => "websocket-grpc-client-stream",
+            _ => "websocket-grpc-server-stream",
+        }
+    }
+}
+
+/// A websocket route onto an AMQP request-reply target.
+pub struct AmqpBridge {
+    /// The target compiled as for an HTTP route (the frame is the body).
+    pub route: AmqpRoute,
+    /// The routing key: a websocket route has no path variables to fill it in with.
+    pub routing_key: ShortString,
+}
 
 /// Compiles the route `spec` whose `websocket:` key is `path`. The error is one message
 /// for the route's `file:line`.
