@@ -7,7 +7,7 @@ use crate::middleware::Identity;
 use crate::middleware::deadline::Deadline;
 use crate::routing::{BodyRule, GrpcRoute, RouteTable};
 use crate::telemetry::spans::{grpc_code, grpc_span};
-use crate::telemetry::trace::TraceContext;
+use crate::telemetry::trace::{BackendSpan, TraceContext};
 use crate::transcode::set_field_from_str;
 use crate::upstream::grpc::status::{append_metadata_headers, status_to_error};
 use crate::upstream::grpc::{Call, unary};
@@ -63,42 +63,50 @@ pub(super) async fn call(
         idempotent: route.idempotent,
     };
 
-    let upstream = &route.upstream;
-    let deadline_error = || {
-        deadline.exceeded(format!(
-            "upstream `{}` did not answer within {:?}",
-            upstream.name, deadline.budget
-        ))
-    };
-    let to_error = |status: tonic::Status| {
-        let error = status_to_error(&status, &table.schema.pool, &table.json);
-        // The client's own short deadline ran out: not the backend's failure.
-        if deadline.client_set && error.code == tonic::Code::DeadlineExceeded {
-            error.with_origin(crate::error::Origin::Client)
-        } else {
-            error
-        }
-    };
-
-    if !route.server_streaming {
-        let response = upstream.unary(call).await;
-        span.attribute(|| grpc_code(&response));
-        span.finish(&response);
-        let response = response.map_err(to_error)?;
-        let (metadata, message, _) = response.into_parts();
-        let mut body = encode_response(table, route, &message)?;
-        if let Some(mask) = partial {
-            let value: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-            body = serde_json::to_vec(&mask.apply(value))
-                .map_err(|e| GatewayError::internal(e.to_string()))?;
-        }
-        let mut response = Response::new(Body::from(body));
-        response.headers_mut().insert(header::CONTENT_TYPE, JSON);
-        append_metadata_headers(&metadata.into_headers(), response.headers_mut());
-        return Ok(response);
+    if route.server_streaming {
+        // Boxed: a stream's opening is a large future, and held inline it would make every
+        // unary call's future as large (copied whole where it moves).
+        return Box::pin(server_stream(table, route, &parts, call, span, deadline)).await;
     }
+    let response = route.upstream.unary(call).await;
+    span.attribute(|| grpc_code(&response));
+    span.finish(&response);
+    let response = response.map_err(|status| upstream_error(table, status, deadline))?;
+    let (metadata, message, _) = response.into_parts();
+    let mut body = encode_response(table, route, &message)?;
+    if let Some(mask) = partial {
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
+        body = serde_json::to_vec(&mask.apply(value))
+            .map_err(|e| GatewayError::internal(e.to_string()))?;
+    }
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    append_metadata_headers(&metadata.into_headers(), response.headers_mut());
+    Ok(response)
+}
 
+/// A backend's status as the client's error.
+fn upstream_error(table: &RouteTable, status: tonic::Status, deadline: Deadline) -> GatewayError {
+    let error = status_to_error(&status, &table.schema.pool, &table.json);
+    // The client's own short deadline ran out: not the backend's failure.
+    if deadline.client_set && error.code == tonic::Code::DeadlineExceeded {
+        error.with_origin(crate::error::Origin::Client)
+    } else {
+        error
+    }
+}
+
+/// A server-streaming call: NDJSON, or SSE when the client accepts `text/event-stream`.
+async fn server_stream(
+    table: &Arc<RouteTable>,
+    route: &GrpcRoute,
+    parts: &http::request::Parts,
+    call: Call,
+    mut span: BackendSpan<'_>,
+    deadline: Deadline,
+) -> Result<Response<Body>, GatewayError> {
+    let upstream = &route.upstream;
     let sse = parts
         .headers
         .get(header::ACCEPT)
@@ -118,8 +126,11 @@ pub(super) async fn call(
         span.attribute(|| grpc_code(result));
     }
     let opened = match opened {
-        Ok(result) => result.map_err(to_error),
-        Err(_) => Err(deadline_error()),
+        Ok(result) => result.map_err(|status| upstream_error(table, status, deadline)),
+        Err(_) => Err(deadline.exceeded(format!(
+            "upstream `{}` did not answer within {:?}",
+            upstream.name, deadline.budget
+        ))),
     };
     span.finish(&opened);
     let (metadata, stream, first) = opened?;

@@ -30,8 +30,13 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
         Some((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
         None => (BoxMakeWriter::new(std::io::stderr), None),
     };
+    // Colours only for a person at a terminal: a log file or collector would get the
+    // escape codes as text (and writing them costs a few % of a proxied request).
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(writer);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),

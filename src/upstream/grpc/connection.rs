@@ -264,6 +264,13 @@ impl Connection {
         if let Some(sender) = self.current()? {
             return Ok(sender);
         }
+        // Boxed: connecting (TCP, TLS and HTTP/2 handshakes) is a future of KiBs, which
+        // inline would make every call's future as large, connected or not.
+        Box::pin(self.open_sender()).await
+    }
+
+    /// Opens the connection (one attempt at a time), or reports why not.
+    async fn open_sender(&self) -> Result<(SendRequest<RequestBody>, u64), Status> {
         let _attempt = self.shared.connecting.lock().await;
         // Whoever held the lock before may have connected (or failed) meanwhile.
         if let Some(sender) = self.current()? {
