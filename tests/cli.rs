@@ -375,3 +375,79 @@ async fn serve_reloads_refuses_bad_config_and_drains_on_sigterm() {
         "{access}"
     );
 }
+
+/// The default log format, as a process under a supervisor writes it (stderr is a pipe):
+/// no colour codes, one access line per request with the request span's fields, and
+/// `RUST_LOG` still decides (`switchboard::access=off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_log_format_writes_plain_access_lines() {
+    let echo = support::echo::start().await;
+    for (filter, expect_lines) in [("info", true), ("info,switchboard::access=off", false)] {
+        let (port, admin_port) = (free_port(), free_port());
+        let dir = TempDir::new("access-log");
+        dir.write(
+            "switchboard.yaml",
+            &format!(
+                "listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin_port}\ndescriptors: [\"{}\"]\nmappings: [mappings/]\nupstreams:\n  echo:\n    grpc: {{ endpoints: [\"http://{}\"] }}\n",
+                echo_protos(),
+                echo.addr
+            ),
+        );
+        dir.write(
+            "mappings/routes.yaml",
+            "routes:\n  - grpc_service: { upstream: echo, service: test.echo.v1.EchoService }\n",
+        );
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                dir.path().join("switchboard.yaml").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", filter)
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("http://127.0.0.1:{admin_port}")).await;
+        for path in ["/v1/echo/1", "/v1/nowhere"] {
+            client().get(format!("{base}{path}")).send().await.unwrap();
+        }
+        signal(child.id(), "TERM");
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !logs.contains('\u{1b}'),
+            "colour codes in a piped log:\n{logs}"
+        );
+        let access: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("switchboard::access"))
+            .collect();
+        if !expect_lines {
+            assert!(access.is_empty(), "{filter}: {access:?}");
+            continue;
+        }
+        assert_eq!(access.len(), 2, "{logs}");
+        for (line, path, status, route) in [
+            (access[0], "/v1/echo/1", 200, "GET /v1/echo/{id}"),
+            (access[1], "/v1/nowhere", 404, "-"),
+        ] {
+            let (time, rest) = line.split_once("  INFO request{trace_id=\"").unwrap();
+            assert_eq!(time.len(), "2026-12-03T13:30:58.455813Z".len(), "{line}");
+            assert!(time.ends_with('Z'), "{line}");
+            let (trace_id, rest) = rest.split_once('"').unwrap();
+            assert_eq!(trace_id.len(), 32, "{line}");
+            let rest = rest
+                .strip_prefix(&format!(
+                    " method=GET path=\"{path}\"}}: switchboard::access: request method=GET status={status} route=\"{route}\" micros="
+                ))
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(rest.parse::<u64>().is_ok(), "{line}");
+        }
+    }
+}

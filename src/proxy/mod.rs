@@ -59,9 +59,13 @@ pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Res
         request.headers(),
         table.tracing.as_ref(),
     );
-    let span = tracing::info_span!("request", trace_id = trace.id(), method = %request.method(), path = request.uri().path());
+    let span =
+        crate::telemetry::access::request_span(trace.id(), request.method(), request.uri().path());
+    let in_span = !span.is_disabled();
     async move {
         let method = request.method().clone();
+        // For the access line (a clone shares the URI's bytes).
+        let uri = request.uri().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let preflight = cors::is_preflight(&method, request.headers());
         // gRPC-Web clients read every outcome, refusals included, from `grpc-status`.
@@ -108,14 +112,15 @@ pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Res
             route.map(|r| (r.template.text.as_str(), r.name.as_str())),
             status,
         );
-        tracing::info!(
-            target: "switchboard::access",
-            %method,
-            status = status.as_u16(),
-            route = route.map(|r| r.name.as_str()).unwrap_or("-"),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        );
+        crate::telemetry::access::log(&crate::telemetry::access::Access {
+            trace_id: trace.id(),
+            method: &method,
+            path: uri.path(),
+            status: status.as_u16(),
+            route: route.map(|r| r.name.as_str()).unwrap_or("-"),
+            micros: started.elapsed().as_micros() as u64,
+            in_span,
+        });
         response
     }
     .instrument(span)

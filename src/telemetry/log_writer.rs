@@ -95,6 +95,13 @@ pub struct LogWriter {
     shared: Arc<Shared>,
 }
 
+impl LogWriter {
+    /// Appends whole lines (the access log's direct rendering).
+    pub(crate) fn append(&self, lines: &[u8]) {
+        self.shared.append(lines);
+    }
+}
+
 /// One event's writer: the fmt layer formats an event into its own buffer and writes it
 /// in one `write_all`, so each call appends whole lines.
 pub struct EventWriter<'a> {

@@ -1,6 +1,7 @@
 //! Logs, trace ids and metrics. Metric handles are created once per route at load time,
 //! so recording on the hot path is an atomic add, not a registry look-up.
 
+pub(crate) mod access;
 pub mod log_writer;
 pub mod otlp;
 pub mod spans;
@@ -26,9 +27,13 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = match log_writer::stderr() {
-        Some((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
-        None => (BoxMakeWriter::new(std::io::stderr), None),
+    let (writer, direct, guard) = match log_writer::stderr() {
+        Some((writer, guard)) => (
+            BoxMakeWriter::new(writer.clone()),
+            Some(writer),
+            Some(guard),
+        ),
+        None => (BoxMakeWriter::new(std::io::stderr), None, None),
     };
     // Colours only for a person at a terminal: a log file or collector would get the
     // escape codes as text (and writing them costs a few % of a proxied request).
@@ -39,7 +44,12 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
         .with_ansi(colours)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.try_init().inspect(|()| {
+            // The access line, written as this format would write it (access.rs).
+            if let (Some(writer), false) = (direct, colours) {
+                access::write_directly(writer);
+            }
+        }),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
