@@ -50,15 +50,7 @@ pub(crate) fn log(access: &Access<'_>) {
         return;
     }
     let Some(writer) = DIRECT.get() else {
-        tracing::info!(
-            target: "switchboard::access",
-            method = %access.method,
-            status = access.status,
-            route = access.route,
-            micros = access.micros,
-            "request"
-        );
-        return;
+        return event(access);
     };
     thread_local! {
         static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
@@ -69,6 +61,18 @@ pub(crate) fn log(access: &Access<'_>) {
         render(&mut line, SystemTime::now(), access);
         writer.append(&line);
     });
+}
+
+/// The access line as an ordinary `tracing` event.
+fn event(access: &Access<'_>) {
+    tracing::info!(
+        target: "switchboard::access",
+        method = %access.method,
+        status = access.status,
+        route = access.route,
+        micros = access.micros,
+        "request"
+    );
 }
 
 /// The line the fmt subscriber writes for the access event in the request span:
@@ -202,14 +206,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let span = request_span(access.trace_id, access.method, access.path);
             let _entered = span.enter();
-            tracing::info!(
-                target: "switchboard::access",
-                method = %access.method,
-                status = access.status,
-                route = access.route,
-                micros = access.micros,
-                "request"
-            );
+            event(access);
         });
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
