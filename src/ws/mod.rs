@@ -3,7 +3,7 @@
 //! A socket goes through three parts, each in its own module:
 //!
 //! - [`handshake`]: before the upgrade. Browser tokens into `Authorization` (for the
-//!   route's auth policy, which `proxy::dispatch` runs first), is it a WebSocket
+//!   route's auth policy, which the pipeline (`proxy::handle`) runs first), is it a WebSocket
 //!   handshake, may it proceed (shutdown, connection limit), which subprotocol to echo.
 //!   Every refusal is a plain HTTP response with a `google.rpc.Status` body, no socket.
 //! - [`session`]: the open socket, whatever the backend: frame size limit, keep-alive,
