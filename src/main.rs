@@ -69,7 +69,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    let code = runtime.block_on(run(cli));
+    // Not dropped: dropping the runtime cancels the tasks still in it, and lapin's I/O
+    // thread panics ("task was cancelled") when a broker connection was still opening,
+    // e.g. when the port was taken. What must finish has finished (the drain in `serve`,
+    // the log flush when `main` returns); the process exit ends the rest.
+    std::mem::forget(runtime);
+    code
 }
 
 async fn run(cli: Cli) -> ExitCode {
