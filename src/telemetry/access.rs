@@ -1,14 +1,15 @@
 //! The access log: one line per request, at `info` under the target `switchboard::access`,
 //! inside the request's span (so it carries the trace id).
 //!
-//! With the default log format (pretty, no colours, the process's own log writer) the
-//! line is written straight into the log writer's buffer, byte for byte what the fmt
+//! When the gateway's own log writer is installed (pretty without colours, or JSON) the
+//! line is written straight into the writer's buffer, byte for byte what the fmt
 //! subscriber would write for the event: formatting it through the subscriber's field
 //! visitors and `fmt::Write` layers was about 10% of a proxied request's instructions.
-//! `RUST_LOG` decides as for any event (`switchboard::access=off` turns it off). In JSON,
-//! with colours, or without the log writer (tests), it is an ordinary `tracing` event.
-//! A unit test below keeps the two renderings equal.
+//! `RUST_LOG` decides as for any event (`switchboard::access=off` turns it off). With
+//! colours (a terminal) or without the log writer (tests) it is an ordinary `tracing`
+//! event. A unit test below keeps the renderings equal.
 
+use super::LogFormat;
 use super::log_writer::LogWriter;
 use http::Method;
 use std::cell::RefCell;
@@ -36,12 +37,13 @@ pub(crate) fn request_span(trace_id: &str, method: &Method, path: &str) -> traci
     tracing::info_span!("request", trace_id = trace_id, method = %method, path = path)
 }
 
-/// Where lines are written directly; set when the default format is installed.
-static DIRECT: OnceLock<LogWriter> = OnceLock::new();
+/// Where lines are written directly, and in which format; set by `init_logging`.
+static DIRECT: OnceLock<(LogWriter, LogFormat)> = OnceLock::new();
 
-/// Called by `init_logging` when it installed the pretty format without colours on `writer`.
-pub(super) fn write_directly(writer: LogWriter) {
-    let _ = DIRECT.set(writer);
+/// Called by `init_logging` when it installed `format` (pretty without colours, or JSON)
+/// on `writer`.
+pub(super) fn write_directly(writer: LogWriter, format: LogFormat) {
+    let _ = DIRECT.set((writer, format));
 }
 
 /// Logs one request (call it inside the request's span).
@@ -49,7 +51,7 @@ pub(crate) fn log(access: &Access<'_>) {
     if !tracing::enabled!(target: "switchboard::access", tracing::Level::INFO) {
         return;
     }
-    let Some(writer) = DIRECT.get() else {
+    let Some((writer, format)) = DIRECT.get() else {
         return event(access);
     };
     thread_local! {
@@ -58,7 +60,10 @@ pub(crate) fn log(access: &Access<'_>) {
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.clear();
-        render(&mut line, SystemTime::now(), access);
+        match format {
+            LogFormat::Pretty => render(&mut line, SystemTime::now(), access),
+            LogFormat::Json => render_json(&mut line, SystemTime::now(), access),
+        }
         writer.append(&line);
     });
 }
@@ -99,6 +104,39 @@ fn render(out: &mut Vec<u8>, now: SystemTime, access: &Access<'_>) {
     out.extend_from_slice(b" micros=");
     out.extend_from_slice(itoa::Buffer::new().format(access.micros).as_bytes());
     out.push(b'\n');
+}
+
+/// The line the JSON format writes for the access event (flattened event, current span):
+/// `{"timestamp":"…","level":"INFO","message":"request","method":"GET","status":200,
+/// "route":"-","micros":106,"target":"switchboard::access","span":{"method":"GET",
+/// "path":"/nope","trace_id":"…","name":"request"}}` (span fields in key order).
+fn render_json(out: &mut Vec<u8>, now: SystemTime, access: &Access<'_>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, now);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+    json_str(out, access.method.as_str());
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(access.status).as_bytes());
+    out.extend_from_slice(b",\"route\":");
+    json_str(out, access.route);
+    out.extend_from_slice(b",\"micros\":");
+    out.extend_from_slice(itoa::Buffer::new().format(access.micros).as_bytes());
+    out.extend_from_slice(b",\"target\":\"switchboard::access\"");
+    if access.in_span {
+        out.extend_from_slice(b",\"span\":{\"method\":");
+        json_str(out, access.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, access.path);
+        out.extend_from_slice(b",\"trace_id\":");
+        json_str(out, access.trace_id);
+        out.extend_from_slice(b",\"name\":\"request\"}");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// A JSON string, escaped as serde_json escapes it (the JSON format writes with it).
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// A string as `{:?}` writes it: as is when nothing in it needs escaping (the common case:
@@ -190,33 +228,49 @@ mod tests {
 
     /// What the fmt subscriber (as `init_logging` sets it up, colours off) writes for the
     /// access event, without its timestamp.
-    fn through_subscriber(access: &Access<'_>) -> String {
+    fn through_subscriber(access: &Access<'_>, format: LogFormat) -> String {
         let captured = Captured::default();
         // Spans off, the access line on: as `RUST_LOG=warn,switchboard::access=info` does.
         let filter = match access.in_span {
             true => "info",
             false => "warn,switchboard::access=info",
         };
-        let subscriber = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_ansi(false)
             .without_time()
-            .with_writer(captured.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+            .with_writer(captured.clone());
+        let emit = || {
             let span = request_span(access.trace_id, access.method, access.path);
             let _entered = span.enter();
             event(access);
-        });
+        };
+        match format {
+            LogFormat::Pretty => tracing::subscriber::with_default(builder.finish(), emit),
+            // As `init_logging` sets it up.
+            LogFormat::Json => tracing::subscriber::with_default(
+                builder
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .finish(),
+                emit,
+            ),
+        }
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    fn direct(access: &Access<'_>) -> String {
+    /// The direct line without its timestamp (the subscriber's is turned off).
+    fn direct(access: &Access<'_>, format: LogFormat) -> String {
         let mut line = Vec::new();
-        render(&mut line, SystemTime::UNIX_EPOCH, access);
+        match format {
+            LogFormat::Pretty => render(&mut line, SystemTime::UNIX_EPOCH, access),
+            LogFormat::Json => render_json(&mut line, SystemTime::UNIX_EPOCH, access),
+        }
         let line = String::from_utf8(line).unwrap();
-        // "1970-01-01T00:00:00.000000Z " is the timestamp and its separator.
-        line["1970-01-01T00:00:00.000000Z ".len()..].to_string()
+        line.replacen("1970-01-01T00:00:00.000000Z ", "", 1)
+            .replacen("\"timestamp\":\"1970-01-01T00:00:00.000000Z\",", "", 1)
     }
 
     #[test]
@@ -256,7 +310,9 @@ mod tests {
                     micros: *micros,
                     in_span,
                 };
-                assert_eq!(direct(&access), through_subscriber(&access));
+                for format in [LogFormat::Pretty, LogFormat::Json] {
+                    assert_eq!(direct(&access, format), through_subscriber(&access, format));
+                }
             }
         }
     }

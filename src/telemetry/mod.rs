@@ -44,12 +44,7 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
         .with_ansi(colours)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Pretty => builder.try_init().inspect(|()| {
-            // The access line, written as this format would write it (access.rs).
-            if let (Some(writer), false) = (direct, colours) {
-                access::write_directly(writer);
-            }
-        }),
+        LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -57,6 +52,12 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
             .with_span_list(false)
             .try_init(),
     };
+    // The access line, written as the format installed would write it (access.rs).
+    if let (Ok(()), Some(writer)) = (&result, direct)
+        && !(colours && format == LogFormat::Pretty)
+    {
+        access::write_directly(writer, format);
+    }
     // A second init (tests start several gateways in one process) keeps the first.
     result.ok().and(guard)
 }
