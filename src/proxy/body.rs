@@ -15,11 +15,7 @@ pub(crate) async fn read_limited(
     limit: u64,
     deadline: Deadline,
 ) -> Result<Bytes, GatewayError> {
-    let announced = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|len| len > limit) {
+    if announced_length(headers).is_some_and(|len| len > limit) {
         return Err(GatewayError::body_too_large(limit));
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
@@ -39,4 +35,12 @@ pub(crate) async fn read_limited(
             "cannot read the request body: {e}"
         ))),
     }
+}
+
+/// The body length a request announces (`Content-Length`), if it is a number.
+pub(crate) fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

@@ -64,7 +64,8 @@ pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Res
     let in_span = !span.is_disabled();
     async move {
         let method = request.method().clone();
-        // For the access line (a clone shares the URI's bytes).
+        // The path the phases match and the access line reports (a clone shares the
+        // URI's bytes; the request itself is consumed by its target).
         let uri = request.uri().clone();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let preflight = cors::is_preflight(&method, request.headers());
@@ -74,7 +75,15 @@ pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Res
         let mut outcome = Outcome::default();
         // Boxed: the phases' future is several KiB (the largest of every target's), and
         // held inline it was copied each time the handler's future moved (axum, tower).
-        let result = Box::pin(run(&table, request, &trace, &gateway.ws, &mut outcome)).await;
+        let result = Box::pin(run(
+            &table,
+            request,
+            &uri,
+            &trace,
+            &gateway.ws,
+            &mut outcome,
+        ))
+        .await;
         // The rescue: one place turns every error into the client's answer.
         let mut response = result.unwrap_or_else(|mut error| {
             if body_may_stay_unread {
@@ -138,13 +147,8 @@ fn body_may_stay_unread(request: &Request<Body>) -> bool {
     if request.version() >= http::Version::HTTP_2 {
         return false;
     }
-    let headers = request.headers();
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len > ONE_READ)
+    request.headers().contains_key(header::TRANSFER_ENCODING)
+        || body::announced_length(request.headers()).is_some_and(|len| len > ONE_READ)
 }
 
 /// What the phases learned that decoration and metrics need, even when a phase failed.
@@ -160,13 +164,13 @@ struct Outcome {
 async fn run(
     table: &Arc<RouteTable>,
     mut request: Request<Body>,
+    uri: &http::Uri,
     trace: &TraceContext,
     ws: &Arc<crate::ws::Hub>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     // 2. Request line.
     check_uri_length(table, &request)?;
-    let uri = request.uri().clone();
     let path = RequestPath::parse(uri.path())
         .map_err(|e| GatewayError::invalid_argument(e.to_string()))?;
 

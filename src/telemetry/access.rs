@@ -98,11 +98,11 @@ fn render(out: &mut Vec<u8>, now: SystemTime, access: &Access<'_>) {
     out.extend_from_slice(b"switchboard::access: request method=");
     out.extend_from_slice(access.method.as_str().as_bytes());
     out.extend_from_slice(b" status=");
-    out.extend_from_slice(itoa::Buffer::new().format(access.status).as_bytes());
+    number(out, access.status.into());
     out.extend_from_slice(b" route=");
     quoted(out, access.route);
     out.extend_from_slice(b" micros=");
-    out.extend_from_slice(itoa::Buffer::new().format(access.micros).as_bytes());
+    number(out, access.micros);
     out.push(b'\n');
 }
 
@@ -116,11 +116,11 @@ fn render_json(out: &mut Vec<u8>, now: SystemTime, access: &Access<'_>) {
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
     json_str(out, access.method.as_str());
     out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(itoa::Buffer::new().format(access.status).as_bytes());
+    number(out, access.status.into());
     out.extend_from_slice(b",\"route\":");
     json_str(out, access.route);
     out.extend_from_slice(b",\"micros\":");
-    out.extend_from_slice(itoa::Buffer::new().format(access.micros).as_bytes());
+    number(out, access.micros);
     out.extend_from_slice(b",\"target\":\"switchboard::access\"");
     if access.in_span {
         out.extend_from_slice(b",\"span\":{\"method\":");
@@ -162,27 +162,38 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
-    let _ = write!(out, "{year:04}-");
-    two(out, month);
-    out.push(b'-');
-    two(out, day);
-    out.push(b'T');
-    two(out, (of_day / 3600) as u32);
-    out.push(b':');
-    two(out, (of_day / 60 % 60) as u32);
-    out.push(b':');
-    two(out, (of_day % 60) as u32);
-    out.push(b'.');
-    let micros = since.subsec_micros();
-    let digits = itoa::Buffer::new().format(micros).len();
-    out.extend(std::iter::repeat_n(b'0', 6 - digits));
-    out.extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
+    match u64::try_from(year) {
+        Ok(year) if year <= 9999 => padded(out, year, 4),
+        _ => {
+            let _ = write!(out, "+{year}");
+        }
+    }
+    for (separator, value, width) in [
+        (b'-', u64::from(month), 2),
+        (b'-', u64::from(day), 2),
+        (b'T', of_day / 3600, 2),
+        (b':', of_day / 60 % 60, 2),
+        (b':', of_day % 60, 2),
+        (b'.', u64::from(since.subsec_micros()), 6),
+    ] {
+        out.push(separator);
+        padded(out, value, width);
+    }
     out.push(b'Z');
 }
 
-fn two(out: &mut Vec<u8>, n: u32) {
-    out.push(b'0' + (n / 10 % 10) as u8);
-    out.push(b'0' + (n % 10) as u8);
+/// `n` in decimal.
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// The last `width` decimal digits of `n`, zero-padded.
+fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
+    let mut unit = 10u64.pow(width - 1);
+    while unit > 0 {
+        out.push(b'0' + (n / unit % 10) as u8);
+        unit /= 10;
+    }
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
