@@ -23,6 +23,7 @@ pub mod middleware;
 pub mod openapi;
 pub(crate) mod proxy;
 pub(crate) mod redis_connection;
+pub(crate) mod rfc3339;
 pub mod routing;
 pub mod schema;
 pub mod server;

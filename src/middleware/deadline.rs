@@ -8,7 +8,7 @@
 //! client cannot open a circuit breaker for everyone with `x-request-timeout: 0`).
 
 use crate::error::{GatewayError, Origin};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -75,12 +75,15 @@ impl Deadline {
 /// The shorter of the client's `grpc-timeout` and `x-request-timeout`, if any.
 fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
     let mut shortest: Option<Duration> = None;
+    // Named by constants: a `&str` name is parsed and validated on every look-up.
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    static REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout");
     for (name, parse) in [
         (
-            "grpc-timeout",
+            &GRPC_TIMEOUT,
             parse_grpc_timeout as fn(&str) -> Option<Duration>,
         ),
-        ("x-request-timeout", parse_request_timeout),
+        (&REQUEST_TIMEOUT, parse_request_timeout),
     ] {
         let Some(value) = headers.get(name) else {
             continue;

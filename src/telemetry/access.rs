@@ -11,6 +11,7 @@
 
 use super::LogFormat;
 use super::log_writer::LogWriter;
+use crate::rfc3339;
 use http::Method;
 use std::cell::RefCell;
 use std::io::Write;
@@ -159,55 +160,15 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    match u64::try_from(year) {
-        Ok(year) if year <= 9999 => padded(out, year, 4),
-        _ => {
-            let _ = write!(out, "+{year}");
-        }
-    }
-    for (separator, value, width) in [
-        (b'-', u64::from(month), 2),
-        (b'-', u64::from(day), 2),
-        (b'T', of_day / 3600, 2),
-        (b':', of_day / 60 % 60, 2),
-        (b':', of_day % 60, 2),
-        (b'.', u64::from(since.subsec_micros()), 6),
-    ] {
-        out.push(separator);
-        padded(out, value, width);
-    }
+    rfc3339::date_time(out, i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+    out.push(b'.');
+    rfc3339::padded(out, u64::from(since.subsec_micros()), 6);
     out.push(b'Z');
 }
 
 /// `n` in decimal.
 fn number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// The last `width` decimal digits of `n`, zero-padded.
-fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
-    let mut unit = 10u64.pow(width - 1);
-    while unit > 0 {
-        out.push(b'0' + (n / unit % 10) as u8);
-        unit /= 10;
-    }
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

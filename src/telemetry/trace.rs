@@ -10,7 +10,7 @@
 //! (the default) no span is built: [`TraceContext::backend`] is a branch on `None`.
 
 use super::otlp::SpanExport;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -20,6 +20,10 @@ use std::borrow::Cow;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+// Constants: a `&str` name is parsed and validated on every look-up.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
 
 pub struct TraceContext {
     /// Sent back as `x-trace-id`, forwarded as metadata / AMQP header.
@@ -64,27 +68,39 @@ impl TraceContext {
 
     fn parse(headers: &HeaderMap, export: Option<&Arc<SpanExport>>) -> Self {
         let parent = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
         let explicit = headers
-            .get("x-trace-id")
+            .get(&X_TRACE_ID)
             .filter(|v| is_valid_trace_id(v.as_bytes()))
             .cloned();
-        let w3c_trace = parent
-            .map(|p| p.trace.to_string())
-            .unwrap_or_else(random_trace_id);
-        let flags = parent.map(|p| p.flags).unwrap_or("01");
-        let traceparent = format!("00-{w3c_trace}-{}-{flags}", random_hex::<8>());
+        // `00-<trace id>-<the gateway's span id>-<flags>`, written in place.
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        match parent {
+            Some(parent) => {
+                traceparent[3..35].copy_from_slice(parent.trace.as_bytes());
+                traceparent[53..].copy_from_slice(parent.flags.as_bytes());
+            }
+            None => random_hex(&mut traceparent[3..35]),
+        }
+        random_hex(&mut traceparent[36..52]);
+        let traceparent = trace_header(&traceparent);
+        let flags = &traceparent.as_bytes()[53..];
         // Parent-based sampling: a client that traces unsampled gets no spans exported.
         let span = export
             .filter(|_| sampled(flags))
-            .map(|export| Box::new(Pending::request(export, &traceparent, parent)));
-        let trace_id = explicit
-            .unwrap_or_else(|| HeaderValue::from_str(&w3c_trace).expect("hex is a valid header"));
+            .map(|export| Box::new(Pending::request(export, traceparent.as_bytes(), parent)));
+        let trace_id = match explicit {
+            Some(mut explicit) => {
+                explicit.set_sensitive(true);
+                explicit
+            }
+            None => trace_header(&traceparent.as_bytes()[3..35]),
+        };
         Self {
             trace_id,
-            traceparent: HeaderValue::from_str(&traceparent).expect("hex is a valid header"),
+            traceparent,
             span,
         }
     }
@@ -204,11 +220,18 @@ impl Pending {
     /// the client's span when the client sent a `traceparent`.
     fn request(
         export: &Arc<SpanExport>,
-        traceparent: &str,
+        traceparent: &[u8],
         client: Option<TraceParent<'_>>,
     ) -> Self {
-        let trace_id = TraceId::from_hex(&traceparent[3..35]).unwrap_or(TraceId::INVALID);
-        let span_id = SpanId::from_hex(&traceparent[36..52]).unwrap_or(SpanId::INVALID);
+        let hex = |range: std::ops::Range<usize>| std::str::from_utf8(&traceparent[range]);
+        let trace_id = hex(3..35)
+            .ok()
+            .and_then(|hex| TraceId::from_hex(hex).ok())
+            .unwrap_or(TraceId::INVALID);
+        let span_id = hex(36..52)
+            .ok()
+            .and_then(|hex| SpanId::from_hex(hex).ok())
+            .unwrap_or(SpanId::INVALID);
         let parent = client
             .and_then(|c| SpanId::from_hex(c.parent).ok())
             .unwrap_or(SpanId::INVALID);
@@ -246,9 +269,12 @@ impl Pending {
                 break id;
             }
         };
-        let text = parent_traceparent.to_str().unwrap_or_default();
         // `00-<trace>-` + the child's id + `-<flags>`: the request's own header is valid.
-        let traceparent = format!("{}{id:016x}{}", &text[..36], &text[52..]);
+        let mut traceparent: [u8; 55] = parent_traceparent
+            .as_bytes()
+            .try_into()
+            .unwrap_or(*b"00-00000000000000000000000000000000-0000000000000000-00");
+        traceparent[36..52].copy_from_slice(&itoa_hex(id));
         Pending {
             export: self.export.clone(),
             context: SpanContext::new(
@@ -265,7 +291,7 @@ impl Pending {
             start: SystemTime::now(),
             attributes,
             status: Status::Unset,
-            traceparent: HeaderValue::from_str(&traceparent).expect("hex is a valid header"),
+            traceparent: trace_header(&traceparent),
         }
     }
 
@@ -300,8 +326,11 @@ impl Drop for TraceContext {
 }
 
 /// The W3C sampled flag (bit 0 of the flags byte).
-fn sampled(flags: &str) -> bool {
-    u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)
+fn sampled(flags: &[u8]) -> bool {
+    std::str::from_utf8(flags)
+        .ok()
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|f| f & 1 == 1)
 }
 
 /// 1–128 characters of `[A-Za-z0-9._-]`.
@@ -343,23 +372,36 @@ fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
     })
 }
 
-fn random_trace_id() -> String {
-    random_hex::<16>()
+/// Random lowercase hex into `out` (an id: never all zeros).
+fn random_hex(out: &mut [u8]) {
+    for chunk in out.chunks_mut(16) {
+        let random = fastrand::u64(..);
+        for (i, digit) in chunk.iter_mut().enumerate() {
+            *digit = HEX[(random >> (4 * i) & 15) as usize];
+        }
+    }
+    if out.iter().all(|b| *b == b'0')
+        && let Some(last) = out.last_mut()
+    {
+        *last = b'1';
+    }
 }
 
-fn random_hex<const N: usize>() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(N * 2);
-    let mut bytes = [0u8; N];
-    fastrand::fill(&mut bytes);
-    if bytes.iter().all(|b| *b == 0) {
-        bytes[N - 1] = 1;
-    }
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
-    }
-    out
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `id` as 16 lowercase hex digits.
+fn itoa_hex(id: u64) -> [u8; 16] {
+    std::array::from_fn(|i| HEX[(id >> (60 - 4 * i) & 15) as usize])
+}
+
+/// A trace header value. Marked sensitive, which HPACK encodes as "never indexed": the
+/// value is new on every request, so adding it to the upstream connection's header
+/// table would only evict the entries that do repeat (and cost both sides a table
+/// search and insert per request).
+fn trace_header(hex: &[u8]) -> HeaderValue {
+    let mut value = HeaderValue::from_bytes(hex).expect("hex is a valid header");
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -397,6 +439,31 @@ mod tests {
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(tp.ends_with("-01"));
         assert!(!tp.contains("00f067aa0ba902b7"), "a new parent id: {tp}");
+    }
+
+    #[test]
+    fn new_traces_are_well_formed_and_never_indexed() {
+        let c = ctx(&[]);
+        let tp = c.traceparent.to_str().unwrap();
+        let parsed = parse_traceparent(tp).expect(tp);
+        assert_eq!(parsed.trace, c.id());
+        assert_eq!(parsed.flags, "01");
+        assert_ne!(ctx(&[]).id(), c.id());
+        assert!(c.trace_id.is_sensitive() && c.traceparent.is_sensitive());
+        assert!(ctx(&[("x-trace-id", "order-42")]).trace_id.is_sensitive());
+        let unsampled = ctx(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )]);
+        assert!(unsampled.traceparent.to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn ids_are_lowercase_hex() {
+        let mut id = [0u8; 32];
+        random_hex(&mut id);
+        assert!(id.iter().all(|b| HEX.contains(b)), "{id:?}");
+        assert_eq!(&itoa_hex(0x00f0_67aa_0ba9_02b7), b"00f067aa0ba902b7");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! record — makes it give up (`Unsupported`), and the caller runs prost-reflect.
 
 use super::plan::{FieldPlan, Plan, Scalar};
+use crate::rfc3339;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use prost::encoding::decode_varint;
@@ -365,17 +366,32 @@ fn write_value(
 }
 
 /// RFC 3339 as prost-reflect writes it (`prost_types::Timestamp`'s `Display`), within
-/// the range it accepts (years 1 to 9999; beyond, it fails, and so does the fallback).
+/// the range it accepts (years 1 to 9999; beyond, it fails, and so does the fallback):
+/// no fraction, or 3, 6 or 9 digits of it.
 fn timestamp(data: &[u8], out: &mut Vec<u8>) -> Result<(), Unsupported> {
     use prost::Message as _;
-    use std::io::Write as _;
     const MIN_SECONDS: i64 = -62_135_596_800;
     const MAX_SECONDS: i64 = 253_402_300_799;
-    let timestamp = prost_types::Timestamp::decode(data).map_err(|_| Unsupported)?;
+    let mut timestamp = prost_types::Timestamp::decode(data).map_err(|_| Unsupported)?;
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds) {
         return Err(Unsupported);
     }
-    write!(out, "\"{timestamp}\"").map_err(|_| Unsupported)
+    timestamp.normalize(); // nanos within 0..1e9, as `Display` does first
+    let nanos = u64::try_from(timestamp.nanos).map_err(|_| Unsupported)?;
+    out.push(b'"');
+    rfc3339::date_time(out, timestamp.seconds);
+    let (fraction, digits) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    if digits > 0 {
+        out.push(b'.');
+        rfc3339::padded(out, fraction, digits);
+    }
+    out.extend_from_slice(b"Z\"");
+    Ok(())
 }
 
 fn quoted(out: &mut Vec<u8>, text: &[u8]) {
@@ -392,4 +408,53 @@ fn non_finite(out: &mut Vec<u8>, v: f64) {
     } else {
         b"\"-Infinity\""
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn timestamps_as_prost_writes_them() {
+        let nanos = [
+            0,
+            1,
+            999_999_999,
+            5_000_000,
+            120_000,
+            -1,
+            -1_500_000_000,
+            2_000_000_007,
+        ];
+        let mut cases: Vec<(i64, i32)> = nanos.iter().map(|n| (0, *n)).collect();
+        cases.extend([
+            (-62_135_596_800, 0),
+            (253_402_300_799, 999_999_999),
+            (-1, 0),
+        ]);
+        for _ in 0..5_000 {
+            let n = nanos[fastrand::usize(..nanos.len())];
+            let n = if fastrand::bool() {
+                n
+            } else {
+                fastrand::i32(..)
+            };
+            cases.push((fastrand::i64(-62_135_596_800..=253_402_300_799), n));
+        }
+        for (seconds, nanos) in cases {
+            let value = prost_types::Timestamp { seconds, nanos };
+            let mut out = Vec::new();
+            assert!(
+                timestamp(&value.encode_to_vec(), &mut out).is_ok(),
+                "{value:?}"
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{value}\""));
+        }
+        let out_of_range = prost_types::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        };
+        assert!(timestamp(&out_of_range.encode_to_vec(), &mut Vec::new()).is_err());
+    }
 }

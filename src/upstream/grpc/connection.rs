@@ -33,7 +33,7 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -355,7 +355,7 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let (sender, connection) = http2::Builder::new(BoxedTasks)
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
@@ -382,6 +382,23 @@ impl Connection {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Spawns hyper's per-call tasks (each call's response, and its body when it is not sent
+/// at once) boxed: tokio moves a spawned future into its task cell, and hyper's are large
+/// enough that those copies were about 3% of a proxied request's instructions; a boxed
+/// future moves once.
+#[derive(Clone, Copy)]
+struct BoxedTasks;
+
+impl<F> hyper::rt::Executor<F> for BoxedTasks
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
     }
 }
 

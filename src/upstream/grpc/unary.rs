@@ -328,17 +328,27 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let secs = u128::from(timeout.as_secs());
     let (value, unit) = [
-        (timeout.as_nanos(), 'n'),
-        (timeout.as_micros(), 'u'),
-        (timeout.as_millis(), 'm'),
-        (secs, 'S'),
-        (secs / 60, 'M'),
+        (timeout.as_nanos(), b'n'),
+        (timeout.as_micros(), b'u'),
+        (timeout.as_millis(), b'm'),
+        (secs, b'S'),
+        (secs / 60, b'M'),
     ]
     .into_iter()
     .find(|(value, _)| *value <= MAX)
-    .unwrap_or(((secs / 3600).min(MAX), 'H'));
-    HeaderValue::from_maybe_shared(Bytes::from(format!("{value}{unit}")))
-        .unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
+    .unwrap_or(((secs / 3600).min(MAX), b'H'));
+    // At most 8 digits and the unit.
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value).as_bytes();
+    let mut text = [0u8; 9];
+    text[..digits.len()].copy_from_slice(digits);
+    text[digits.len()] = unit;
+    let mut value = HeaderValue::from_bytes(&text[..=digits.len()])
+        .unwrap_or_else(|_| HeaderValue::from_static("99999999H"));
+    // What is left of the deadline differs on every call: HPACK "never indexed", so it
+    // does not churn the connection's header table (see `telemetry::trace::trace_header`).
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -351,6 +361,7 @@ mod tests {
         assert_eq!(grpc_timeout(Duration::from_secs(30)), "30000000u");
         assert_eq!(grpc_timeout(Duration::from_secs(3600)), "3600000m");
         assert_eq!(grpc_timeout(Duration::from_nanos(7)), "7n");
+        assert_eq!(grpc_timeout(Duration::from_secs(u64::MAX)), "99999999H");
     }
 
     #[test]
