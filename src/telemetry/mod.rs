@@ -2,6 +2,7 @@
 //! so recording on the hot path is an atomic add, not a registry look-up.
 
 pub(crate) mod access;
+mod fields;
 pub mod log_writer;
 pub mod otlp;
 pub mod spans;
@@ -44,7 +45,7 @@ pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
         .with_ansi(colours)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.fmt_fields(fields::PlainFields).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
