@@ -222,7 +222,7 @@ async fn feed(
             (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                 Ok(message) => {
                     // Fails only when the call is over; `relay` is finishing then.
-                    let _ = sender.send(Box::new(message)).await;
+                    let _ = super::send(sender, Box::new(message)).await;
                     continue;
                 }
                 Err(error) => error,

@@ -185,7 +185,7 @@ async fn read(
         } else {
             Inbound::Frame(budget.hold(payload).await)
         };
-        let sent = inbound.send(Box::new(frame)).await;
+        let sent = super::send(&inbound, Box::new(frame)).await;
         activity.waiting.store(false, Ordering::Relaxed);
         if sent.is_err() {
             // The backend is done; `relay` is about to end the socket.
@@ -400,14 +400,19 @@ impl Budget {
         let size = u32::try_from(payload.len())
             .unwrap_or(u32::MAX)
             .clamp(1, self.total);
-        match self.bytes.clone().acquire_many_owned(size).await {
-            Ok(share) => Bytes::from_owner(Held {
-                bytes: payload,
-                _share: share,
-            }),
-            // Never closed; without a budget the frame still goes through.
-            Err(_) => payload,
-        }
+        // Most frames fit at once, without queueing as a waiter.
+        let share = match self.bytes.clone().try_acquire_many_owned(size) {
+            Ok(share) => share,
+            Err(_) => match self.bytes.clone().acquire_many_owned(size).await {
+                Ok(share) => share,
+                // Never closed; without a budget the frame still goes through.
+                Err(_) => return payload,
+            },
+        };
+        Bytes::from_owner(Held {
+            bytes: payload,
+            _share: share,
+        })
     }
 }
 
