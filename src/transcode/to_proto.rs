@@ -18,10 +18,7 @@ use std::fmt;
 /// Appends the protobuf encoding of the JSON object `json` (a message of the plan's root
 /// type) to `out`. On error `out` holds garbage past its original length.
 pub(super) fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    // One UTF-8 check for the whole text: read from a `str`, serde_json skips the check
-    // it makes on every string read from bytes (a third of a small message's parse).
-    let json = std::str::from_utf8(json).map_err(serde_json::Error::custom)?;
-    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
     Message {
         plan,
         index: 0,
