@@ -75,22 +75,24 @@ impl PlainVisitor<'_> {
         direct: impl FnOnce(&mut Self),
         default: impl FnOnce(&mut DefaultVisitor<'_>),
     ) {
-        if self.result.is_err() {
-            return;
-        }
         let name = field.name();
-        // `log.` fields are the log crate's metadata: `DefaultVisitor` skips them too.
-        if name.starts_with("log.") {
-            return;
-        }
         if self.writer.has_ansi_escapes() || name == "message" || name.starts_with("r#") {
-            let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
-            default(&mut visitor);
-            self.result = visitor.finish();
-            self.is_empty = false;
-        } else {
+            self.by_default(field, default);
+        } else if self.result.is_ok() && !name.starts_with("log.") {
             direct(self);
         }
+    }
+
+    /// Records one field as `DefaultVisitor` does, continuing this visitor's output.
+    fn by_default(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        // `log.` fields are the log crate's metadata: `DefaultVisitor` skips them too.
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        self.is_empty = false;
     }
 }
 
@@ -105,13 +107,7 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // Errors carry their sources: always `DefaultVisitor`'s rendering.
-        if self.result.is_err() || field.name().starts_with("log.") {
-            return;
-        }
-        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
-        visitor.record_error(field, value);
-        self.result = visitor.finish();
-        self.is_empty = false;
+        self.by_default(field, |default| default.record_error(field, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

@@ -274,7 +274,7 @@ impl Pending {
             .as_bytes()
             .try_into()
             .unwrap_or(*b"00-00000000000000000000000000000000-0000000000000000-00");
-        traceparent[36..52].copy_from_slice(&itoa_hex(id));
+        traceparent[36..52].copy_from_slice(&hex_u64(id));
         Pending {
             export: self.export.clone(),
             context: SpanContext::new(
@@ -327,10 +327,11 @@ impl Drop for TraceContext {
 
 /// The W3C sampled flag (bit 0 of the flags byte).
 fn sampled(flags: &[u8]) -> bool {
-    std::str::from_utf8(flags)
-        .ok()
-        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
-        .is_some_and(|f| f & 1 == 1)
+    // Two lowercase hex digits (checked by `parse_traceparent`): bit 0 is in the second.
+    matches!(
+        flags,
+        [_, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f']
+    )
 }
 
 /// 1–128 characters of `[A-Za-z0-9._-]`.
@@ -375,10 +376,7 @@ fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
 /// Random lowercase hex into `out` (an id: never all zeros).
 fn random_hex(out: &mut [u8]) {
     for chunk in out.chunks_mut(16) {
-        let random = fastrand::u64(..);
-        for (i, digit) in chunk.iter_mut().enumerate() {
-            *digit = HEX[(random >> (4 * i) & 15) as usize];
-        }
+        chunk.copy_from_slice(&hex_u64(fastrand::u64(..))[..chunk.len()]);
     }
     if out.iter().all(|b| *b == b'0')
         && let Some(last) = out.last_mut()
@@ -387,10 +385,9 @@ fn random_hex(out: &mut [u8]) {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// `id` as 16 lowercase hex digits.
-fn itoa_hex(id: u64) -> [u8; 16] {
+fn hex_u64(id: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     std::array::from_fn(|i| HEX[(id >> (60 - 4 * i) & 15) as usize])
 }
 
@@ -462,8 +459,8 @@ mod tests {
     fn ids_are_lowercase_hex() {
         let mut id = [0u8; 32];
         random_hex(&mut id);
-        assert!(id.iter().all(|b| HEX.contains(b)), "{id:?}");
-        assert_eq!(&itoa_hex(0x00f0_67aa_0ba9_02b7), b"00f067aa0ba902b7");
+        assert!(id.iter().all(|b| b"0123456789abcdef".contains(b)), "{id:?}");
+        assert_eq!(&hex_u64(0x00f0_67aa_0ba9_02b7), b"00f067aa0ba902b7");
     }
 
     #[test]
