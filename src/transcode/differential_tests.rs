@@ -408,6 +408,156 @@ fn json_inputs_agree_with_prost_reflect() {
     }
 }
 
+/// The JSON reader of the fast path against serde_json (through prost-reflect): the
+/// grammar's corners, numbers at the edges of `u64`/`i64`/`f64`, escapes and nesting.
+/// Every input must agree; `taken` says whether the fast path reads it itself (a fast
+/// path that refused everything would agree too).
+#[test]
+fn json_reader_edges_agree_with_prost_reflect() {
+    let schema = schema();
+    let ty = all_type(&schema);
+    let codec = JsonCodec::new(&JsonConfig::default());
+    let plan = ty.plan.as_deref().unwrap();
+    let check = |json: &str, taken: bool| {
+        let mut fast = Vec::new();
+        let result = to_proto::encode(plan, json.as_bytes(), &mut fast);
+        assert_eq!(result.is_ok(), taken, "{json}: fast path {result:?}");
+        let _ = agree(&codec, &ty, json);
+    };
+    let taken = [
+        " \t\r\n{ \"i32\" \n:\t1 , \"s\":\"x\" } \n",
+        r#"{"i64": 9223372036854775807, "u64": 18446744073709551615, "sf64": -9223372036854775808}"#,
+        r#"{"d": 18446744073709551616, "f": 123456789012345678901234567890}"#,
+        r#"{"d": -9223372036854775809, "i32": -0, "i64": -9223372036854775808}"#,
+        r#"{"d": -0, "f": -0.0, "rd": [-0, 0e0, 0E-0, 1E+2]}"#,
+        r#"{"d": 1e-400, "f": -1e-400, "rd": [0e99999, 2.5e-324, 4.9e-324]}"#,
+        r#"{"d": 1.7976931348623157e308, "rd": [2.2250738585072011e-308, 0.30000000000000004]}"#,
+        r#"{"d": 9007199254740993, "f": 16777217, "rd": [9007199254740993.0]}"#,
+        r#"{"i64": 1e18, "u32": 4294967295.0, "i32": -2147483648.0, "s64": null}"#,
+        r#"{"i64": "1", "u64": "+7", "i32": "-0"}"#,
+        r#"{"s": "\"\\\/\b\f\n\r\t\u0000\u001f\u00e9\u20AC\ud834\udd1e", "rs": ["\u0041", "é€𝄞"]}"#,
+        r#"{"\u0069\u0033\u0032": 4, "camel_case_name": "proto name", "late": 1}"#,
+        r#"{"by": "\u0041QID", "rby": ["", "AA==", "_-8"], "color": "\u0052ED"}"#,
+        r#"{"at": "2026-12-02T10:00:00.5\u005a"}"#,
+        r#"{"rinner": [{}, {"kids": [{"kids": [{}]}]}], "inner": {"child": null}}"#,
+    ];
+    for json in taken {
+        check(json, true);
+    }
+    let refused = [
+        r#"{"i32": 01}"#,
+        r#"{"i32": -}"#,
+        r#"{"i32": +1}"#,
+        r#"{"d": .5}"#,
+        r#"{"d": 1.}"#,
+        r#"{"d": 1e}"#,
+        r#"{"d": 1e+}"#,
+        r#"{"d": 1e400}"#,
+        r#"{"d": -1e400}"#,
+        r#"{"d": NaN}"#,
+        r#"{"d": Infinity}"#,
+        r#"{"i32": 1,}"#,
+        r#"{"ri32": [1,]}"#,
+        r#"{"ri32": [,1]}"#,
+        r#"{,"i32": 1}"#,
+        r#"{"i32" 1}"#,
+        r#"{"i32": 1 "s": "x"}"#,
+        r#"{i32: 1}"#,
+        r#"{'i32': 1}"#,
+        r#"{"s": "tab	inside"}"#,
+        "{\"s\": \"new\nline\"}",
+        r#"{"s": "\x41"}"#,
+        r#"{"s": "\u12"}"#,
+        r#"{"s": "\uD834"}"#,
+        r#"{"s": "\uD834x"}"#,
+        r#"{"s": "\uD834\u0041"}"#,
+        r#"{"s": "\uDD1E"}"#,
+        r#"{"s": "\uZZZZ"}"#,
+        r#"{"s": "\"#,
+        r#"{"s": "open"#,
+        r#"{"b": tru}"#,
+        r#"{"b": nul}"#,
+        r#"{"b": True}"#,
+        r#"{"inner": nulls}"#,
+        r#"{"s": "x"}}"#,
+        r#"{"s": "x"} {}"#,
+        r#"{"i32": 1} x"#,
+        r#"{"color": 1.5}"#,
+        r#"{"color": true}"#,
+        r#"{"i32": true}"#,
+        r#"{"d": false}"#,
+        r#"{"s": 1}"#,
+        r#"{"rs": "x"}"#,
+        r#"{"ri32": [[1]]}"#,
+        r#"{"inner": {"kids": {}}}"#,
+        "",
+        "null",
+        "{",
+        "}",
+    ];
+    for json in refused {
+        check(json, false);
+    }
+    // Invalid UTF-8, inside and outside strings.
+    for bytes in [
+        &b"{\"s\": \"\xff\"}"[..],
+        b"{\"s\": \"\xc3\"}",
+        b"{\xe2\x82\"s\": 1}",
+    ] {
+        let mut fast = Vec::new();
+        assert!(to_proto::encode(plan, bytes, &mut fast).is_err());
+        assert!(codec.json_to_proto(&ty, bytes, &mut fast).is_err());
+    }
+    // Nesting: serde_json stops at 128 levels of objects and arrays; so does the reader.
+    for depth in [1usize, 60, 126, 127, 128, 129, 5000] {
+        let json = format!(
+            r#"{{"inner": {}{{}}{}}}"#,
+            r#"{"child": "#.repeat(depth.saturating_sub(2)),
+            "}".repeat(depth.saturating_sub(2))
+        );
+        let mut fast = Vec::new();
+        let taken = to_proto::encode(plan, json.as_bytes(), &mut fast).is_ok();
+        assert_eq!(taken, depth <= 127, "depth {depth}");
+        let parses = serde_json::from_str::<serde_json::Value>(&json).is_ok();
+        assert_eq!(taken, parses, "depth {depth}");
+        // (Deeper than prost's decoding limit, 100, the bytes cannot be compared.)
+        if depth < 100 {
+            agree(&codec, &ty, &json).unwrap();
+        }
+    }
+    // Random numbers in every form serde_json reads, into every numeric kind.
+    let mut rng = fastrand::Rng::with_seed(11);
+    let digits = |rng: &mut fastrand::Rng, n: usize| -> String {
+        (0..n).map(|_| char::from(b'0' + rng.u8(0..10))).collect()
+    };
+    for _ in 0..3000 {
+        let mut number = String::new();
+        if rng.bool() {
+            number.push('-');
+        }
+        let int_len = rng.usize(1..25);
+        let int = digits(&mut rng, int_len);
+        number.push_str(int.trim_start_matches('0'));
+        if number.is_empty() || number == "-" {
+            number.push('0');
+        }
+        if rng.u8(0..3) == 0 {
+            let frac_len = rng.usize(1..25);
+            number.push('.');
+            number.push_str(&digits(&mut rng, frac_len));
+        }
+        if rng.u8(0..3) == 0 {
+            number.push_str(["e", "E", "e+", "e-", "E-"][rng.usize(0..5)]);
+            number.push_str(&rng.i32(0..400).to_string());
+        }
+        let name = [
+            "d", "f", "i32", "i64", "u32", "u64", "s64", "fx32", "sf64", "color",
+        ][rng.usize(0..10)];
+        let _ = agree(&codec, &ty, &format!(r#"{{"{name}": {number}}}"#));
+        let _ = agree(&codec, &ty, &format!(r#"{{"rd": [{number}, "{number}"]}}"#));
+    }
+}
+
 /// Timestamps in requests: the fast path takes what prost-reflect accepts (same seconds
 /// and nanos) and leaves everything else to it (same error).
 #[test]

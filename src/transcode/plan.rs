@@ -25,9 +25,10 @@ pub(super) struct Plan {
 pub(super) struct MessagePlan {
     /// Sorted by field number: the order of prost-reflect's JSON output.
     pub fields: Vec<FieldPlan>,
-    /// JSON names, then proto names → index in `fields` (prost-reflect looks a key up
-    /// by JSON name first). Only for messages with many fields; a scan is faster below.
-    by_key: Option<HashMap<Box<str>, usize>>,
+    /// JSON names and proto names → index in `fields` (prost-reflect looks a key up by
+    /// JSON name first).
+    json_names: NameIndex,
+    proto_names: NameIndex,
     /// How many oneofs (synthetic ones of `optional` fields included).
     pub oneofs: usize,
 }
@@ -79,7 +80,8 @@ pub(super) enum Scalar {
 pub(super) struct EnumPlan {
     /// Sorted by number; numbers are unique (enums with aliases get no plan).
     pub by_number: Vec<(i32, Box<str>)>,
-    pub by_name: HashMap<Box<str>, i32>,
+    /// Name → index in `by_number`.
+    by_name: NameIndex,
 }
 
 impl EnumPlan {
@@ -89,21 +91,107 @@ impl EnumPlan {
             .ok()
             .map(|i| &*self.by_number[i].1)
     }
-}
 
-/// Above this many fields a message looks keys up in a hash map rather than by scanning.
-const SCAN_LIMIT: usize = 12;
+    /// The number of the value named `name`.
+    pub(super) fn number(&self, name: &[u8]) -> Option<i32> {
+        let index = self.by_name.get(name)?;
+        Some(self.by_number[index].0)
+    }
+}
 
 impl MessagePlan {
     /// The field a JSON object key names: by JSON name first, then by proto name.
-    pub(super) fn field(&self, key: &str) -> Option<usize> {
-        match &self.by_key {
-            Some(map) => map.get(key).copied(),
-            None => self
-                .fields
+    pub(super) fn field(&self, key: &[u8]) -> Option<usize> {
+        self.json_names
+            .get(key)
+            .or_else(|| self.proto_names.get(key))
+    }
+}
+
+/// Names looked up by the JSON reader: a small open-addressing table over a cheap hash
+/// of a name's length and first and last eight bytes, compared in the same integers
+/// (names of up to 16 bytes never need their bytes compared).
+#[derive(Debug)]
+struct NameIndex {
+    names: Vec<IndexedName>,
+    /// Positions in `names` plus one (0: empty); a power of two long, at most half full.
+    slots: Box<[u32]>,
+    shift: u32,
+}
+
+#[derive(Debug)]
+struct IndexedName {
+    len: usize,
+    ends: (u64, u64),
+    name: Box<[u8]>,
+}
+
+/// The first and the last eight bytes of `name` (overlapping when shorter than 16),
+/// zero-padded below eight, as integers.
+fn ends(name: &[u8]) -> (u64, u64) {
+    match (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+        (Some(first), Some(last)) => (u64::from_le_bytes(*first), u64::from_le_bytes(*last)),
+        _ => {
+            let short = name
                 .iter()
-                .position(|f| &*f.json_name == key)
-                .or_else(|| self.fields.iter().position(|f| &*f.proto_name == key)),
+                .rev()
+                .fold(0, |value, &byte| value << 8 | u64::from(byte));
+            (short, short)
+        }
+    }
+}
+
+impl NameIndex {
+    fn new<'a>(names: impl Iterator<Item = &'a str>) -> Self {
+        let names: Vec<IndexedName> = names
+            .map(|name| IndexedName {
+                len: name.len(),
+                ends: ends(name.as_bytes()),
+                name: name.as_bytes().into(),
+            })
+            .collect();
+        let size = (2 * names.len()).next_power_of_two().max(2);
+        let mut index = NameIndex {
+            slots: vec![0; size].into_boxed_slice(),
+            shift: 64 - size.trailing_zeros(),
+            names: Vec::new(),
+        };
+        for name in names {
+            // A repeated name keeps its first position (it still takes its own).
+            let fresh = index.get(&name.name).is_none();
+            let mut slot = index.slot(name.len, name.ends);
+            index.names.push(name);
+            if fresh {
+                while index.slots[slot] != 0 {
+                    slot = (slot + 1) & (size - 1);
+                }
+                index.slots[slot] = index.names.len() as u32;
+            }
+        }
+        index
+    }
+
+    fn slot(&self, len: usize, (first, last): (u64, u64)) -> usize {
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mixed = first ^ last.rotate_left(29) ^ len as u64;
+        (mixed.wrapping_mul(GOLDEN) >> self.shift) as usize
+    }
+
+    /// The position of `name` among the names given to `new`.
+    fn get(&self, name: &[u8]) -> Option<usize> {
+        let (len, ends) = (name.len(), ends(name));
+        let mask = self.slots.len() - 1;
+        let mut slot = self.slot(len, ends);
+        loop {
+            let position = (self.slots[slot] as usize).checked_sub(1)?;
+            let candidate = &self.names[position];
+            if candidate.len == len
+                && candidate.ends == ends
+                && (len <= 16 || *candidate.name == *name)
+            {
+                return Some(position);
+            }
+            slot = (slot + 1) & mask;
         }
     }
 }
@@ -201,19 +289,10 @@ impl Builder {
             });
         }
         fields.sort_by_key(|f| f.number);
-        let by_key = (fields.len() > SCAN_LIMIT).then(|| {
-            let mut map = HashMap::new();
-            for (i, f) in fields.iter().enumerate() {
-                map.insert(f.proto_name.clone(), i);
-            }
-            for (i, f) in fields.iter().enumerate() {
-                map.insert(f.json_name.clone(), i);
-            }
-            map
-        });
         self.messages[index] = Some(MessagePlan {
+            json_names: NameIndex::new(fields.iter().map(|f| &*f.json_name)),
+            proto_names: NameIndex::new(fields.iter().map(|f| &*f.proto_name)),
             fields,
-            by_key,
             oneofs: oneofs.len(),
         });
         Some(index)
@@ -234,10 +313,7 @@ impl Builder {
         if by_number.windows(2).any(|w| w[0].0 == w[1].0) {
             return None; // aliases: which name prost-reflect prints is its business
         }
-        let by_name = by_number
-            .iter()
-            .map(|(n, name)| (name.clone(), *n))
-            .collect();
+        let by_name = NameIndex::new(by_number.iter().map(|(_, name)| &**name));
         let index = self.enums.len();
         self.enums.push(EnumPlan { by_number, by_name });
         self.enum_index.insert(desc.full_name().to_owned(), index);
@@ -250,4 +326,37 @@ fn key(name: &str) -> Box<[u8]> {
     let mut out = serde_json::to_vec(name).unwrap_or_default();
     out.push(b':');
     out.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NameIndex;
+
+    #[test]
+    fn name_index_finds_each_name_and_nothing_else() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for count in [0, 1, 2, 3, 7, 16, 17, 100, 600] {
+            let mut names: Vec<String> = (0..count)
+                .map(|_| {
+                    let len = rng.usize(0..24);
+                    (0..len).map(|_| rng.alphabetic()).collect()
+                })
+                .collect();
+            // Names the integers alone do not tell apart: same length and ends.
+            names.push("abcdefgh-1-ijklmnop".into());
+            names.push("abcdefgh-2-ijklmnop".into());
+            names.push("short".into());
+            names.push("short".into()); // a repeat keeps the first position
+            let index = NameIndex::new(names.iter().map(String::as_str));
+            for name in &names {
+                let first = names.iter().position(|n| n == name).unwrap();
+                assert_eq!(index.get(name.as_bytes()), Some(first), "{name:?}");
+            }
+            for absent in ["abcdefgh-3-ijklmnop", "shorT", "shor", "short\0", "\u{e9}"] {
+                if !names.iter().any(|n| n == absent) {
+                    assert_eq!(index.get(absent.as_bytes()), None, "{absent:?}");
+                }
+            }
+        }
+    }
 }

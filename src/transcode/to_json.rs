@@ -9,6 +9,7 @@
 //! oneof, a wire type that does not fit the field, groups, bad UTF-8, a truncated
 //! record — makes it give up (`Unsupported`), and the caller runs prost-reflect.
 
+use super::json_text;
 use super::plan::{FieldPlan, Plan, Scalar};
 use crate::rfc3339;
 use base64::Engine as _;
@@ -342,7 +343,7 @@ fn write_value(
         Value::F32(v) => non_finite(out, f64::from(v)),
         Value::F64(v) => non_finite(out, v),
         Value::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
-        Value::Str(v) => serde_json::to_writer(&mut *out, v).map_err(|_| Unsupported)?,
+        Value::Str(v) => json_text::write_string(out, v),
         Value::Bytes(v) => {
             out.push(b'"');
             let start = out.len();

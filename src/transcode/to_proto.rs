@@ -2,77 +2,521 @@
 //! `DynamicMessage`, no per-field allocation (nested messages are written in place and
 //! their length patched in afterwards).
 //!
-//! It accepts what prost-reflect accepts (the same number, string and base64 rules; the
-//! visitors below mirror `prost_reflect::dynamic::serde::de::kind`), but gives up on
-//! anything unusual — an unknown key, a repeated key, two members of one oneof, an unknown
-//! enum name, a timestamp prost-reflect would refuse, any parse error — with an error the caller answers by running prost-reflect
-//! on the same input. So the result and the error messages are always prost-reflect's;
-//! this path only has to be right on the input it takes.
+//! The reader is made for this one job: a serde visitor chain over serde_json spent more
+//! time on its own plumbing than on the transcoding (a UTF-8 check per string, byte-wise
+//! string scans, a `memcmp` call per key compared). Here the whole text is checked as
+//! UTF-8 once, strings are scanned eight bytes at a time and borrowed unless they hold
+//! escapes, keys are looked up in the plan's small name tables without hashing their bytes.
+//!
+//! It reads the JSON grammar as serde_json does (numbers to the same `u64`/`i64`/`f64`
+//! values, the same escapes, the same nesting limit) and converts values as
+//! prost-reflect's JSON mapping does (`prost_reflect::dynamic::serde::de::kind`: the same
+//! number, string and base64 rules), but gives up on anything unusual — an unknown key, a
+//! repeated key, two members of one oneof, an unknown enum name, a timestamp prost-reflect
+//! would refuse, any syntax error — with [`Refused`], which the caller answers by running
+//! prost-reflect on the same input. So the result and the error messages are always
+//! prost-reflect's; this path only has to be right on the input it takes, which the
+//! differential tests and the `json_to_proto` fuzz target check.
 
-use super::plan::{FieldPlan, MessagePlan, Plan, Scalar};
-use prost::encoding::encode_varint;
-use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+use super::json_text::next_special;
+use super::plan::{FieldPlan, Plan, Scalar};
 use std::borrow::Cow;
 use std::fmt;
 
+/// This input is left to prost-reflect; the reason is for tests and debugging only.
+#[derive(Debug)]
+pub(super) struct Refused(&'static str);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// serde_json's nesting limit (objects and arrays): deeper input is refused here as it is
+/// there.
+const MAX_DEPTH: usize = 127;
+
 /// Appends the protobuf encoding of the JSON object `json` (a message of the plan's root
 /// type) to `out`. On error `out` holds garbage past its original length.
-pub(super) fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    Message {
-        plan,
-        index: 0,
-        out,
-    }
-    .deserialize(&mut deserializer)?;
-    deserializer.end()
-}
-
-/// The fields of one message, written to `out` as they come.
-struct Message<'a> {
-    plan: &'a Plan,
-    index: usize,
-    out: &'a mut Vec<u8>,
-}
-
-impl<'de> DeserializeSeed<'de> for Message<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
+pub(super) fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+    // One UTF-8 check for the whole text: every string in it is then valid too (a quote
+    // never splits a character).
+    let text = std::str::from_utf8(json).map_err(|_| Refused("invalid UTF-8"))?;
+    let mut reader = Reader {
+        text,
+        json,
+        at: 0,
+        depth: 0,
+    };
+    reader.message(plan, 0, out)?;
+    match reader.next_token() {
+        None => Ok(()),
+        Some(_) => Err(Refused("trailing characters")),
     }
 }
 
-impl<'de> Visitor<'de> for Message<'_> {
-    type Value = ();
+struct Reader<'a> {
+    text: &'a str,
+    /// `text` as bytes.
+    json: &'a [u8],
+    at: usize,
+    depth: usize,
+}
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
+/// A scalar JSON value, as serde_json hands it to a visitor.
+enum Token<'a> {
+    Str(Cow<'a, str>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.json.get(self.at).copied()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let message = &self.plan.messages[self.index];
+    /// The next byte that is not whitespace, not consumed.
+    fn next_token(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.json.get(self.at) {
+            if !matches!(byte, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    fn eat(&mut self, byte: u8) -> Result<(), Refused> {
+        if self.next_token() != Some(byte) {
+            return Err(Refused("unexpected character"));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Refused> {
+        if !self.json[self.at..].starts_with(word) {
+            return Err(Refused("unexpected word"));
+        }
+        self.at += word.len();
+        Ok(())
+    }
+
+    fn enter(&mut self) -> Result<(), Refused> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Refused("nested too deep"));
+        }
+        Ok(())
+    }
+
+    /// An object: the fields of message `index`, written to `out` as they come.
+    fn message(&mut self, plan: &Plan, index: usize, out: &mut Vec<u8>) -> Result<(), Refused> {
+        self.eat(b'{')?;
+        self.enter()?;
+        let message = &plan.messages[index];
+        if self.next_token() == Some(b'}') {
+            self.at += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
         // Fields, then oneofs, already given.
         let mut seen = Seen::new(message.fields.len() + message.oneofs);
-        while let Some(key) = map.next_key_seed(Key(message))? {
-            let Some(index) = key else {
-                return Err(A::Error::custom("unknown field"));
-            };
-            if !seen.insert(index) {
-                return Err(A::Error::custom("repeated field"));
+        loop {
+            if self.next_token() != Some(b'"') {
+                return Err(Refused("expected a key"));
             }
+            let key = self.string()?;
+            let index = message
+                .field(key.as_bytes())
+                .ok_or(Refused("unknown field"))?;
+            if !seen.insert(index) {
+                return Err(Refused("repeated field"));
+            }
+            self.eat(b':')?;
             let field = &message.fields[index];
-            let set = map.next_value_seed(Field {
-                plan: self.plan,
-                field,
-                out: &mut *self.out,
-            })?;
-            if set
+            if self.field(plan, field, out)?
                 && let Some(oneof) = field.oneof
                 && !seen.insert(message.fields.len() + oneof)
             {
-                return Err(A::Error::custom("two members of one oneof"));
+                return Err(Refused("two members of one oneof"));
             }
+            match self.next_token() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => break,
+                _ => return Err(Refused("expected , or }")),
+            }
+        }
+        self.at += 1;
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// One field's value; `false` for `null`, which leaves the field unset.
+    fn field(
+        &mut self,
+        plan: &Plan,
+        field: &FieldPlan,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, Refused> {
+        match self.next_token() {
+            Some(b'n') => {
+                self.literal(b"null")?;
+                return Ok(false);
+            }
+            Some(b'[') if field.repeated => self.list(plan, field, out)?,
+            _ if field.repeated => return Err(Refused("expected a list")),
+            _ => self.value(plan, field, out, field.presence)?,
+        }
+        Ok(true)
+    }
+
+    /// The elements of a repeated field: packed (one length-delimited record) for numeric
+    /// kinds unless the field says otherwise, one record each for the rest.
+    fn list(&mut self, plan: &Plan, field: &FieldPlan, out: &mut Vec<u8>) -> Result<(), Refused> {
+        self.at += 1; // '['
+        self.enter()?;
+        let mark = out.len();
+        let packed = field.packed.then(|| {
+            key(out, field.number, 2);
+            begin_length(out)
+        });
+        if self.next_token() == Some(b']') {
+            self.at += 1;
+        } else {
+            loop {
+                if packed.is_some() {
+                    self.number(field.scalar, plan)?.0.write(out);
+                } else {
+                    self.value(plan, field, out, true)?;
+                }
+                match self.next_token() {
+                    Some(b',') => self.at += 1,
+                    Some(b']') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(Refused("expected , or ]")),
+                }
+            }
+        }
+        match packed {
+            // Every element writes at least one byte.
+            Some(start) if out.len() > start => end_length(out, start),
+            Some(_) => out.truncate(mark), // an empty list is no record at all
+            None => {}
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// One value of a field, with its key. Outside a list, a field without presence
+    /// holding its default value is not written (as prost-reflect's encoder does not).
+    fn value(
+        &mut self,
+        plan: &Plan,
+        field: &FieldPlan,
+        out: &mut Vec<u8>,
+        keep_default: bool,
+    ) -> Result<(), Refused> {
+        match field.scalar {
+            Scalar::Message(index) => {
+                key(out, field.number, 2);
+                let start = begin_length(out);
+                self.message(plan, index, out)?;
+                end_length(out, start);
+            }
+            Scalar::Timestamp => {
+                let text = self.string_value()?;
+                let (seconds, nanos) =
+                    timestamp(&text).ok_or(Refused("a timestamp prost-reflect refuses"))?;
+                key(out, field.number, 2);
+                let start = begin_length(out);
+                if seconds != 0 {
+                    key(out, 1, 0);
+                    varint(out, seconds as u64);
+                }
+                if nanos != 0 {
+                    key(out, 2, 0);
+                    varint(out, i64::from(nanos) as u64);
+                }
+                end_length(out, start);
+            }
+            Scalar::String => {
+                let text = self.string_value()?;
+                if keep_default || !text.is_empty() {
+                    key(out, field.number, 2);
+                    varint(out, text.len() as u64);
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+            Scalar::Bytes => {
+                let bytes = base64(&self.string_value()?)?;
+                if keep_default || !bytes.is_empty() {
+                    key(out, field.number, 2);
+                    varint(out, bytes.len() as u64);
+                    out.extend_from_slice(&bytes);
+                }
+            }
+            scalar => {
+                let (number, is_default) = self.number(scalar, plan)?;
+                if keep_default || !is_default {
+                    key(out, field.number, scalar.wire_type());
+                    number.write(out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A numeric (or bool, or enum) value of `scalar`: its wire form, and whether it is
+    /// the default.
+    fn number(&mut self, scalar: Scalar, plan: &Plan) -> Result<(Number, bool), Refused> {
+        let token = self.scalar()?;
+        Ok(match scalar {
+            Scalar::Double => {
+                let v = double(token)?;
+                (Number::Bits64(v.to_bits()), v == 0.0)
+            }
+            Scalar::Float => {
+                let v = float(token)?;
+                (Number::Bits32(v.to_bits()), v == 0.0)
+            }
+            Scalar::Int32 => {
+                let v = integer::<i32>(token)?;
+                (Number::Varint(i64::from(v) as u64), v == 0)
+            }
+            Scalar::Sint32 => {
+                let v = integer::<i32>(token)?;
+                (
+                    Number::Varint(u64::from(((v << 1) ^ (v >> 31)) as u32)),
+                    v == 0,
+                )
+            }
+            Scalar::Sfixed32 => {
+                let v = integer::<i32>(token)?;
+                (Number::Bits32(v as u32), v == 0)
+            }
+            Scalar::Int64 => {
+                let v = integer::<i64>(token)?;
+                (Number::Varint(v as u64), v == 0)
+            }
+            Scalar::Sint64 => {
+                let v = integer::<i64>(token)?;
+                (Number::Varint(((v << 1) ^ (v >> 63)) as u64), v == 0)
+            }
+            Scalar::Sfixed64 => {
+                let v = integer::<i64>(token)?;
+                (Number::Bits64(v as u64), v == 0)
+            }
+            Scalar::Uint32 => {
+                let v = integer::<u32>(token)?;
+                (Number::Varint(u64::from(v)), v == 0)
+            }
+            Scalar::Fixed32 => {
+                let v = integer::<u32>(token)?;
+                (Number::Bits32(v), v == 0)
+            }
+            Scalar::Uint64 => {
+                let v = integer::<u64>(token)?;
+                (Number::Varint(v), v == 0)
+            }
+            Scalar::Fixed64 => {
+                let v = integer::<u64>(token)?;
+                (Number::Bits64(v), v == 0)
+            }
+            Scalar::Bool => {
+                let Token::Bool(v) = token else {
+                    return Err(Refused("expected a boolean"));
+                };
+                (Number::Varint(u64::from(v)), !v)
+            }
+            Scalar::Enum(index) => {
+                let v = enum_number(token, plan, index)?;
+                (Number::Varint(i64::from(v) as u64), v == 0)
+            }
+            Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Timestamp => {
+                return Err(Refused("not a number"));
+            }
+        })
+    }
+
+    /// A string, a number or a boolean.
+    fn scalar(&mut self) -> Result<Token<'a>, Refused> {
+        match self.next_token() {
+            Some(b'"') => Ok(Token::Str(self.string()?)),
+            Some(b't') => self.literal(b"true").map(|()| Token::Bool(true)),
+            Some(b'f') => self.literal(b"false").map(|()| Token::Bool(false)),
+            Some(b'-' | b'0'..=b'9') => self.json_number(),
+            _ => Err(Refused("expected a value")),
+        }
+    }
+
+    /// A JSON string, where only a string will do.
+    fn string_value(&mut self) -> Result<Cow<'a, str>, Refused> {
+        if self.next_token() != Some(b'"') {
+            return Err(Refused("expected a string"));
+        }
+        self.string()
+    }
+
+    /// The string whose opening quote is at `self.at`: borrowed from the input unless it
+    /// holds escapes. A raw control character is refused, as serde_json refuses it.
+    fn string(&mut self) -> Result<Cow<'a, str>, Refused> {
+        let start = self.at + 1;
+        let end = next_special(self.json, start);
+        if self.json.get(end) == Some(&b'"') {
+            self.at = end + 1;
+            return self.slice(start, end).map(Cow::Borrowed);
+        }
+        let mut decoded = String::with_capacity(end - start + 16);
+        let (mut from, mut end) = (start, end);
+        loop {
+            decoded.push_str(self.slice(from, end)?);
+            match self.json.get(end) {
+                Some(b'"') => {
+                    self.at = end + 1;
+                    return Ok(Cow::Owned(decoded));
+                }
+                Some(b'\\') => {
+                    let escape = self.json.get(end + 1).copied();
+                    from = end + 2;
+                    decoded.push(match escape {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\x08',
+                        Some(b'f') => '\x0c',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => self.unicode_escape(&mut from)?,
+                        _ => return Err(Refused("invalid escape")),
+                    });
+                    end = next_special(self.json, from);
+                }
+                _ => return Err(Refused("unterminated string or control character")),
+            }
+        }
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Result<&'a str, Refused> {
+        // Both ends are at ASCII characters (quotes, backslashes, escapes' ends).
+        self.text
+            .get(start..end)
+            .ok_or(Refused("not at a character boundary"))
+    }
+
+    /// The character of `\uXXXX` (the hex digits at `at`, moved past), a surrogate pair
+    /// taking a second escape; a lone surrogate is refused, as serde_json refuses it.
+    fn unicode_escape(&self, at: &mut usize) -> Result<char, Refused> {
+        let hex = |at: &mut usize| -> Result<u32, Refused> {
+            let digits = self.json.get(*at..*at + 4).ok_or(Refused("short escape"))?;
+            *at += 4;
+            digits.iter().try_fold(0, |value, &digit| {
+                let digit = char::from(digit)
+                    .to_digit(16)
+                    .ok_or(Refused("invalid hex escape"))?;
+                Ok(value << 4 | digit)
+            })
+        };
+        let first = hex(at)?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if self.json.get(*at..*at + 2) != Some(b"\\u") {
+                    return Err(Refused("lone surrogate"));
+                }
+                *at += 2;
+                let second = hex(at)?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err(Refused("lone surrogate"));
+                }
+                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+            }
+            code => code,
+        };
+        char::from_u32(code).ok_or(Refused("lone surrogate"))
+    }
+
+    /// A JSON number, read as serde_json reads it: an integer to `u64` (or `i64` when
+    /// negative) when it fits, anything else to the nearest `f64` (out of range refused).
+    fn json_number(&mut self) -> Result<Token<'a>, Refused> {
+        let start = self.at;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let mut significand: u64 = 0;
+        let mut float = false;
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(Refused("leading zero"));
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(digit @ b'0'..=b'9') = self.peek() {
+                    self.at += 1;
+                    match significand
+                        .checked_mul(10)
+                        .and_then(|s| s.checked_add(u64::from(digit - b'0')))
+                    {
+                        Some(s) => significand = s,
+                        None => float = true,
+                    }
+                }
+            }
+            _ => return Err(Refused("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.digits()?;
+            float = true;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.digits()?;
+            float = true;
+        }
+        if float {
+            // Correctly rounded, as serde_json's `float_roundtrip` parser is; serde_json
+            // refuses what overflows and reads what underflows as zero, so does `parse`.
+            let value: f64 = self
+                .slice(start, self.at)?
+                .parse()
+                .map_err(|_| Refused("invalid number"))?;
+            if value.is_infinite() {
+                return Err(Refused("number out of range"));
+            }
+            return Ok(Token::F64(value));
+        }
+        if !negative {
+            return Ok(Token::U64(significand));
+        }
+        // serde_json's rule: `-0` and what does not fit an `i64` are floats.
+        let value = (significand as i64).wrapping_neg();
+        Ok(if value >= 0 {
+            Token::F64(-(significand as f64))
+        } else {
+            Token::I64(value)
+        })
+    }
+
+    /// One or more digits.
+    fn digits(&mut self) -> Result<(), Refused> {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+        if self.at == start {
+            return Err(Refused("invalid number"));
         }
         Ok(())
     }
@@ -107,198 +551,6 @@ impl Seen {
     }
 }
 
-/// An object key → the index of the field it names, without allocating.
-struct Key<'a>(&'a MessagePlan);
-
-impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for Key<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.field(key))
-    }
-}
-
-/// One field's value (`null` leaves the field unset). `true` when the field was set.
-struct Field<'a> {
-    plan: &'a Plan,
-    field: &'a FieldPlan,
-    out: &'a mut Vec<u8>,
-}
-
-impl<'de> DeserializeSeed<'de> for Field<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_option(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Field<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a field value")
-    }
-
-    fn visit_none<E: Error>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_unit<E: Error>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        let Field { plan, field, out } = self;
-        if field.repeated {
-            deserializer.deserialize_seq(List { plan, field, out })?;
-        } else {
-            Value {
-                plan,
-                field,
-                out,
-                in_list: false,
-            }
-            .deserialize(deserializer)?;
-        }
-        Ok(true)
-    }
-}
-
-/// The elements of a repeated field: packed (one length-delimited record) for numeric
-/// kinds unless the field says otherwise, one record each for the rest.
-struct List<'a> {
-    plan: &'a Plan,
-    field: &'a FieldPlan,
-    out: &'a mut Vec<u8>,
-}
-
-impl<'de> Visitor<'de> for List<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let List { plan, field, out } = self;
-        if field.packed {
-            let mark = out.len();
-            key(out, field.number, 2);
-            let start = begin_length(out);
-            let mut count = 0;
-            while let Some(number) = seq.next_element_seed(NumberSeed(field.scalar, plan))? {
-                number.0.write(out);
-                count += 1;
-            }
-            if count == 0 {
-                out.truncate(mark); // an empty list is no record at all
-            } else {
-                end_length(out, start);
-            }
-        } else {
-            while seq
-                .next_element_seed(Value {
-                    plan,
-                    field,
-                    out: &mut *out,
-                    in_list: true,
-                })?
-                .is_some()
-            {}
-        }
-        Ok(())
-    }
-}
-
-/// One value of a field, with its key. Outside a list, a field without presence holding
-/// its default value is not written (as prost-reflect's encoder does not).
-struct Value<'a> {
-    plan: &'a Plan,
-    field: &'a FieldPlan,
-    out: &'a mut Vec<u8>,
-    in_list: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Value<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        let Value {
-            plan,
-            field,
-            out,
-            in_list,
-        } = self;
-        let keep_default = in_list || field.presence;
-        match field.scalar {
-            Scalar::Message(index) => {
-                key(out, field.number, 2);
-                let start = begin_length(out);
-                Message {
-                    plan,
-                    index,
-                    out: &mut *out,
-                }
-                .deserialize(deserializer)?;
-                end_length(out, start);
-            }
-            Scalar::Timestamp => {
-                let text = deserializer.deserialize_str(StrVisitor)?;
-                let (seconds, nanos) = timestamp(&text)
-                    .ok_or_else(|| D::Error::custom("a timestamp prost-reflect refuses"))?;
-                key(out, field.number, 2);
-                let start = begin_length(out);
-                if seconds != 0 {
-                    key(out, 1, 0);
-                    encode_varint(seconds as u64, out);
-                }
-                if nanos != 0 {
-                    key(out, 2, 0);
-                    encode_varint(i64::from(nanos) as u64, out);
-                }
-                end_length(out, start);
-            }
-            Scalar::String => {
-                let text = deserializer.deserialize_string(StrVisitor)?;
-                if keep_default || !text.is_empty() {
-                    key(out, field.number, 2);
-                    encode_varint(text.len() as u64, out);
-                    out.extend_from_slice(text.as_bytes());
-                }
-            }
-            Scalar::Bytes => {
-                let bytes = deserializer.deserialize_str(BytesVisitor)?;
-                if keep_default || !bytes.is_empty() {
-                    key(out, field.number, 2);
-                    encode_varint(bytes.len() as u64, out);
-                    out.extend_from_slice(&bytes);
-                }
-            }
-            scalar => {
-                let (number, is_default) = NumberSeed(scalar, plan).deserialize(deserializer)?;
-                if keep_default || !is_default {
-                    key(out, field.number, scalar.wire_type());
-                    number.write(out);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A numeric (or bool, or enum) value in its wire form.
 #[derive(Clone, Copy)]
 enum Number {
@@ -310,89 +562,23 @@ enum Number {
 impl Number {
     fn write(self, out: &mut Vec<u8>) {
         match self {
-            Number::Varint(v) => encode_varint(v, out),
+            Number::Varint(v) => varint(out, v),
             Number::Bits32(v) => out.extend_from_slice(&v.to_le_bytes()),
             Number::Bits64(v) => out.extend_from_slice(&v.to_le_bytes()),
         }
     }
 }
 
-/// Reads one numeric value of `scalar`: its wire form, and whether it is the default.
-struct NumberSeed<'a>(Scalar, &'a Plan);
-
-impl<'de> DeserializeSeed<'de> for NumberSeed<'_> {
-    type Value = (Number, bool);
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        Ok(match self.0 {
-            Scalar::Double => {
-                let v = d.deserialize_any(DoubleVisitor)?;
-                (Number::Bits64(v.to_bits()), v == 0.0)
-            }
-            Scalar::Float => {
-                let v = d.deserialize_any(FloatVisitor)?;
-                (Number::Bits32(v.to_bits()), v == 0.0)
-            }
-            Scalar::Int32 => {
-                let v = d.deserialize_any(IntVisitor::<i32>::new())?;
-                (Number::Varint(i64::from(v) as u64), v == 0)
-            }
-            Scalar::Sint32 => {
-                let v = d.deserialize_any(IntVisitor::<i32>::new())?;
-                (
-                    Number::Varint(u64::from(((v << 1) ^ (v >> 31)) as u32)),
-                    v == 0,
-                )
-            }
-            Scalar::Sfixed32 => {
-                let v = d.deserialize_any(IntVisitor::<i32>::new())?;
-                (Number::Bits32(v as u32), v == 0)
-            }
-            Scalar::Int64 => {
-                let v = d.deserialize_any(IntVisitor::<i64>::new())?;
-                (Number::Varint(v as u64), v == 0)
-            }
-            Scalar::Sint64 => {
-                let v = d.deserialize_any(IntVisitor::<i64>::new())?;
-                (Number::Varint(((v << 1) ^ (v >> 63)) as u64), v == 0)
-            }
-            Scalar::Sfixed64 => {
-                let v = d.deserialize_any(IntVisitor::<i64>::new())?;
-                (Number::Bits64(v as u64), v == 0)
-            }
-            Scalar::Uint32 => {
-                let v = d.deserialize_any(IntVisitor::<u32>::new())?;
-                (Number::Varint(u64::from(v)), v == 0)
-            }
-            Scalar::Fixed32 => {
-                let v = d.deserialize_any(IntVisitor::<u32>::new())?;
-                (Number::Bits32(v), v == 0)
-            }
-            Scalar::Uint64 => {
-                let v = d.deserialize_any(IntVisitor::<u64>::new())?;
-                (Number::Varint(v), v == 0)
-            }
-            Scalar::Fixed64 => {
-                let v = d.deserialize_any(IntVisitor::<u64>::new())?;
-                (Number::Bits64(v), v == 0)
-            }
-            Scalar::Bool => {
-                let v = d.deserialize_any(BoolVisitor)?;
-                (Number::Varint(u64::from(v)), !v)
-            }
-            Scalar::Enum(index) => {
-                let v = d.deserialize_any(EnumVisitor(&self.1.enums[index].by_name))?;
-                (Number::Varint(i64::from(v) as u64), v == 0)
-            }
-            Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Timestamp => {
-                return Err(D::Error::custom("not a number"));
-            }
-        })
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
     }
+    out.push(value as u8);
 }
 
 fn key(out: &mut Vec<u8>, number: u32, wire_type: u8) {
-    encode_varint(u64::from(number) << 3 | u64::from(wire_type), out);
+    varint(out, u64::from(number) << 3 | u64::from(wire_type));
 }
 
 /// Reserves one byte for a length that is not known yet; returns where the data starts.
@@ -401,18 +587,26 @@ fn begin_length(out: &mut Vec<u8>) -> usize {
     out.len()
 }
 
-/// Writes the length of the data from `start` into the byte reserved before it, making
-/// room when the length needs more than one byte.
+/// Writes the length of the data from `start` into the byte reserved before it, moving
+/// the data up when the length needs more than one byte.
 fn end_length(out: &mut Vec<u8>, start: usize) {
     let len = out.len() - start;
     if len < 0x80 {
         out[start - 1] = len as u8;
         return;
     }
-    let mut varint = Vec::with_capacity(10);
-    encode_varint(len as u64, &mut varint);
-    out[start - 1] = varint[0];
-    out.splice(start..start, varint[1..].iter().copied());
+    let (mut length, mut n, mut rest) = ([0u8; 10], 0, len);
+    while rest >= 0x80 {
+        length[n] = rest as u8 | 0x80;
+        rest >>= 7;
+        n += 1;
+    }
+    length[n] = rest as u8;
+    n += 1;
+    let end = out.len();
+    out.resize(end + n - 1, 0);
+    out.copy_within(start..end, start + n - 1);
+    out[start - 1..start - 1 + n].copy_from_slice(&length[..n]);
 }
 
 /// The seconds and nanos of an RFC 3339 timestamp, when prost-reflect accepts it: its
@@ -474,87 +668,40 @@ fn strict_rfc3339(b: &[u8]) -> bool {
     }
 }
 
-// --- the visitors of prost-reflect's JSON mapping --------------------------------------
+// --- prost-reflect's JSON mapping of scalar values -------------------------------------
 
-struct DoubleVisitor;
-
-impl Visitor<'_> for DoubleVisitor {
-    type Value = f64;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a 64-bit floating point value")
-    }
-
-    fn visit_f64<E: Error>(self, v: f64) -> Result<f64, E> {
-        Ok(v)
-    }
-
-    fn visit_i64<E: Error>(self, v: i64) -> Result<f64, E> {
-        Ok(v as f64)
-    }
-
-    fn visit_u64<E: Error>(self, v: u64) -> Result<f64, E> {
-        Ok(v as f64)
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<f64, E> {
-        match v.parse::<f64>() {
+fn double(token: Token) -> Result<f64, Refused> {
+    match token {
+        Token::F64(v) => Ok(v),
+        Token::I64(v) => Ok(v as f64),
+        Token::U64(v) => Ok(v as f64),
+        Token::Str(v) => match v.parse::<f64>() {
             Ok(value) => Ok(value),
             Err(_) if v == "Infinity" => Ok(f64::INFINITY),
             Err(_) if v == "-Infinity" => Ok(f64::NEG_INFINITY),
             Err(_) if v == "NaN" => Ok(f64::NAN),
-            Err(e) => Err(E::custom(e)),
-        }
+            Err(_) => Err(Refused("invalid double")),
+        },
+        Token::Bool(_) => Err(Refused("expected a double")),
     }
 }
 
-struct FloatVisitor;
-
-impl Visitor<'_> for FloatVisitor {
-    type Value = f32;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a 32-bit floating point value")
-    }
-
-    fn visit_f32<E: Error>(self, v: f32) -> Result<f32, E> {
-        Ok(v)
-    }
-
-    fn visit_f64<E: Error>(self, v: f64) -> Result<f32, E> {
-        if v < f64::from(f32::MIN) || v > f64::from(f32::MAX) {
-            Err(E::custom("float value out of range"))
-        } else {
-            Ok(v as f32)
+fn float(token: Token) -> Result<f32, Refused> {
+    match token {
+        Token::F64(v) if v < f64::from(f32::MIN) || v > f64::from(f32::MAX) => {
+            Err(Refused("float value out of range"))
         }
-    }
-
-    fn visit_i64<E: Error>(self, v: i64) -> Result<f32, E> {
-        Ok(v as f32)
-    }
-
-    fn visit_u64<E: Error>(self, v: u64) -> Result<f32, E> {
-        Ok(v as f32)
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<f32, E> {
-        match v.parse::<f32>() {
+        Token::F64(v) => Ok(v as f32),
+        Token::I64(v) => Ok(v as f32),
+        Token::U64(v) => Ok(v as f32),
+        Token::Str(v) => match v.parse::<f32>() {
             Ok(value) => Ok(value),
             Err(_) if v == "Infinity" => Ok(f32::INFINITY),
             Err(_) if v == "-Infinity" => Ok(f32::NEG_INFINITY),
             Err(_) if v == "NaN" => Ok(f32::NAN),
-            Err(e) => Err(E::custom(e)),
-        }
-    }
-}
-
-/// An integer of type `T` from a JSON number (integral floats included, as prost-reflect
-/// takes them) or a decimal string.
-struct IntVisitor<T>(std::marker::PhantomData<T>);
-
-impl<T> IntVisitor<T> {
-    fn new() -> Self {
-        Self(std::marker::PhantomData)
+            Err(_) => Err(Refused("invalid float")),
+        },
+        Token::Bool(_) => Err(Refused("expected a float")),
     }
 }
 
@@ -578,124 +725,48 @@ macro_rules! integer {
 }
 integer!(i32, i64, u32, u64);
 
-impl<T: Integer> Visitor<'_> for IntVisitor<T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an integer or decimal string")
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<T, E> {
-        v.parse().map_err(|_| E::custom("invalid integer"))
-    }
-
-    fn visit_i64<E: Error>(self, v: i64) -> Result<T, E> {
-        T::try_from(v).map_err(|_| E::custom("integer out of range"))
-    }
-
-    fn visit_u64<E: Error>(self, v: u64) -> Result<T, E> {
-        T::try_from(v).map_err(|_| E::custom("integer out of range"))
-    }
-
-    fn visit_f64<E: Error>(self, v: f64) -> Result<T, E> {
-        if v.fract() != 0.0 {
-            return Err(E::custom("expected integer value"));
-        }
-        if v < T::MIN || v > T::MAX {
-            return Err(E::custom("float value out of range"));
-        }
-        Ok(T::from_f64(v))
+/// An integer of type `T` from a JSON number (integral floats included, as prost-reflect
+/// takes them) or a decimal string.
+fn integer<T: Integer>(token: Token) -> Result<T, Refused> {
+    const OUT_OF_RANGE: Refused = Refused("integer out of range");
+    match token {
+        Token::Str(v) => v.parse().map_err(|_| Refused("invalid integer")),
+        Token::I64(v) => T::try_from(v).map_err(|_| OUT_OF_RANGE),
+        Token::U64(v) => T::try_from(v).map_err(|_| OUT_OF_RANGE),
+        Token::F64(v) if v.fract() != 0.0 => Err(Refused("expected integer value")),
+        Token::F64(v) if v < T::MIN || v > T::MAX => Err(Refused("float value out of range")),
+        Token::F64(v) => Ok(T::from_f64(v)),
+        Token::Bool(_) => Err(Refused("expected an integer")),
     }
 }
 
-struct BoolVisitor;
-
-impl Visitor<'_> for BoolVisitor {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a boolean")
-    }
-
-    fn visit_bool<E: Error>(self, v: bool) -> Result<bool, E> {
-        Ok(v)
-    }
-}
-
-/// A string, borrowed from the input when it has no escapes.
-struct StrVisitor;
-
-impl<'de> Visitor<'de> for StrVisitor {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-
-    fn visit_string<E: Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
+/// An enum value by name or number. An unknown name is refused here even when unknown
+/// fields are ignored: prost-reflect then drops the value, which the fallback does.
+fn enum_number(token: Token, plan: &Plan, index: usize) -> Result<i32, Refused> {
+    match token {
+        Token::Str(name) => plan.enums[index]
+            .number(name.as_bytes())
+            .ok_or(Refused("unknown enum value")),
+        Token::I64(v) => i32::try_from(v).map_err(|_| Refused("enum value out of range")),
+        Token::U64(v) => i32::try_from(v).map_err(|_| Refused("enum value out of range")),
+        Token::F64(_) | Token::Bool(_) => Err(Refused("expected an enum name or number")),
     }
 }
 
 /// Base64, standard or URL-safe alphabet, padded or not (as prost-reflect reads it).
-struct BytesVisitor;
-
-impl Visitor<'_> for BytesVisitor {
-    type Value = Vec<u8>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a base64-encoded string")
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
-        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-        use base64::{DecodeError, Engine, alphabet};
-        const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(DecodePaddingMode::Indifferent);
-        const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, CONFIG);
-        const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, CONFIG);
-        match STANDARD.decode(v) {
-            Ok(bytes) => Ok(bytes),
-            Err(DecodeError::InvalidByte(_, b'-' | b'_')) => {
-                URL_SAFE.decode(v).map_err(|e| E::custom(e))
-            }
-            Err(e) => Err(E::custom(e)),
+fn base64(text: &str) -> Result<Vec<u8>, Refused> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::{DecodeError, Engine, alphabet};
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, CONFIG);
+    match STANDARD.decode(text) {
+        Ok(bytes) => Ok(bytes),
+        Err(DecodeError::InvalidByte(_, b'-' | b'_')) => {
+            URL_SAFE.decode(text).map_err(|_| Refused("invalid base64"))
         }
-    }
-}
-
-/// An enum value by name or number. An unknown name is an error here even when unknown
-/// fields are ignored: prost-reflect then drops the value, which the fallback does.
-struct EnumVisitor<'a>(&'a std::collections::HashMap<Box<str>, i32>);
-
-impl Visitor<'_> for EnumVisitor<'_> {
-    type Value = i32;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string or integer")
-    }
-
-    fn visit_str<E: Error>(self, v: &str) -> Result<i32, E> {
-        self.0
-            .get(v)
-            .copied()
-            .ok_or_else(|| E::custom("unknown enum value"))
-    }
-
-    fn visit_i64<E: Error>(self, v: i64) -> Result<i32, E> {
-        i32::try_from(v).map_err(E::custom)
-    }
-
-    fn visit_u64<E: Error>(self, v: u64) -> Result<i32, E> {
-        i32::try_from(v).map_err(E::custom)
+        Err(_) => Err(Refused("invalid base64")),
     }
 }
