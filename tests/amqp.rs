@@ -535,10 +535,8 @@ async fn a_cut_connection_fails_fast_and_recovers_without_restart() {
 async fn an_unreachable_broker_is_503_at_once_and_blocks_nothing() {
     require_broker().await;
     // A port nobody listens on.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let (_held, address) = support::refusing_address();
+    let port = address.port();
     let started = Instant::now();
     let descriptors = gateway::repo().join("descriptors");
     let config = format!(

@@ -352,10 +352,7 @@ async fn deadlines_and_unreachable_backends() {
     );
 
     // An upstream nobody listens on: 503 UNAVAILABLE, quickly.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, closed) = support::refusing_address();
     let config = format!(
         "descriptors: [\"{}\"]\nmappings: [m.yaml]\nupstreams:\n{}",
         gateway::echo_protos(),

@@ -286,10 +286,8 @@ async fn messages_carry_verified_claims_but_no_client_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_an_unavailable_frame_per_request() {
     // A port nobody listens on.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let (_held, address) = support::refusing_address();
+    let port = address.port();
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
     let gw = gateway_at(&url, "", &quote_route("q", "", "")).await;
     let mut socket = ws::connect(&gw, PATH).await;

@@ -17,7 +17,22 @@ pub mod shop;
 pub mod gateway;
 pub mod ws;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// An address on 127.0.0.1 where connections are refused, held for as long as the
+/// returned socket lives: the socket is bound but does not listen, so the kernel answers
+/// a connect with a reset and no other socket (a gateway another test starts at the same
+/// time) can take the port. (Binding a listener and dropping it frees the port for
+/// anyone: a test once reached another test's gateway there.)
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind 127.0.0.1:0");
+    let address = socket.local_addr().expect("its address");
+    (socket, address)
+}
 
 /// Waits up to `within` for `condition`, checking every 20 ms; fails the test after.
 pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
