@@ -169,10 +169,14 @@ impl RateLimiter {
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds until a request
 /// would be allowed).
 pub fn add_headers(decision: &Decision, headers: &mut HeaderMap) {
-    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    // Constant names: a `&str` name is parsed and checked on every insert.
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    headers.insert(LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(
-        "ratelimit-reset",
+        RESET,
         HeaderValue::from(reset_seconds(decision.reset_micros)),
     );
 }
