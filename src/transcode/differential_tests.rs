@@ -86,6 +86,11 @@ fn all_type(schema: &Schema) -> MessageType {
     MessageType::new(schema.pool.get_message_by_name("difftest.v1.All").unwrap())
 }
 
+/// `All` and a codec with the default JSON options, as most tests here use them.
+fn all_type_and_default_codec() -> (MessageType, JsonCodec) {
+    (all_type(&schema()), JsonCodec::new(&JsonConfig::default()))
+}
+
 fn configs() -> Vec<JsonConfig> {
     let mut configs = Vec::new();
     for emit_defaults in [true, false] {
@@ -322,9 +327,7 @@ fn agree(codec: &JsonCodec, ty: &MessageType, json: &str) -> Result<DynamicMessa
 /// value would have reached the backend changed.
 #[test]
 fn doubles_round_trip_through_json_exactly() {
-    let schema = schema();
-    let ty = all_type(&schema);
-    let codec = JsonCodec::new(&JsonConfig::default());
+    let (ty, codec) = all_type_and_default_codec();
     let mut rng = fastrand::Rng::with_seed(7);
     let found = f64::from_bits(0x2901_1896_6105_285b);
     let doubles = [found, 3.554407780026545e-111, f64::MIN_POSITIVE, 1e308, 0.1]
@@ -414,9 +417,7 @@ fn json_inputs_agree_with_prost_reflect() {
 /// path that refused everything would agree too).
 #[test]
 fn json_reader_edges_agree_with_prost_reflect() {
-    let schema = schema();
-    let ty = all_type(&schema);
-    let codec = JsonCodec::new(&JsonConfig::default());
+    let (ty, codec) = all_type_and_default_codec();
     let plan = ty.plan.as_deref().unwrap();
     let check = |json: &str, taken: bool| {
         let mut fast = Vec::new();
@@ -562,9 +563,7 @@ fn json_reader_edges_agree_with_prost_reflect() {
 /// and nanos) and leaves everything else to it (same error).
 #[test]
 fn json_timestamps_agree_with_prost_reflect() {
-    let schema = schema();
-    let ty = all_type(&schema);
-    let codec = JsonCodec::new(&JsonConfig::default());
+    let (ty, codec) = all_type_and_default_codec();
     let plan = ty.plan.as_deref().unwrap();
     let accepted = [
         "2026-12-02T10:00:00Z",
@@ -634,9 +633,7 @@ fn json_timestamps_agree_with_prost_reflect() {
 
 #[test]
 fn unusual_wire_input_falls_back_and_agrees() {
-    let schema = schema();
-    let ty = all_type(&schema);
-    let codec = JsonCodec::new(&JsonConfig::default());
+    let (ty, codec) = all_type_and_default_codec();
     let check = |bytes: &[u8]| {
         let result = codec.proto_to_json(&ty, bytes);
         let reference = DynamicMessage::decode(ty.descriptor().clone(), bytes)

@@ -20,6 +20,7 @@
 
 use super::json_text::next_special;
 use super::plan::{FieldPlan, Plan, Scalar};
+use prost::encoding::{encode_varint, encoded_len_varint};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -569,6 +570,8 @@ impl Number {
     }
 }
 
+/// prost's `encode_varint` writes through `BufMut` one byte at a time with a capacity
+/// check each; pushing to the `Vec` is 3% fewer instructions for the whole transcoding.
 fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
@@ -595,18 +598,11 @@ fn end_length(out: &mut Vec<u8>, start: usize) {
         out[start - 1] = len as u8;
         return;
     }
-    let (mut length, mut n, mut rest) = ([0u8; 10], 0, len);
-    while rest >= 0x80 {
-        length[n] = rest as u8 | 0x80;
-        rest >>= 7;
-        n += 1;
-    }
-    length[n] = rest as u8;
-    n += 1;
+    let n = encoded_len_varint(len as u64);
     let end = out.len();
     out.resize(end + n - 1, 0);
     out.copy_within(start..end, start + n - 1);
-    out[start - 1..start - 1 + n].copy_from_slice(&length[..n]);
+    encode_varint(len as u64, &mut &mut out[start - 1..start - 1 + n]);
 }
 
 /// The seconds and nanos of an RFC 3339 timestamp, when prost-reflect accepts it: its
