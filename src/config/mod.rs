@@ -432,6 +432,10 @@ pub struct RateLimitPolicyConfig {
     pub key: String,
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// With a Redis store: admissions per key an instance may take ahead of need and
+    /// spend without a round trip (0: every decision is made in Redis).
+    #[serde(default)]
+    pub reserve: u64,
 }
 
 fn default_key() -> String {
