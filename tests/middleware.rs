@@ -615,6 +615,53 @@ async fn redis_store_enforces_one_limit_across_two_gateways() {
     }
 }
 
+/// `reserve:` on a Redis policy, through two gateways: concurrent clients of one key get
+/// no more than the shared limit together, at most what the instances hold fewer, and
+/// most decisions are made without Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reserve_stays_within_the_shared_limit() {
+    require_redis();
+    let handle = switchboard::telemetry::prometheus();
+    let echo = echo::start().await;
+    let name = format!("reserve_{}_{}", std::process::id(), now());
+    let policy = format!(
+        "    {name}: {{ algorithm: token_bucket, rate: 200, per: 1h, key: header.x-k, reserve: 20 }}\n"
+    );
+    let sections = limits("redis://127.0.0.1:6379", &policy);
+    let routes = limited_routes(&name);
+    let a = gateway_with(&echo, &sections, "", &routes).await;
+    let b = gateway_with(&echo, &sections, "", &routes).await;
+    // Eight waves of 50 concurrent requests, alternating between the instances.
+    let mut allowed = 0;
+    for _ in 0..8 {
+        let requests = (0..50).map(|i| {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            get_with(gw, "/limited/1", &[("x-k", "busy-client")])
+        });
+        for response in futures_util::future::join_all(requests).await {
+            match response.status().as_u16() {
+                200 => allowed += 1,
+                429 => assert!(response.headers().contains_key("retry-after")),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert!(
+        (200 - 2 * 20..=200).contains(&allowed),
+        "{allowed} admitted for a limit of 200 with two instances holding at most 20 each"
+    );
+    let metrics = handle.render();
+    let local: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("switchboard_ratelimit_local_decisions_total")
+                && l.contains(&format!("policy=\"{name}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no local decisions counted: {metrics}"));
+    assert!(local >= 100.0, "{local} of 400 decisions made locally");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_follows_on_store_error() {
     let handle = switchboard::telemetry::prometheus();

@@ -84,6 +84,8 @@ pub struct RateLimiter {
     allowed: Counter,
     limited: Counter,
     store_errors: Counter,
+    /// Redis-store decisions made without Redis (a held reservation, a remembered refusal).
+    local: Counter,
 }
 
 impl RateLimiter {
@@ -131,6 +133,7 @@ impl RateLimiter {
             allowed: counter("allowed"),
             limited: counter("limited"),
             store_errors: metrics::counter!("switchboard_ratelimit_store_errors_total", "policy" => name.to_string()),
+            local: metrics::counter!("switchboard_ratelimit_local_decisions_total", "policy" => name.to_string()),
         })
     }
 
@@ -168,7 +171,10 @@ impl RateLimiter {
     ) -> Result<Decision, GatewayError> {
         let now = monotonic_micros();
         let wanted = match self.leases.decide(key, self.limit(), now) {
-            Local::Decided(decision) => return Ok(decision),
+            Local::Decided(decision) => {
+                self.local.increment(1);
+                return Ok(decision);
+            }
             Local::Ask { wanted } => wanted,
         };
         let demand = redis::Demand {
