@@ -18,8 +18,9 @@
 
 use super::algorithm::Decision;
 use super::redis::Answer;
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 /// How long reserved admissions may be spent (µs).
@@ -40,7 +41,7 @@ pub(super) struct Leases {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<Box<str>, Lease>,
+    entries: HashMap<Box<str>, Lease, RandomState>,
     /// Sweep when the shard holds this many keys, and not before `next_sweep`.
     sweep_above: usize,
     next_sweep: i64,
@@ -90,7 +91,7 @@ impl Default for Leases {
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 }

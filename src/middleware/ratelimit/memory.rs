@@ -3,8 +3,9 @@
 //! distinct keys (one per client IP…) cannot grow memory without bound.
 
 use super::algorithm::{Decision, Params, State, decide};
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 const SHARDS: usize = 32;
@@ -16,7 +17,9 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<Box<str>, (State, i64)>,
+    /// Keys are addresses or SHA-256 hex (middleware::limit_key), so a fast seeded hash
+    /// is enough.
+    entries: HashMap<Box<str>, (State, i64), RandomState>,
     /// Sweep when the shard holds more than this many keys.
     sweep_above: usize,
 }
@@ -32,7 +35,7 @@ impl Default for MemoryStore {
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 }
@@ -41,18 +44,19 @@ impl MemoryStore {
     pub fn decide(&self, params: &Params, key: &str, now: i64) -> Decision {
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = shard
-            .entries
-            .get(key)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(s, _)| *s);
-        let (decision, state, expires) = decide(params, previous, now);
-        match shard.entries.get_mut(key) {
-            Some(slot) => *slot = (state, expires),
-            None => {
-                shard.entries.insert(key.into(), (state, expires));
+        let decision = match shard.entries.get_mut(key) {
+            Some(slot) => {
+                let previous = (slot.1 > now).then_some(slot.0);
+                let (decision, state, expires) = decide(params, previous, now);
+                *slot = (state, expires);
+                decision
             }
-        }
+            None => {
+                let (decision, state, expires) = decide(params, None, now);
+                shard.entries.insert(key.into(), (state, expires));
+                decision
+            }
+        };
         if shard.entries.len() > shard.sweep_above {
             shard.entries.retain(|_, (_, expires)| *expires > now);
             shard.sweep_above = (shard.entries.len() * 2).max(1024);
