@@ -18,10 +18,7 @@
 
 use super::algorithm::Decision;
 use super::redis::Answer;
-use foldhash::fast::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::Mutex;
+use super::sharded::{FIRST_SWEEP, Sharded};
 
 /// How long reserved admissions may be spent (µs).
 pub(super) const LEASE_FOR: i64 = 1_000_000;
@@ -35,16 +32,7 @@ const SHARD_KEYS: usize = MAX_KEYS / SHARDS;
 const SWEEP_EVERY: i64 = 100_000;
 
 pub(super) struct Leases {
-    shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
-}
-
-#[derive(Default)]
-struct Shard {
-    entries: HashMap<Box<str>, Lease, RandomState>,
-    /// Sweep when the shard holds this many keys, and not before `next_sweep`.
-    sweep_above: usize,
-    next_sweep: i64,
+    leases: Sharded<Lease>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -83,28 +71,15 @@ pub(super) enum Local {
 impl Default for Leases {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        sweep_above: 1024,
-                        ..Default::default()
-                    })
-                })
-                .collect(),
-            hasher: RandomState::default(),
+            leases: Sharded::new(SHARDS),
         }
     }
 }
 
 impl Leases {
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
-        shard.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Decides from what is remembered of `key`, or says how much to ask Redis for.
     pub(super) fn decide(&self, key: &str, limit: u64, now: i64) -> Local {
-        let mut shard = self.shard(key);
+        let mut shard = self.leases.lock(key);
         let Some(lease) = shard.entries.get_mut(key) else {
             return Local::Ask { wanted: 0 };
         };
@@ -152,13 +127,13 @@ impl Leases {
         if !refused && grant.is_none() {
             return;
         }
-        let mut shard = self.shard(key);
+        let mut shard = self.leases.lock(key);
         let lease = match shard.entries.get_mut(key) {
             Some(lease) => lease,
             None => {
                 if shard.entries.len() >= shard.sweep_above && asked_at >= shard.next_sweep {
                     shard.entries.retain(|_, lease| lease.expires() > asked_at);
-                    shard.sweep_above = (shard.entries.len() * 2).clamp(1024, SHARD_KEYS);
+                    shard.sweep_above = (shard.entries.len() * 2).clamp(FIRST_SWEEP, SHARD_KEYS);
                     shard.next_sweep = asked_at + SWEEP_EVERY;
                 }
                 if shard.entries.len() >= SHARD_KEYS {
@@ -202,10 +177,7 @@ impl Leases {
     /// Keys remembered (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
-            .sum()
+        self.leases.len()
     }
 }
 

@@ -3,47 +3,26 @@
 //! distinct keys (one per client IP…) cannot grow memory without bound.
 
 use super::algorithm::{Decision, Params, State, decide};
-use foldhash::fast::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::Mutex;
+use super::sharded::{FIRST_SWEEP, Sharded};
 
 const SHARDS: usize = 32;
 
 pub struct MemoryStore {
-    shards: Vec<Mutex<Shard>>,
-    hasher: RandomState,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// Keys are addresses or SHA-256 hex (middleware::limit_key), so a fast seeded hash
-    /// is enough.
-    entries: HashMap<Box<str>, (State, i64), RandomState>,
-    /// Sweep when the shard holds more than this many keys.
-    sweep_above: usize,
+    /// Each key's state and when it equals a fresh key again.
+    states: Sharded<(State, i64)>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        sweep_above: 1024,
-                        ..Default::default()
-                    })
-                })
-                .collect(),
-            hasher: RandomState::default(),
+            states: Sharded::new(SHARDS),
         }
     }
 }
 
 impl MemoryStore {
     pub fn decide(&self, params: &Params, key: &str, now: i64) -> Decision {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.states.lock(key);
         let decision = match shard.entries.get_mut(key) {
             Some(slot) => {
                 let previous = (slot.1 > now).then_some(slot.0);
@@ -59,17 +38,14 @@ impl MemoryStore {
         };
         if shard.entries.len() > shard.sweep_above {
             shard.entries.retain(|_, (_, expires)| *expires > now);
-            shard.sweep_above = (shard.entries.len() * 2).max(1024);
+            shard.sweep_above = (shard.entries.len() * 2).max(FIRST_SWEEP);
         }
         decision
     }
 
     /// Keys currently held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
-            .sum()
+        self.states.len()
     }
 }
 

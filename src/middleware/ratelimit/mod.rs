@@ -5,6 +5,7 @@ mod algorithm;
 mod lease;
 mod memory;
 mod redis;
+mod sharded;
 
 pub use algorithm::Decision;
 
@@ -255,9 +256,14 @@ mod tests {
     use super::*;
     use crate::config::ConfigDuration;
 
-    const URL: &str = "redis://127.0.0.1:6379";
+    pub(super) const URL: &str = "redis://127.0.0.1:6379";
+    pub(super) const ALGORITHMS: [RateLimitAlgorithm; 3] = [
+        RateLimitAlgorithm::TokenBucket,
+        RateLimitAlgorithm::LeakyBucket,
+        RateLimitAlgorithm::FixedWindow,
+    ];
 
-    fn require_redis() {
+    pub(super) fn require_redis() {
         let addr = "127.0.0.1:6379".parse().expect("address");
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
             panic!(
@@ -300,11 +306,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reserving_instances_never_admit_more_than_the_limit() {
         require_redis();
-        for algorithm in [
-            RateLimitAlgorithm::TokenBucket,
-            RateLimitAlgorithm::LeakyBucket,
-            RateLimitAlgorithm::FixedWindow,
-        ] {
+        for algorithm in ALGORITHMS {
             let (name, config) = policy(algorithm, 100, 20);
             let instances: Vec<_> = (0..3).map(|_| instance(&name, &config)).collect();
             let tasks: Vec<_> = (0..600)

@@ -366,16 +366,7 @@ fn extra(batch: &[Pending], group: &[usize]) -> u64 {
 mod tests {
     use super::*;
 
-    const URL: &str = "redis://127.0.0.1:6379";
-
-    fn require_redis() {
-        let addr = "127.0.0.1:6379".parse().expect("address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            panic!(
-                "Redis not reachable on 127.0.0.1:6379: start it with `redis-server --daemonize yes --port 6379 --save \"\"` (or scripts/services)"
-            );
-        }
-    }
+    use crate::middleware::ratelimit::tests::{ALGORITHMS, URL, require_redis};
 
     fn fresh_key(name: &str) -> String {
         format!(
@@ -391,11 +382,7 @@ mod tests {
     async fn concurrent_decisions_are_batched_and_exact() {
         require_redis();
         let store = Arc::new(RedisStore::new(URL, Duration::from_secs(2)).unwrap());
-        for kind in [
-            RateLimitAlgorithm::TokenBucket,
-            RateLimitAlgorithm::LeakyBucket,
-            RateLimitAlgorithm::FixedWindow,
-        ] {
+        for kind in ALGORITHMS {
             let params = Params {
                 kind,
                 rate: 30,
@@ -474,11 +461,7 @@ mod tests {
     async fn a_reserve_takes_admissions_ahead_from_the_shared_count() {
         require_redis();
         let store = RedisStore::new(URL, Duration::from_secs(2)).unwrap();
-        for kind in [
-            RateLimitAlgorithm::TokenBucket,
-            RateLimitAlgorithm::LeakyBucket,
-            RateLimitAlgorithm::FixedWindow,
-        ] {
+        for kind in ALGORITHMS {
             let params = Params {
                 kind,
                 rate: 10,
