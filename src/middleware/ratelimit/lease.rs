@@ -10,8 +10,8 @@
 //!   shared count when Redis granted them, so across instances a key gets at most its
 //!   limit plus what the instances hold at that moment (≤ N each); one that lapses unspent
 //!   is lost (the key gets fewer, never more). How many a key asks for follows its use:
-//!   none while it sees one decision at a time, then up to twice what it spent of its
-//!   last grant, capped by N.
+//!   none at one decision a second or fewer; after a grant it spent within its time,
+//!   twice what it spent; after one that lapsed, what it spent; never more than N.
 //!
 //! Times are the caller's clock read before it asked Redis, so a refusal or a reservation
 //! ends here no later than it would in Redis.
