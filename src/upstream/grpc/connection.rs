@@ -355,8 +355,6 @@ impl Connection {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        // Frames leave in one write per turn of the connection's task (corked.rs).
-        let (io, uncork) = super::corked::cork(io);
         let (sender, connection) = http2::Builder::new(BoxedTasks)
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -379,7 +377,7 @@ impl Connection {
         // The connection task ends when the peer closes or keep-alive gives up; senders
         // then report `is_closed` and the next call reconnects.
         tokio::spawn(async move {
-            if let Err(error) = super::corked::drive(connection, uncork).await {
+            if let Err(error) = connection.await {
                 tracing::debug!(%endpoint, %error, "upstream connection ended");
             }
         });

@@ -4,7 +4,6 @@
 pub(crate) mod balancer;
 mod codec;
 pub(crate) mod connection;
-mod corked;
 pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod outlier;
