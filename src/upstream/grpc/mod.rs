@@ -4,6 +4,7 @@
 pub(crate) mod balancer;
 mod codec;
 pub(crate) mod connection;
+mod corked;
 pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod outlier;
