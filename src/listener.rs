@@ -24,6 +24,8 @@
 //! WebSocket upgrades leave this loop once the connection is handed over (the socket has
 //! its own idle and ping limits); HTTP/2 with prior knowledge is sniffed as before.
 
+mod read_ahead;
+
 use crate::config::{GatewayConfig, Limits};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -232,7 +234,7 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let accepted = Instant::now();
     let Some(acceptor) = tls else {
-        let io = TokioIo::new(tcp);
+        let io = TokioIo::new(read_ahead::ReadAhead::new(tcp));
         return serve_http(io, Protocol::Sniffed, peer, app, limits, stop, accepted).await;
     };
     let deadline = accepted + limits.header_read_timeout.0;

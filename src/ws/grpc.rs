@@ -21,8 +21,9 @@ use crate::upstream::grpc::status::status_to_error;
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use futures_util::stream::Stream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{CancellationHandle, Status, Streaming};
 
@@ -101,11 +102,7 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
 
     if bridge.method.is_client_streaming() {
         let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
-        let requests =
-            futures_util::StreamExt::map(ReceiverStream::new(receiver), |message: Box<Bytes>| {
-                *message
-            });
-        let mut request = grpc_request(metadata, requests);
+        let mut request = grpc_request(metadata, RequestStream::new(receiver));
         let requests = Requests {
             cancel: Some(request.cancellation_handle()),
             sender: Some(sender),
@@ -170,6 +167,45 @@ impl Drop for Requests {
     }
 }
 
+/// The request messages, as tonic reads them: taken from the channel a batch at a time
+/// (a bounded channel gives its room back under a lock, once per receive call).
+struct RequestStream {
+    receiver: mpsc::Receiver<Box<Bytes>>,
+    /// Received, in reverse order: the next message is the last. Boxed as the channel
+    /// carries them.
+    #[allow(clippy::vec_box)]
+    batch: Vec<Box<Bytes>>,
+}
+
+impl RequestStream {
+    fn new(receiver: mpsc::Receiver<Box<Bytes>>) -> Self {
+        Self {
+            receiver,
+            batch: Vec::new(),
+        }
+    }
+}
+
+impl Stream for RequestStream {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self.get_mut();
+        if this.batch.is_empty() {
+            let received = ready!(this.receiver.poll_recv_many(
+                cx,
+                &mut this.batch,
+                REQUEST_BUFFER
+            ));
+            if received == 0 {
+                return Poll::Ready(None);
+            }
+            this.batch.reverse();
+        }
+        Poll::Ready(this.batch.pop().map(|message| *message))
+    }
+}
+
 /// Response messages → `outbound` until the response stream ends, while `input` takes
 /// care of the client's frames. `call` and `input` come boxed, so that the socket's state
 /// holds them once (and the call's opening state is freed once it is open).
@@ -212,24 +248,27 @@ async fn feed(
     outbound: &OutboundTx,
     decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
 ) {
-    while let Some(item) = inbound.recv().await {
-        let refusal = match (item, &requests.sender) {
-            (Inbound::End, _) => {
-                requests.end();
-                continue;
-            }
-            (Inbound::Frame(_), None) => ended(),
-            (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
-                Ok(message) => {
-                    // Fails only when the call is over; `relay` is finishing then.
-                    let _ = super::send(sender, Box::new(message)).await;
+    let mut batch = Vec::new();
+    while inbound.recv_many(&mut batch).await > 0 {
+        for item in batch.drain(..) {
+            let refusal = match (*item, &requests.sender) {
+                (Inbound::End, _) => {
+                    requests.end();
                     continue;
                 }
-                Err(error) => error,
-            },
-        };
-        if outbound.send(Outbound::rejected(refusal)).await.is_err() {
-            return;
+                (Inbound::Frame(_), None) => ended(),
+                (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
+                    Ok(message) => {
+                        // Fails only when the call is over; `relay` is finishing then.
+                        let _ = super::send(sender, Box::new(message)).await;
+                        continue;
+                    }
+                    Err(error) => error,
+                },
+            };
+            if outbound.send(Outbound::rejected(refusal)).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -31,9 +31,10 @@ const BEARER_PROTOCOL: &str = "bearer";
 const TOKEN_PARAMETER: &str = "access_token";
 
 /// tungstenite allocates (and zero-fills) this much per socket and reads at most this
-/// much per read call: small, because idle sockets are the common case (a busy one needs
-/// a few more reads). A bigger frame grows the buffer while it is read.
-const READ_BUFFER: usize = 1 << 10;
+/// much per read call: small, because idle sockets are the common case. A busy socket's
+/// small reads are answered from the listener's read-ahead block (listener/read_ahead.rs),
+/// not by the kernel. A bigger frame grows the buffer while it is read.
+const READ_BUFFER: usize = 512;
 /// Outgoing frames are written out once this much is buffered (and at every flush).
 const WRITE_BUFFER: usize = 16 << 10;
 

@@ -96,6 +96,14 @@ impl InboundRx {
     pub(crate) async fn recv(&mut self) -> Option<Inbound> {
         self.0.recv().await.map(|item| *item)
     }
+
+    /// The frames waiting (at least one, at most a channel's worth) into `batch`; 0 once
+    /// the socket is closing. A bounded channel gives its room back under a lock, once
+    /// per receive call: a busy socket takes its frames in batches.
+    #[allow(clippy::vec_box)] // boxed as the channel carries them
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Box<Inbound>>) -> usize {
+        self.0.recv_many(batch, self.0.max_capacity()).await
+    }
 }
 
 /// The sending end of a socket's messages for the client (boxed, as `InboundRx`).

@@ -20,9 +20,10 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 /// Client frames waiting for the backend, and backend messages waiting for the client.
@@ -208,27 +209,42 @@ async fn write(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
+    // Taken in batches: each receive from a bounded channel gives the room back under a
+    // lock, once per batch instead of once per message. Empty until the first message
+    // (an idle socket allocates nothing for it).
+    let mut batch = Vec::new();
     loop {
         // Pings first: a busy stream must not starve them, or the watchdog would take
         // a healthy client for dead.
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             _ = tick(&mut ping) => {
                 activity.pinged();
                 sink.send(Message::Ping(Bytes::new())).await?;
                 continue;
             }
-            next = outbound.recv() => match next {
-                Some(item) => item,
-                None => return sink.flush().await,
+            received = outbound.recv_many(&mut batch, MAX_BATCH) => if received == 0 {
+                return sink.flush().await;
             },
         };
-        sink.feed(frame(*first)).await?;
-        let mut written = 1;
-        while written < MAX_BATCH {
-            let Ok(item) = outbound.try_recv() else { break };
+        let mut written = batch.len();
+        for item in batch.drain(..) {
             sink.feed(frame(*item)).await?;
-            written += 1;
+        }
+        // One turn for everything else that is ready before writing — the backend's next
+        // answers, the upstream connection's tasks — so that what they produce now leaves
+        // in this write: each write to the socket costs the kernel's whole TCP path.
+        tokio::task::yield_now().await;
+        written +=
+            std::future::poll_fn(
+                |cx| match outbound.poll_recv_many(cx, &mut batch, MAX_BATCH) {
+                    Poll::Pending => Poll::Ready(0),
+                    received => received,
+                },
+            )
+            .await;
+        for item in batch.drain(..) {
+            sink.feed(frame(*item)).await?;
         }
         sink.flush().await?;
         ws.metrics.frames_out.increment(written as u64);
@@ -364,15 +380,26 @@ fn is_too_big(error: &axum::Error) -> bool {
 /// keeps it). While the budget is spent the reader waits, so the socket is not read and
 /// TCP slows the client down: a socket's frames cost at most the budget plus the one
 /// frame being read.
+///
+/// A counter and a `Notify`, not a semaphore: every frame takes and gives back, and
+/// tokio's semaphore locks its waiter list on every give-back. Only the socket's reader
+/// takes, so there is at most one waiter.
 struct Budget {
-    bytes: Arc<Semaphore>,
-    total: u32,
+    shared: Arc<BudgetShared>,
+    total: usize,
+}
+
+struct BudgetShared {
+    available: AtomicUsize,
+    /// Signalled when bytes come back.
+    returned: Notify,
 }
 
 /// A frame's bytes and their share of the budget, released together.
 struct Held {
     bytes: Bytes,
-    _share: OwnedSemaphorePermit,
+    size: usize,
+    budget: Arc<BudgetShared>,
 }
 
 impl AsRef<[u8]> for Held {
@@ -381,14 +408,31 @@ impl AsRef<[u8]> for Held {
     }
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.available.fetch_add(self.size, Ordering::AcqRel);
+        self.budget.returned.notify_one();
+    }
+}
+
+impl BudgetShared {
+    fn try_take(&self, size: usize) -> bool {
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
+                available.checked_sub(size)
+            })
+            .is_ok()
+    }
+}
+
 impl Budget {
     fn new(total: u64) -> Self {
-        let total = u32::try_from(total)
-            .unwrap_or(u32::MAX)
-            .min(Semaphore::MAX_PERMITS as u32)
-            .max(1);
+        let total = usize::try_from(total).unwrap_or(usize::MAX).max(1);
         Self {
-            bytes: Arc::new(Semaphore::new(total as usize)),
+            shared: Arc::new(BudgetShared {
+                available: AtomicUsize::new(total),
+                returned: Notify::new(),
+            }),
             total,
         }
     }
@@ -397,22 +441,29 @@ impl Budget {
     async fn hold(&self, payload: Bytes) -> Bytes {
         // A frame is never larger than the budget (it is at least `max_ws_frame`); the
         // clamp only keeps a miscount from waiting forever.
-        let size = u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.total);
-        // Most frames fit at once, without queueing as a waiter.
-        let share = match self.bytes.clone().try_acquire_many_owned(size) {
-            Ok(share) => share,
-            Err(_) => match self.bytes.clone().acquire_many_owned(size).await {
-                Ok(share) => share,
-                // Never closed; without a budget the frame still goes through.
-                Err(_) => return payload,
-            },
-        };
+        let size = payload.len().clamp(1, self.total);
+        if !self.shared.try_take(size) {
+            loop {
+                // Registered before the second look, so a give-back in between wakes us.
+                let returned = self.shared.returned.notified();
+                tokio::pin!(returned);
+                returned.as_mut().enable();
+                if self.shared.try_take(size) {
+                    break;
+                }
+                returned.await;
+            }
+        }
         Bytes::from_owner(Held {
             bytes: payload,
-            _share: share,
+            size,
+            budget: self.shared.clone(),
         })
+    }
+
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.shared.available.load(Ordering::Acquire)
     }
 }
 
@@ -502,7 +553,7 @@ mod tests {
         let budget = Budget::new(100);
         let first = budget.hold(Bytes::from(vec![1u8; 60])).await;
         let second = budget.hold(Bytes::from(vec![2u8; 40])).await;
-        assert_eq!(budget.bytes.available_permits(), 0);
+        assert_eq!(budget.available(), 0);
         // The third waits until a held frame's bytes are dropped (backend done with it).
         let third = budget.hold(Bytes::from(vec![3u8; 50]));
         tokio::pin!(third);
@@ -516,9 +567,9 @@ mod tests {
         drop(copy);
         let third = third.await;
         assert_eq!(&third[..], &[3u8; 50][..]);
-        assert_eq!(budget.bytes.available_permits(), 10);
+        assert_eq!(budget.available(), 10);
         drop((second, third));
-        assert_eq!(budget.bytes.available_permits(), 100);
+        assert_eq!(budget.available(), 100);
     }
 
     #[tokio::test]
