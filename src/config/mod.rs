@@ -206,9 +206,10 @@ pub struct Limits {
     pub max_header_bytes: ByteSize,
     /// WebSockets one client address may hold at once; more are refused (429).
     pub max_ws_per_client: usize,
-    /// Client frame bytes one socket may hold (queued for the backend or being handled
-    /// by it, e.g. AMQP calls in flight); the socket is not read while over it. At least
-    /// one `max_ws_frame`.
+    /// Bytes one socket may hold in each direction: client frames queued for the backend
+    /// or being handled by it (e.g. AMQP calls in flight), during which the socket is not
+    /// read; and backend messages waiting to be written to the client, during which the
+    /// backend's stream is not read. At least one `max_ws_frame`.
     pub max_ws_buffered: ByteSize,
 }
 

@@ -27,8 +27,10 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use tonic::{CancellationHandle, Status, Streaming};
 
-/// Request messages waiting for HTTP/2 flow control toward the backend.
-const REQUEST_BUFFER: usize = 32;
+/// Request messages waiting for HTTP/2 flow control toward the backend. Each keeps its
+/// frame's share of the socket's budget until tonic takes it, so the budget bounds their
+/// bytes; the count lets a busy socket's messages leave in large DATA frames.
+const REQUEST_BUFFER: usize = 128;
 
 impl GrpcBridge {
     /// Opens the call (connect + response headers), if the upstream's circuit breaker
@@ -146,8 +148,8 @@ fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> 
 /// rather than a client that finished sending.
 struct Requests {
     /// Encoded request messages, boxed: the channel allocates a block of 32 slots up
-    /// front, per socket, and a pointer is a quarter of a `Bytes`.
-    sender: Option<mpsc::Sender<Box<Bytes>>>,
+    /// front, per socket, and a pointer is a fraction of a `Request`.
+    sender: Option<mpsc::Sender<Box<Request>>>,
     cancel: Option<CancellationHandle>,
 }
 
@@ -167,18 +169,25 @@ impl Drop for Requests {
     }
 }
 
+/// One request message, and the client frame it was made of: the frame's share of the
+/// socket's budget is given back when tonic takes the message.
+struct Request {
+    message: Bytes,
+    frame: Bytes,
+}
+
 /// The request messages, as tonic reads them: taken from the channel a batch at a time
 /// (a bounded channel gives its room back under a lock, once per receive call).
 struct RequestStream {
-    receiver: mpsc::Receiver<Box<Bytes>>,
+    receiver: mpsc::Receiver<Box<Request>>,
     /// Received, in reverse order: the next message is the last. Boxed as the channel
     /// carries them.
     #[allow(clippy::vec_box)]
-    batch: Vec<Box<Bytes>>,
+    batch: Vec<Box<Request>>,
 }
 
 impl RequestStream {
-    fn new(receiver: mpsc::Receiver<Box<Bytes>>) -> Self {
+    fn new(receiver: mpsc::Receiver<Box<Request>>) -> Self {
         Self {
             receiver,
             batch: Vec::new(),
@@ -202,7 +211,11 @@ impl Stream for RequestStream {
             }
             this.batch.reverse();
         }
-        Poll::Ready(this.batch.pop().map(|message| *message))
+        Poll::Ready(this.batch.pop().map(|request| {
+            let Request { message, frame } = *request;
+            drop(frame);
+            message
+        }))
     }
 }
 
@@ -260,7 +273,8 @@ async fn feed(
                 (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                     Ok(message) => {
                         // Fails only when the call is over; `relay` is finishing then.
-                        let _ = super::send(sender, Box::new(message)).await;
+                        let request = Request { message, frame };
+                        let _ = super::send(sender, Box::new(request)).await;
                         continue;
                     }
                     Err(error) => error,

@@ -19,6 +19,7 @@
 //! -> Finish` in its own module here.
 
 mod amqp;
+mod budget;
 mod grpc;
 mod handshake;
 mod session;
@@ -30,6 +31,7 @@ use crate::routing::RouteTable;
 pub(crate) use crate::routing::websocket::{Backend, WsRoute};
 use crate::telemetry::WsMetrics;
 use axum::extract::ws::Utf8Bytes;
+use budget::{Budget, Share};
 use bytes::Bytes;
 use http::HeaderMap;
 use std::collections::HashMap;
@@ -106,18 +108,39 @@ impl InboundRx {
     }
 }
 
-/// The sending end of a socket's messages for the client (boxed, as `InboundRx`).
-pub(crate) struct OutboundTx(mpsc::Sender<Box<Outbound>>);
+/// The sending end of a socket's messages for the client (boxed, as `InboundRx`), and
+/// the budget of bytes they may hold (`limits.max_ws_buffered`).
+pub(crate) struct OutboundTx {
+    sender: mpsc::Sender<Box<Queued>>,
+    budget: Budget,
+}
+
+/// A message for the client with its share of the outbound budget.
+pub(crate) struct Queued {
+    item: Outbound,
+    share: Share,
+}
+
+/// What an error frame is counted as: its JSON is small and not built yet.
+const ERROR_FRAME_BYTES: usize = 256;
 
 impl OutboundTx {
     /// Waits while the client is slow; fails once the socket is closing.
-    pub(crate) async fn send(
-        &self,
-        item: Outbound,
-    ) -> Result<(), mpsc::error::SendError<Box<Outbound>>> {
-        send(&self.0, Box::new(item)).await
+    pub(crate) async fn send(&self, item: Outbound) -> Result<(), Closed> {
+        let size = match &item {
+            Outbound::Message(json) => json.len(),
+            Outbound::Rejected(_) => ERROR_FRAME_BYTES,
+        };
+        let share = self.budget.take(size).await;
+        send(&self.sender, Box::new(Queued { item, share }))
+            .await
+            .map_err(|_| Closed)
     }
 }
+
+/// The socket is closing: nobody reads what is sent any more.
+#[derive(Debug)]
+pub(crate) struct Closed;
 
 /// `sender.send(item)`, without queueing as a waiter when there is room: a busy socket
 /// sends three channel messages per frame, and the waiter machinery was ~2% of it.
@@ -294,6 +317,31 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages for a slow client wait for room in the byte budget, however deep the
+    /// channel: the backend's stream is held back, not queued without bound.
+    #[tokio::test]
+    async fn messages_for_a_slow_client_wait_for_the_budget() {
+        let (sender, mut receiver) = mpsc::channel(128);
+        let outbound = OutboundTx {
+            sender,
+            budget: Budget::new(100),
+        };
+        let message = |n| Outbound::Message(Utf8Bytes::from("x".repeat(n)));
+        outbound.send(message(60)).await.unwrap();
+        let second = outbound.send(message(50));
+        tokio::pin!(second);
+        assert!(futures_util::poll!(second.as_mut()).is_pending());
+        // The writer takes the first one and writes it: its bytes come back.
+        let first = receiver.recv().await.unwrap();
+        assert!(
+            futures_util::poll!(second.as_mut()).is_pending(),
+            "not yet written"
+        );
+        drop(first);
+        second.await.unwrap();
+        assert_eq!(outbound.budget.available(), 50);
+    }
 
     #[test]
     fn one_client_cannot_take_every_socket() {

