@@ -290,6 +290,10 @@ impl GrpcUpstream {
         )
     }
 
+    fn late(&self) -> Status {
+        Status::deadline_exceeded(format!("upstream `{}` did not answer in time", self.name))
+    }
+
     /// A unary call with the upstream's policies: the circuit breaker admits it, the
     /// deadline bounds it (sent as `grpc-timeout` and enforced here: one timer per
     /// attempt), and an idempotent call is retried on UNAVAILABLE within the deadline and
@@ -322,11 +326,16 @@ impl GrpcUpstream {
             )
             .await
             {
+                // A backend that ran out of the time we sent it may answer CANCELLED (tonic
+                // does), and that answer can reach us in the same turn as our own timer: at
+                // or past the deadline it is the deadline.
+                Ok(Err(status))
+                    if status.code() == tonic::Code::Cancelled && Instant::now() >= deadline =>
+                {
+                    Err(self.late())
+                }
                 Ok(result) => result,
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "upstream `{}` did not answer in time",
-                    self.name
-                ))),
+                Err(_) => Err(self.late()),
             };
             let code = self.record(&result, started, permit, call.client_deadline);
             let Some(retry) = retry else { return result };
