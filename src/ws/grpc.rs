@@ -173,7 +173,7 @@ impl Drop for Requests {
 /// socket's budget is given back when tonic takes the message.
 struct Request {
     message: Bytes,
-    frame: Bytes,
+    _frame: Bytes,
 }
 
 /// The request messages, as tonic reads them: taken from the channel a batch at a time
@@ -211,11 +211,8 @@ impl Stream for RequestStream {
             }
             this.batch.reverse();
         }
-        Poll::Ready(this.batch.pop().map(|request| {
-            let Request { message, frame } = *request;
-            drop(frame);
-            message
-        }))
+        // The frame, and with it its share of the budget, goes with the box.
+        Poll::Ready(this.batch.pop().map(|request| request.message))
     }
 }
 
@@ -273,7 +270,10 @@ async fn feed(
                 (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
                     Ok(message) => {
                         // Fails only when the call is over; `relay` is finishing then.
-                        let request = Request { message, frame };
+                        let request = Request {
+                            message,
+                            _frame: frame,
+                        };
                         let _ = super::send(sender, Box::new(request)).await;
                         continue;
                     }

@@ -18,11 +18,10 @@ use crate::routing::{RouteTable, Target};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::HeaderMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -235,38 +234,33 @@ async fn write(
                 return sink.flush().await;
             },
         };
-        let mut written = batch.len();
-        for queued in batch.drain(..) {
-            feed(sink, *queued).await?;
-        }
+        // Written into the buffer first: that gives their budget back, so a backend
+        // that waited for room can go on during the turn below.
+        let mut written = feed_all(sink, &mut batch).await?;
         // One turn for everything else that is ready before writing — the backend's next
         // answers, the upstream connection's tasks — so that what they produce now leaves
         // in this write: each write to the socket costs the kernel's whole TCP path.
         tokio::task::yield_now().await;
-        written +=
-            std::future::poll_fn(
-                |cx| match outbound.poll_recv_many(cx, &mut batch, MAX_BATCH) {
-                    Poll::Pending => Poll::Ready(0),
-                    received => received,
-                },
-            )
-            .await;
-        for queued in batch.drain(..) {
-            feed(sink, *queued).await?;
-        }
+        // Only what is there now (a closed channel adds nothing; the loop ends above).
+        let _ = outbound.recv_many(&mut batch, MAX_BATCH).now_or_never();
+        written += feed_all(sink, &mut batch).await?;
         sink.flush().await?;
         ws.metrics.frames_out.increment(written as u64);
         activity.data();
     }
 }
 
-/// One message into the writer's buffer; its share of the budget goes back once it is
-/// copied there.
-async fn feed(sink: &mut Sink, queued: Queued) -> Result<(), axum::Error> {
-    let Queued { item, share } = queued;
-    sink.feed(frame(item)).await?;
-    drop(share);
-    Ok(())
+/// The batch into the writer's buffer; each message's share of the budget goes back once
+/// it is copied there. Returns how many there were.
+#[allow(clippy::vec_box)] // boxed as the channel carries them
+async fn feed_all(sink: &mut Sink, batch: &mut Vec<Box<Queued>>) -> Result<usize, axum::Error> {
+    let count = batch.len();
+    for queued in batch.drain(..) {
+        let Queued { item, share } = *queued;
+        sink.feed(frame(item)).await?;
+        drop(share);
+    }
+    Ok(count)
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
