@@ -3,12 +3,15 @@
 //! capped, jittered exponential backoff. Requests use the current session, or fail at once with 503 while
 //! there is none: connecting never blocks a config load, and no request waits for it.
 //!
-//! A session is one connection with two long-lived channels:
-//! - the RPC channel, which also carries the one direct reply-to consumer (`rpc`);
-//! - the publish channel for `reply: false` routes, in confirm mode (`publish`).
+//! A session is two connections:
+//! - the RPC link (`link`), request-reply on one channel that also carries the one direct
+//!   reply-to consumer (`rpc`), run on the gateway's runtime;
+//! - lapin's connection: the publish channel for `reply: false` routes, in confirm mode
+//!   (`publish`), topology declarations and exchange checks (`topology`).
 //!
 //! No channel and no queue is created per request.
 
+mod link;
 pub(crate) mod message;
 mod publish;
 mod rpc;
@@ -250,18 +253,32 @@ impl AmqpUpstream {
             .with_correlation_id(pending.correlation_id.clone())
             .with_expiration(timeout.as_millis().to_string().into());
         session
-            .rpc
-            .enqueue(
+            .link
+            .publish(
                 message.exchange,
                 message.routing_key,
                 message.payload,
                 properties,
             )
-            .await
-            .map_err(|e| self.broker_error(e))?;
+            .map_err(|unsent| match unsent {
+                link::Unsent::Closed => self.lost(),
+                link::Unsent::Backlogged => {
+                    self.unavailable("the broker is not reading what was sent".into())
+                }
+                link::Unsent::Unencodable => {
+                    GatewayError::internal("an AMQP message the codec cannot encode")
+                }
+            })?;
         pending.reply().await.map_err(|no_reply| match no_reply {
             rpc::NoReply::Lost => self.lost(),
-            rpc::NoReply::Returned(refused) => self.unavailable(refused.to_string()),
+            rpc::NoReply::Failed(failed @ rpc::Failed::Returned { .. }) => {
+                self.unavailable(failed.to_string())
+            }
+            rpc::NoReply::Failed(failed @ rpc::Failed::TooLarge) => GatewayError::new(
+                tonic::Code::Internal,
+                format!("upstream `{}`: {failed}", self.name),
+            )
+            .with_origin(crate::error::Origin::Upstream),
         })
     }
 
@@ -315,7 +332,7 @@ impl AmqpUpstream {
             .session
             .load_full()
             .ok_or_else(|| self.unavailable("not connected to the broker".into()))?;
-        if session.connection.status().blocked() {
+        if session.connection.status().blocked() || session.link.is_blocked() {
             return Err(self.unavailable("the broker blocks publishing (resource alarm)".into()));
         }
         Ok(session)

@@ -1,7 +1,7 @@
 //! Publishing `mandatory`, with publisher confirms on the publish channel: a message
 //! counts as sent only once the broker acks it, and an unroutable one comes back (reply
-//! code 312, NO_ROUTE) instead of being dropped silently. Both long-lived channels of a
-//! connection publish through a `Publisher`; the RPC one without confirms (see `rpc`).
+//! code 312, NO_ROUTE) instead of being dropped silently. (Requests of RPC routes go
+//! through the RPC link instead, without confirms: see `rpc`.)
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -39,22 +39,19 @@ impl std::fmt::Display for Refused {
 }
 
 impl Publisher {
-    /// A new channel; `confirms`: in confirm mode.
-    pub(super) async fn open(connection: &Connection, confirms: bool) -> lapin::Result<Self> {
+    /// A new channel, in confirm mode.
+    pub(super) async fn open(connection: &Connection) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
-        if confirms {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             channel,
             order: Mutex::new(()),
         })
     }
 
-    /// Sends a `mandatory` message; the returned future resolves with the broker's answer
-    /// (at once with `NotRequested` without confirm mode).
+    /// Sends a `mandatory` message; the returned future resolves with the broker's answer.
     pub(super) async fn publish(
         &self,
         exchange: &ShortString,
@@ -67,25 +64,6 @@ impl Publisher {
         match self.first_poll(publish.as_mut()).await {
             Poll::Ready(result) => result,
             Poll::Pending => publish.await,
-        }
-    }
-
-    /// Queues a `mandatory` message on a channel without confirms, and does not wait for
-    /// lapin's I/O thread to write it: the RPC path waits for the reply anyway, and a write
-    /// that fails loses the connection, which fails the request (saves a thread hop).
-    pub(super) async fn enqueue(
-        &self,
-        exchange: &ShortString,
-        routing_key: ShortString,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> lapin::Result<()> {
-        let mut publish =
-            std::pin::pin!(self.basic_publish(exchange, routing_key, payload, properties));
-        match self.first_poll(publish.as_mut()).await {
-            Poll::Ready(result) => result.map(drop),
-            // The frames are queued; dropping the rest only stops waiting for the write.
-            Poll::Pending => Ok(()),
         }
     }
 

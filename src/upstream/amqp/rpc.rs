@@ -2,34 +2,52 @@
 //! pseudo-queue `amq.rabbitmq.reply-to`, receives every reply; the reply's
 //! `correlation_id` finds the request waiting for it. Nothing is declared per request.
 //!
-//! The RPC channel publishes `mandatory` but without publisher confirms (they cost about a
+//! Requests are published `mandatory` but without publisher confirms (they cost about a
 //! third of the throughput, and a reply already proves delivery): an unroutable request
-//! comes back as a returned message, which `collect_returns` finds within
-//! `RETURN_POLL` and fails by its correlation id — 503 at once instead of 504 later.
+//! comes back as a returned message with its correlation id and fails at once (503)
+//! instead of at its deadline (504). The RPC link (`link`) carries both directions.
 
 use super::Reply;
-use super::publish::Refused;
-use futures_util::StreamExt;
-use lapin::message::BasicReturnMessage;
+use lapin::BasicProperties;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Consumer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The pseudo-queue of direct reply-to: set as `reply_to`, consumed with `no_ack`.
 pub(super) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
-/// How often the RPC channel's returned (unroutable) messages are collected.
-const RETURN_POLL: Duration = Duration::from_millis(20);
 
 /// Why a request got no reply.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum NoReply {
     /// The connection was lost first.
     Lost,
-    /// The broker returned the request as unroutable.
-    Returned(Refused),
+    /// The broker returned the request, or the reply could not be taken.
+    Failed(Failed),
+}
+
+/// What came back for a request instead of a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Failed {
+    /// Returned as unroutable (`mandatory`): no queue is bound for the routing key.
+    Returned { code: u16, text: String },
+    /// The reply's body is larger than the link accepts.
+    TooLarge,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Returned { code, text } => {
+                write!(f, "the broker returned the message ({code} {text})")
+            }
+            Failed::TooLarge => write!(
+                f,
+                "the reply is larger than {} bytes",
+                super::link::MAX_REPLY
+            ),
+        }
+    }
 }
 
 /// The requests of one connection that wait for their reply, by correlation id.
@@ -41,7 +59,7 @@ pub(super) struct Replies {
 
 struct Inner {
     next: u64,
-    waiting: HashMap<u64, oneshot::Sender<Result<Reply, Refused>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Reply, Failed>>>,
     /// The consumer is gone: no reply will come any more, so nobody may start waiting.
     closed: bool,
 }
@@ -88,7 +106,7 @@ impl Replies {
     fn waiter(
         &self,
         properties: &BasicProperties,
-    ) -> Option<oneshot::Sender<Result<Reply, Refused>>> {
+    ) -> Option<oneshot::Sender<Result<Reply, Failed>>> {
         let id = properties
             .correlation_id()
             .as_ref()
@@ -100,7 +118,7 @@ impl Replies {
 
     /// Hands a reply to its request. Replies nobody waits for any more (the request
     /// timed out or its client left) are dropped.
-    fn deliver(&self, reply: Reply) {
+    pub(super) fn deliver(&self, reply: Reply) {
         match self.waiter(&reply.properties) {
             // The request may have given up in between: then the reply is dropped too.
             Some(waiter) => drop(waiter.send(Ok(reply))),
@@ -111,14 +129,11 @@ impl Replies {
         }
     }
 
-    /// Fails the request the broker returned as unroutable.
-    fn returned(&self, message: BasicReturnMessage) {
-        if let Some(waiter) = self.waiter(&message.delivery.properties) {
-            let refused = Refused::Returned {
-                code: message.reply_code,
-                text: message.reply_text.to_string(),
-            };
-            drop(waiter.send(Err(refused)));
+    /// Fails the request a message with these properties answers (a returned request,
+    /// an oversized reply).
+    pub(super) fn fail(&self, properties: &BasicProperties, failed: Failed) {
+        if let Some(waiter) = self.waiter(properties) {
+            drop(waiter.send(Err(failed)));
         }
     }
 
@@ -141,7 +156,7 @@ impl Replies {
 pub(super) struct PendingReply {
     pub correlation_id: ShortString,
     id: u64,
-    receiver: oneshot::Receiver<Result<Reply, Refused>>,
+    receiver: oneshot::Receiver<Result<Reply, Failed>>,
     replies: Arc<Replies>,
 }
 
@@ -149,7 +164,7 @@ impl PendingReply {
     pub(super) async fn reply(&mut self) -> Result<Reply, NoReply> {
         match (&mut self.receiver).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(refused)) => Err(NoReply::Returned(refused)),
+            Ok(Err(failed)) => Err(NoReply::Failed(failed)),
             Err(_) => Err(NoReply::Lost),
         }
     }
@@ -161,43 +176,9 @@ impl Drop for PendingReply {
     }
 }
 
-/// Runs the connection's reply consumer until it ends (connection or channel lost),
-/// then fails the requests still waiting.
-pub(super) async fn consume_replies(mut consumer: Consumer, replies: Arc<Replies>) {
-    while let Some(delivery) = consumer.next().await {
-        match delivery {
-            Ok(delivery) => replies.deliver(Reply {
-                body: delivery.data,
-                properties: delivery.properties,
-            }),
-            Err(error) => {
-                tracing::debug!(%error, "AMQP reply consumer stopped");
-                break;
-            }
-        }
-    }
-    replies.close();
-}
-
-/// Collects the RPC channel's returned messages (lapin keeps them until asked) and fails
-/// their requests; runs for the life of the session.
-pub(super) async fn collect_returns(channel: Channel, replies: Arc<Replies>) {
-    let mut tick = tokio::time::interval(RETURN_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // Without confirm mode this waits for nothing: it only drains.
-        match channel.wait_for_confirms().await {
-            Ok(returned) => returned.into_iter().for_each(|m| replies.returned(m)),
-            Err(_) => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::BasicProperties;
 
     fn reply_to(correlation_id: &ShortString, body: &[u8]) -> Reply {
         Reply {
@@ -218,19 +199,12 @@ mod tests {
         assert_eq!(b.reply().await.unwrap().body, b"for b");
         // An unroutable request comes back as a returned message with its correlation id.
         let mut c = replies.register().unwrap();
-        let mut delivery =
-            lapin::message::Delivery::mock(0, "".into(), "nowhere".into(), false, vec![]);
-        delivery.properties = reply_to(&c.correlation_id, b"").properties;
-        replies.returned(BasicReturnMessage {
-            delivery,
-            reply_code: 312,
-            reply_text: "NO_ROUTE".into(),
-        });
-        let refused = Refused::Returned {
+        let returned = || Failed::Returned {
             code: 312,
             text: "NO_ROUTE".into(),
         };
-        assert_eq!(c.reply().await.unwrap_err(), NoReply::Returned(refused));
+        replies.fail(&reply_to(&c.correlation_id, b"").properties, returned());
+        assert_eq!(c.reply().await.unwrap_err(), NoReply::Failed(returned()));
     }
 
     #[tokio::test]

@@ -1,16 +1,15 @@
 //! The connection supervisor of an AMQP upstream: one task per upstream ([`maintain`])
-//! opens a [`Session`] (a connection, its two long-lived channels and the tasks that
-//! serve them), publishes it for requests to use, watches it, and on a failure takes it
-//! away at once (waiting requests fail, new ones get 503) and reconnects with backoff.
+//! opens a [`Session`] (lapin's connection with its publish channel, and the RPC link),
+//! publishes it for requests to use, watches it, and on a failure takes it away at once
+//! (waiting requests fail, new ones get 503) and reconnects with backoff.
 
+use super::link::{Link, LinkError};
 use super::publish::{self, Publisher};
-use super::rpc::{self, Replies};
+use super::rpc::Replies;
 use super::{BrokerTls, Shared, topology};
 use crate::config::AmqpDeclare;
 use crate::upstream::backoff::{Backoff, Jitter};
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::{FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties, Event};
 use std::pin::Pin;
@@ -34,18 +33,27 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often abandoned publisher confirms are collected (see `Publisher::sweep`).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("RPC link: {0}")]
+    Link(#[from] LinkError),
+}
+
 type Events = Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>;
 
-/// One connection and its long-lived channels.
+/// The broker connections of an upstream: lapin's (topology, exchange checks, confirmed
+/// publishes) and the RPC link (request-reply, see `link`). Either failing ends both.
 pub(super) struct Session {
     pub(super) connection: Connection,
-    pub(super) rpc: Publisher,
+    pub(super) link: Link,
     pub(super) replies: Arc<Replies>,
     pub(super) publish: Publisher,
     pub(super) exchanges: topology::Exchanges,
-    /// The reply consumer, the return collector and the confirm sweeper, stopped with
-    /// the session.
-    tasks: Vec<JoinHandle<()>>,
+    /// The confirm sweeper, stopped with the session.
+    sweeper: JoinHandle<()>,
 }
 
 impl Session {
@@ -54,7 +62,7 @@ impl Session {
         uri: &AMQPUri,
         declare: Option<&AmqpDeclare>,
         tls: Option<&Arc<BrokerTls>>,
-    ) -> lapin::Result<(Arc<Session>, Events)> {
+    ) -> Result<(Arc<Session>, Events), OpenError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("switchboard {name}").into());
         let connection = match tls {
@@ -66,24 +74,15 @@ impl Session {
         if let Some(declare) = declare {
             topology::declare(&connection, declare).await?;
         }
-        let rpc = Publisher::open(&connection, false).await?;
-        // Direct reply-to: consume (no_ack) on the channel that publishes, before it does.
-        let consumer = rpc
-            .channel
-            .basic_consume(
-                rpc::REPLY_TO.into(),
-                ShortString::default(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let publish = Publisher::open(&connection, true).await?;
+        let publish = Publisher::open(&connection).await?;
         let replies = Arc::new(Replies::new());
-        let consumer_task = tokio::spawn(rpc::consume_replies(consumer, replies.clone()));
-        let returns = tokio::spawn(rpc::collect_returns(rpc.channel.clone(), replies.clone()));
+        let link = Link::open(
+            uri,
+            tls.map(|tls| &**tls),
+            &format!("switchboard {name} rpc"),
+            replies.clone(),
+        )
+        .await?;
         let publish_channel = publish.channel.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -94,11 +93,11 @@ impl Session {
         });
         let session = Session {
             connection,
-            rpc,
+            link,
             replies,
             publish,
             exchanges: topology::Exchanges::default(),
-            tasks: vec![consumer_task, returns, sweeper],
+            sweeper,
         };
         Ok((Arc::new(session), events))
     }
@@ -107,8 +106,8 @@ impl Session {
     fn broken(&self) -> Option<&'static str> {
         if !self.connection.status().connected() {
             Some("connection closed")
-        } else if !self.rpc.channel.status().connected() {
-            Some("RPC channel closed")
+        } else if self.link.is_closed() {
+            Some("RPC link closed")
         } else if !self.publish.channel.status().connected() {
             Some("publish channel closed")
         } else if self.replies.is_closed() {
@@ -148,15 +147,16 @@ impl Session {
     async fn close(&self) {
         self.replies.close();
         let bye = self.connection.close(200, "switchboard closing".into());
-        let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+        let _ = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(2), bye),
+            self.link.close()
+        );
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.sweeper.abort();
     }
 }
 
