@@ -134,6 +134,7 @@ impl Session {
                     Some(_) => {}
                     None => return "connection closed".into(),
                 },
+                _ = self.link.ended() => return "RPC link closed".into(),
                 _ = tick.tick() => {
                     if let Some(why) = self.broken() {
                         return why.into();

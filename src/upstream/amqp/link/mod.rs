@@ -77,6 +77,9 @@ pub(super) enum LinkError {
     },
     #[error("no frame from the broker for {0:?}")]
     Silent(Duration),
+    /// Closed as we asked.
+    #[error("closed")]
+    Closed,
 }
 
 fn protocol(message: impl Into<String>) -> LinkError {
@@ -98,6 +101,9 @@ struct Shared {
     frame_max: usize,
     /// The broker's resource alarm is on (`connection.blocked`).
     blocked: AtomicBool,
+    /// The reader stopped: nothing more comes from the broker.
+    ended: AtomicBool,
+    reader_ended: Notify,
 }
 
 struct Outbox {
@@ -151,6 +157,8 @@ impl Link {
             replies,
             frame_max: tuned.frame_max as usize,
             blocked: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            reader_ended: Notify::new(),
         });
         let (read_half, write_half) = tokio::io::split(stream);
         let idle = tuned.heartbeat.map(|h| h * 2);
@@ -216,6 +224,15 @@ impl Link {
         self.shared.outbox().closed || self.tasks.iter().any(JoinHandle::is_finished)
     }
 
+    /// Returns once nothing more can come from the broker (the reader stopped).
+    pub(super) async fn ended(&self) {
+        // Registered before looking, so the reader's notice cannot slip in between.
+        let ended = self.shared.reader_ended.notified();
+        if !self.shared.ended.load(Ordering::Acquire) {
+            ended.await;
+        }
+    }
+
     pub(super) fn is_blocked(&self) -> bool {
         self.shared.blocked.load(Ordering::Relaxed)
     }
@@ -232,13 +249,7 @@ impl Link {
             })),
         );
         self.shared.send_last(&close);
-        let reader = &self.tasks[0];
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while !reader.is_finished() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ended()).await;
     }
 }
 
@@ -316,26 +327,42 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let mut content = None;
     let error = loop {
-        let incoming = match idle {
-            Some(idle) => match tokio::time::timeout(idle, reader.next(&mut stream)).await {
-                Ok(incoming) => incoming,
-                Err(_) => Err(LinkError::Silent(idle)),
-            },
-            None => reader.next(&mut stream).await,
+        // Every frame already read first; the clock only runs while waiting for more.
+        let handled = loop {
+            match reader.parse() {
+                Ok(Some(incoming)) => {
+                    if let Err(error) = on_frame(&shared, incoming, &mut content) {
+                        break Err(error);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
         };
-        match incoming.and_then(|incoming| on_frame(&shared, incoming, &mut content)) {
-            Ok(()) => {}
-            Err(error) => break error,
+        let filled = match handled {
+            Err(error) => Err(error),
+            Ok(()) => match idle {
+                Some(idle) => tokio::time::timeout(idle, reader.fill(&mut stream))
+                    .await
+                    .unwrap_or(Err(LinkError::Silent(idle))),
+                None => reader.fill(&mut stream).await,
+            },
+        };
+        if let Err(error) = filled {
+            break error;
         }
     };
     match &error {
         LinkError::ClosedByBroker { .. } => tracing::warn!(%error, "AMQP RPC link closed"),
+        LinkError::Closed => {}
         _ => tracing::debug!(%error, "AMQP RPC link stopped"),
     }
     let mut outbox = shared.outbox();
     outbox.closed = true;
     drop(outbox);
     shared.replies.close();
+    shared.ended.store(true, Ordering::Release);
+    shared.reader_ended.notify_waiters();
 }
 
 fn on_frame(
@@ -400,11 +427,7 @@ fn on_frame(
             ))
         }
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
-            Err(LinkError::ClosedByBroker {
-                what: "connection",
-                code: 200,
-                text: "closed as asked".into(),
-            })
+            Err(LinkError::Closed)
         }
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked))) => {
             tracing::warn!(reason = %blocked.reason, "the broker blocks publishing on the RPC link");

@@ -104,9 +104,18 @@ impl FrameReader {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
             }
-            if stream.read_buf(&mut self.buffer).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-            }
+            self.fill(stream).await?;
         }
+    }
+
+    /// One read from the stream; the end of the stream is an error.
+    pub(super) async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<(), LinkError> {
+        if stream.read_buf(&mut self.buffer).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        Ok(())
     }
 }
