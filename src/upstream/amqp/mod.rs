@@ -318,11 +318,20 @@ impl AmqpUpstream {
         session: &Session,
         exchange: &ShortString,
     ) -> Result<(), GatewayError> {
-        session
-            .exchanges
-            .check(&session.connection, exchange.as_str())
-            .await
-            .map_err(|e| self.unavailable(e))
+        let known = match session.exchanges.known(exchange.as_str()) {
+            Some(known) => known,
+            // Once per exchange and connection; boxed, so that every request's future
+            // does not carry (and copy) lapin's.
+            None => {
+                Box::pin(
+                    session
+                        .exchanges
+                        .ask(&session.connection, exchange.as_str()),
+                )
+                .await
+            }
+        };
+        known.map_err(|e| self.unavailable(e))
     }
 
     /// The live session, or 503 at once.

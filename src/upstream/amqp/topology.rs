@@ -90,11 +90,12 @@ pub(super) struct Exchanges {
 }
 
 impl Exchanges {
-    /// `Ok` when `name` exists; the broker is asked once per connection (the default
-    /// exchange `""` always exists). The caller bounds this with its deadline.
-    pub(super) async fn check(&self, connection: &Connection, name: &str) -> Result<(), String> {
+    /// What is known of `name` without asking the broker: `Ok` when it exists (the
+    /// default exchange `""` always does), `Err` when it was missing less than
+    /// `RECHECK_MISSING` ago, `None` when the broker must be asked (`ask`).
+    pub(super) fn known(&self, name: &str) -> Option<Result<(), String>> {
         if name.is_empty() {
-            return Ok(());
+            return Some(Ok(()));
         }
         let known = self
             .known
@@ -102,13 +103,18 @@ impl Exchanges {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .copied();
-        match known {
-            Some(None) => return Ok(()),
-            Some(Some(missing_since)) if missing_since.elapsed() < RECHECK_MISSING => {
-                return Err(format!("exchange `{name}` does not exist"));
+        match known? {
+            None => Some(Ok(())),
+            Some(missing_since) if missing_since.elapsed() < RECHECK_MISSING => {
+                Some(Err(format!("exchange `{name}` does not exist")))
             }
-            _ => {}
+            Some(_) => None,
         }
+    }
+
+    /// Asks the broker whether `name` exists, and remembers the answer for this
+    /// connection. The caller bounds this with its deadline.
+    pub(super) async fn ask(&self, connection: &Connection, name: &str) -> Result<(), String> {
         // A passive declare on a throwaway channel: when the exchange is missing, the
         // broker closes that channel, not one that requests share.
         let channel = connection

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use wire::{FRAME_HEADER, FrameReader, HEARTBEAT, Incoming, body_frame, encode};
+use wire::{FRAME_HEADER, FrameReader, HEARTBEAT, Incoming, body_frame, encode, publish_frame};
 
 /// The largest reply body accepted (as for gRPC responses); a larger one fails its request.
 pub(super) const MAX_REPLY: u64 = 4 * 1024 * 1024;
@@ -179,15 +179,6 @@ impl Link {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Unsent> {
-        let method = AMQPFrame::Method(
-            CHANNEL,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: exchange.clone(),
-                routing_key,
-                mandatory: true,
-                immediate: false,
-            })),
-        );
         let header = AMQPFrame::Header(
             CHANNEL,
             AMQPContentHeader {
@@ -198,9 +189,16 @@ impl Link {
         );
         // Encoded before taking the lock; a value the codec refuses (names are checked at
         // load, so none should be) fails this request only.
-        let head = encode(Vec::with_capacity(256), &method)
-            .and_then(|head| encode(head, &header))
-            .map_err(|_| Unsent::Unencodable)?;
+        let mut head = Vec::with_capacity(256);
+        publish_frame(
+            &mut head,
+            CHANNEL,
+            exchange.as_str(),
+            routing_key.as_str(),
+            true,
+        )
+        .map_err(|_| Unsent::Unencodable)?;
+        let head = encode(head, &header).map_err(|_| Unsent::Unencodable)?;
         let mut outbox = self.shared.outbox();
         if outbox.closed {
             return Err(Unsent::Closed);
@@ -376,6 +374,11 @@ fn on_frame(
             bytes,
         } => return on_body(shared, &bytes, content),
         Incoming::Body { .. } => return Err(protocol("a body frame on an unknown channel")),
+        Incoming::Deliver { channel: CHANNEL } if content.is_none() => {
+            *content = Some(Content::new(ContentKind::Reply));
+            return Ok(());
+        }
+        Incoming::Deliver { .. } => return Err(protocol("a delivery out of place")),
         Incoming::Frame(frame) => frame,
     };
     match frame {
