@@ -271,7 +271,7 @@ impl AmqpUpstream {
             })?;
         pending.reply().await.map_err(|no_reply| match no_reply {
             rpc::NoReply::Lost => self.lost(),
-            rpc::NoReply::Failed(failed @ rpc::Failed::Returned { .. }) => {
+            rpc::NoReply::Failed(failed @ rpc::Failed::Refused(_)) => {
                 self.unavailable(failed.to_string())
             }
             rpc::NoReply::Failed(failed @ rpc::Failed::TooLarge) => GatewayError::new(

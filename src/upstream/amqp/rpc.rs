@@ -8,6 +8,7 @@
 //! instead of at its deadline (504). The RPC link (`link`) carries both directions.
 
 use super::Reply;
+use super::publish::Refused;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use std::collections::HashMap;
@@ -29,8 +30,8 @@ pub(super) enum NoReply {
 /// What came back for a request instead of a reply.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Failed {
-    /// Returned as unroutable (`mandatory`): no queue is bound for the routing key.
-    Returned { code: u16, text: String },
+    /// The broker did not take it (returned as unroutable: `mandatory`).
+    Refused(Refused),
     /// The reply's body is larger than the link accepts.
     TooLarge,
 }
@@ -38,9 +39,7 @@ pub(super) enum Failed {
 impl std::fmt::Display for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failed::Returned { code, text } => {
-                write!(f, "the broker returned the message ({code} {text})")
-            }
+            Failed::Refused(refused) => refused.fmt(f),
             Failed::TooLarge => write!(
                 f,
                 "the reply is larger than {} bytes",
@@ -199,9 +198,11 @@ mod tests {
         assert_eq!(b.reply().await.unwrap().body, b"for b");
         // An unroutable request comes back as a returned message with its correlation id.
         let mut c = replies.register().unwrap();
-        let returned = || Failed::Returned {
-            code: 312,
-            text: "NO_ROUTE".into(),
+        let returned = || {
+            Failed::Refused(Refused::Returned {
+                code: 312,
+                text: "NO_ROUTE".into(),
+            })
         };
         replies.fail(&reply_to(&c.correlation_id, b"").properties, returned());
         assert_eq!(c.reply().await.unwrap_err(), NoReply::Failed(returned()));

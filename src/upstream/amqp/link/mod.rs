@@ -24,6 +24,7 @@ mod handshake;
 mod tests;
 mod wire;
 
+use super::publish::Refused;
 use super::rpc::{Failed, Replies};
 use super::{BrokerTls, Reply};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
@@ -484,9 +485,10 @@ fn finish(shared: &Shared, content: &mut Option<Content>) {
     match (kind, oversized) {
         (ContentKind::Reply, false) => shared.replies.deliver(Reply { body, properties }),
         (ContentKind::Reply, true) => shared.replies.fail(&properties, Failed::TooLarge),
-        (ContentKind::Returned { code, text }, _) => shared
-            .replies
-            .fail(&properties, Failed::Returned { code, text }),
+        (ContentKind::Returned { code, text }, _) => shared.replies.fail(
+            &properties,
+            Failed::Refused(Refused::Returned { code, text }),
+        ),
     }
 }
 

@@ -82,8 +82,8 @@ impl Broker {
     }
 }
 
-/// The broker's side of the handshake, checking what the link asks for.
-async fn accept(mut stream: DuplexStream, heartbeat: u16) -> Broker {
+/// The broker's first steps: the client's protocol header, then `connection.start`.
+async fn greet(mut stream: DuplexStream) -> Broker {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await.unwrap();
     assert_eq!(&header, b"AMQP\x00\x00\x09\x01");
@@ -103,6 +103,12 @@ async fn accept(mut stream: DuplexStream, heartbeat: u16) -> Broker {
             })),
         ))
         .await;
+    broker
+}
+
+/// The broker's side of the handshake, checking what the link asks for.
+async fn accept(stream: DuplexStream, heartbeat: u16) -> Broker {
+    let mut broker = greet(stream).await;
     match broker.method().await {
         AMQPClass::Connection(connection::AMQPMethod::StartOk(ok)) => {
             assert_eq!(ok.mechanism.as_str(), "PLAIN");
@@ -243,10 +249,10 @@ async fn requests_leave_as_frames_and_replies_find_their_request() {
     assert_eq!(second.reply().await.unwrap().body, b"second");
     assert_eq!(
         first.reply().await.unwrap_err(),
-        NoReply::Failed(Failed::Returned {
+        NoReply::Failed(Failed::Refused(Refused::Returned {
             code: 312,
             text: "NO_ROUTE".into()
-        })
+        }))
     );
     // A reply for nobody (late, or another connection's) is dropped; the link stays up.
     broker.reply(&"elsewhere.1".into(), b"stray").await;
@@ -423,25 +429,7 @@ async fn refused_credentials_are_the_brokers_words() {
     let (ours, theirs) = tokio::io::duplex(1 << 16);
     let uri: AMQPUri = "amqp://guest:wrong@broker/shop".parse().unwrap();
     let broker = async move {
-        let mut stream = theirs;
-        let mut header = [0u8; 8];
-        stream.read_exact(&mut header).await.unwrap();
-        let mut broker = Broker {
-            stream,
-            reader: FrameReader::new(FRAME_MAX as usize),
-        };
-        broker
-            .send(method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-                    version_major: 0,
-                    version_minor: 9,
-                    server_properties: Default::default(),
-                    mechanisms: LongString::from("PLAIN"),
-                    locales: LongString::from("en_US"),
-                })),
-            ))
-            .await;
+        let mut broker = greet(theirs).await;
         broker.method().await;
         broker
             .send(method(
