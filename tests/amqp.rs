@@ -257,6 +257,46 @@ async fn no_reply_in_time_is_504_and_the_late_reply_is_dropped() {
     assert_eq!(gw.gateway.table().upstreams.amqp["mq"].in_flight(), 0);
 }
 
+/// Messages larger than a frame (RabbitMQ's frame_max is 128 KiB) go out and come back in
+/// many frames; a reply over the 4 MiB the gateway accepts fails its own request only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_cross_in_frames_and_an_oversized_reply_fails_alone() {
+    let queue = unique("large");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/big\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: {queue} }}\n"
+    ))
+    .await;
+    // The reply: the request's bytes, repeated up to the size the request names.
+    let _worker = worker(&queue, |d| {
+        let size = serde_json::from_slice::<Value>(&d.data)
+            .ok()
+            .and_then(|v| v["size"].as_u64())
+            .unwrap_or(0);
+        Answer {
+            body: d.data.iter().copied().cycle().take(size as usize).collect(),
+            content_type: "application/octet-stream",
+            status: None,
+            delay: Duration::ZERO,
+        }
+    })
+    .await;
+    let request = json!({ "size": 1_500_000, "padding": "x".repeat(300_000) }).to_string();
+    let (status, _, body) = post(&gw, "/big", &request).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 1_500_000);
+    assert!(
+        body.bytes()
+            .zip(request.bytes().cycle())
+            .all(|(a, b)| a == b)
+    );
+
+    let (status, _, body) = post(&gw, "/big", &json!({ "size": 5_000_000 }).to_string()).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(parse(&body)["code"], 13, "{body}");
+    let (status, _, body) = post(&gw, "/big", &json!({ "size": 11 }).to_string()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"size":11}"#));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_share_one_connection() {
     let queue = unique("many");
