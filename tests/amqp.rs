@@ -432,6 +432,85 @@ async fn a_missing_exchange_is_503_and_leaves_other_routes_alone() {
     assert_eq!(gw.gateway.table().upstreams.amqp["mq"].reconnects(), 0);
 }
 
+/// An exchange deleted after the gateway checked it: the next request makes the broker close
+/// the request-reply channel. That request fails at once (503, not at its deadline), the
+/// session reconnects by itself, the exchange is found missing (503 naming it), and once it
+/// is back requests reach the broker again. (No queue is bound: a request that reaches the
+/// exchange comes back unroutable, 312 NO_ROUTE, which tells the three states apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_deleted_under_the_link_fails_fast_and_recovers() {
+    let exchange = unique("vanishing");
+    let gw = gateway(&format!(
+        "routes:\n  - http: {{ post: \"/rpc\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"{exchange}\", routing_key: k }}\n"
+    ))
+    .await;
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let create = || async {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Direct,
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    };
+    create().await;
+    let (status, _, body) = post(&gw, "/rpc", "one").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("NO_ROUTE"), "published and returned: {body}");
+
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = post(&gw, "/rpc", "two").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("lost"),
+        "the channel was closed under it: {body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until("the gateway reconnects", Duration::from_secs(10), || {
+        let table = gw.gateway.table();
+        let upstream = &table.upstreams.amqp["mq"];
+        upstream.reconnects() >= 1 && upstream.connected()
+    })
+    .await;
+    let (status, _, body) = post(&gw, "/rpc", "three").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not exist"), "{body}");
+    assert!(
+        !body.contains("vhost"),
+        "the broker's own words stay in the log: {body}"
+    );
+
+    // A missing exchange is asked about again after a second.
+    create().await;
+    let mut reached = false;
+    for _ in 0..30 {
+        let (status, _, body) = post(&gw, "/rpc", "four").await;
+        assert_eq!(status, 503, "{body}");
+        if body.contains("NO_ROUTE") {
+            reached = true;
+            break;
+        }
+        assert!(body.contains("does not exist"), "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reached, "requests reach the exchange again once it is back");
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_creates_the_configured_topology() {
     require_broker().await;

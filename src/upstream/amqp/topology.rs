@@ -138,6 +138,10 @@ impl Exchanges {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), missing);
-        result.map_err(|e| format!("exchange `{name}` is not available: {e}"))
+        // The broker's words (its vhost, its codes) go to the log, not to the client.
+        result.map_err(|error| {
+            tracing::warn!(exchange = name, %error, "AMQP exchange check failed");
+            format!("exchange `{name}` does not exist or is not available")
+        })
     }
 }
