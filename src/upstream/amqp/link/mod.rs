@@ -399,7 +399,10 @@ fn on_frame(
             }
             Ok(())
         }
-        AMQPFrame::Method(_, _) if content.is_some() => Err(protocol("a method inside a message")),
+        // A channel's content frames are contiguous; channel 0 may still speak in between.
+        AMQPFrame::Method(CHANNEL, _) if content.is_some() => {
+            Err(protocol("a method inside a message"))
+        }
         AMQPFrame::Method(CHANNEL, AMQPClass::Basic(basic::AMQPMethod::Deliver(_))) => {
             *content = Some(Content::new(ContentKind::Reply));
             Ok(())

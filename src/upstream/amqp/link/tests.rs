@@ -402,7 +402,46 @@ async fn heartbeats_keep_a_quiet_link_and_a_silent_broker_ends_it() {
 
 #[tokio::test(start_paused = true)]
 async fn blocked_and_unblocked_are_followed() {
-    let (link, _replies, mut broker) = open_link(0).await;
+    let (link, replies, mut broker) = open_link(0).await;
+    broker
+        .send(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })),
+        ))
+        .await;
+    broker.raw(&wire::HEARTBEAT).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(link.is_blocked());
+    // Connection-level methods may come between the frames of a reply.
+    let mut waiting = request(&replies);
+    let deliver = basic::AMQPMethod::Deliver(basic::Deliver::default());
+    broker
+        .send(AMQPFrame::Method(CHANNEL, AMQPClass::Basic(deliver)))
+        .await;
+    broker
+        .send(AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 2,
+                properties: BasicProperties::default()
+                    .with_correlation_id(waiting.correlation_id.clone()),
+            },
+        ))
+        .await;
+    broker
+        .send(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(Default::default())),
+        ))
+        .await;
+    let mut body = Vec::new();
+    wire::body_frame(&mut body, CHANNEL, b"ok");
+    broker.raw(&body).await;
+    assert_eq!(waiting.reply().await.unwrap().body, b"ok");
+    assert!(!link.is_blocked());
     broker
         .send(method(
             0,
