@@ -256,7 +256,7 @@ impl AmqpUpstream {
             .link
             .publish(
                 message.exchange,
-                message.routing_key,
+                &message.routing_key,
                 message.payload,
                 properties,
             )

@@ -177,7 +177,7 @@ impl Link {
     pub(super) fn publish(
         &self,
         exchange: &ShortString,
-        routing_key: ShortString,
+        routing_key: &ShortString,
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Unsent> {
@@ -283,6 +283,11 @@ impl Shared {
     /// Queues a last frame and closes the outbox to publishes.
     fn send_last(&self, frame: &AMQPFrame) {
         self.send(frame);
+        self.shut();
+    }
+
+    /// No publish is taken any more, and the requests waiting for a reply fail now.
+    fn shut(&self) {
         self.outbox().closed = true;
         self.replies.close();
     }
@@ -325,44 +330,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: FrameReader,
     idle: Option<Duration>,
 ) {
-    let mut content = None;
-    let error = loop {
-        // Every frame already read first; the clock only runs while waiting for more.
-        let handled = loop {
-            match reader.parse() {
-                Ok(Some(incoming)) => {
-                    if let Err(error) = on_frame(&shared, incoming, &mut content) {
-                        break Err(error);
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(error) => break Err(error),
-            }
-        };
-        let filled = match handled {
-            Err(error) => Err(error),
-            Ok(()) => match idle {
-                Some(idle) => tokio::time::timeout(idle, reader.fill(&mut stream))
-                    .await
-                    .unwrap_or(Err(LinkError::Silent(idle))),
-                None => reader.fill(&mut stream).await,
-            },
-        };
-        if let Err(error) = filled {
-            break error;
-        }
-    };
+    let Err(error) = read_frames(&shared, &mut stream, &mut reader, idle).await;
     match &error {
         LinkError::ClosedByBroker { .. } => tracing::warn!(%error, "AMQP RPC link closed"),
         LinkError::Closed => {}
         _ => tracing::debug!(%error, "AMQP RPC link stopped"),
     }
-    let mut outbox = shared.outbox();
-    outbox.closed = true;
-    drop(outbox);
-    shared.replies.close();
+    shared.shut();
     shared.ended.store(true, Ordering::Release);
     shared.reader_ended.notify_waiters();
+}
+
+/// Reads and handles frames until something ends the link.
+async fn read_frames<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    stream: &mut R,
+    reader: &mut FrameReader,
+    idle: Option<Duration>,
+) -> Result<std::convert::Infallible, LinkError> {
+    let mut content = None;
+    loop {
+        // Every frame already read first; the clock only runs while waiting for more.
+        while let Some(incoming) = reader.parse()? {
+            on_frame(shared, incoming, &mut content)?;
+        }
+        match idle {
+            Some(idle) => tokio::time::timeout(idle, reader.fill(stream))
+                .await
+                .unwrap_or(Err(LinkError::Silent(idle)))?,
+            None => reader.fill(stream).await?,
+        }
+    }
 }
 
 fn on_frame(
@@ -548,6 +546,5 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     };
     tracing::debug!(%error, "AMQP RPC link cannot write");
-    shared.outbox().closed = true;
-    shared.replies.close();
+    shared.shut();
 }

@@ -40,6 +40,19 @@ impl Broker {
         self.stream.write_all(&bytes).await.unwrap();
     }
 
+    /// `connection.blocked` (a resource alarm) or `connection.unblocked`.
+    async fn alarm(&mut self, on: bool) {
+        let method = if on {
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })
+        } else {
+            connection::AMQPMethod::Unblocked(Default::default())
+        };
+        self.send(AMQPFrame::Method(0, AMQPClass::Connection(method)))
+            .await;
+    }
+
     async fn raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
@@ -192,7 +205,7 @@ fn request(replies: &Arc<Replies>) -> PendingReply {
 
 fn publish(link: &Link, pending: &PendingReply, payload: &[u8]) {
     let properties = BasicProperties::default().with_correlation_id(pending.correlation_id.clone());
-    link.publish(&"".into(), "quotes".into(), payload, properties)
+    link.publish(&"".into(), &"quotes".into(), payload, properties)
         .expect("queued");
 }
 
@@ -348,7 +361,7 @@ async fn a_misbehaving_broker_ends_the_link_and_fails_waiting_requests() {
             replies.register().is_none(),
             "{case}: no new request waits on it"
         );
-        let refused = link.publish(&"".into(), "q".into(), b"", BasicProperties::default());
+        let refused = link.publish(&"".into(), &"q".into(), b"", BasicProperties::default());
         assert_eq!(refused, Err(Unsent::Closed), "{case}");
     }
 }
@@ -403,14 +416,7 @@ async fn heartbeats_keep_a_quiet_link_and_a_silent_broker_ends_it() {
 #[tokio::test(start_paused = true)]
 async fn blocked_and_unblocked_are_followed() {
     let (link, replies, mut broker) = open_link(0).await;
-    broker
-        .send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
-            })),
-        ))
-        .await;
+    broker.alarm(true).await;
     broker.raw(&wire::HEARTBEAT).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(link.is_blocked());
@@ -431,34 +437,17 @@ async fn blocked_and_unblocked_are_followed() {
             },
         ))
         .await;
-    broker
-        .send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Unblocked(Default::default())),
-        ))
-        .await;
+    broker.alarm(false).await;
     let mut body = Vec::new();
     wire::body_frame(&mut body, CHANNEL, b"ok");
     broker.raw(&body).await;
     assert_eq!(waiting.reply().await.unwrap().body, b"ok");
     assert!(!link.is_blocked());
-    broker
-        .send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
-            })),
-        ))
-        .await;
+    broker.alarm(true).await;
     broker.raw(&wire::HEARTBEAT).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(link.is_blocked());
-    broker
-        .send(method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Unblocked(Default::default())),
-        ))
-        .await;
+    broker.alarm(false).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(!link.is_blocked());
 }
