@@ -63,11 +63,18 @@ pub(super) async fn call(
         payload: &payload,
         properties,
     };
+    // The upstream's timer ends the wait at the request's deadline (one timer per call);
+    // its DEADLINE_EXCEEDED becomes the request's own (whose origin may be the client).
+    let in_time = |error: GatewayError, what: &str| match error.code {
+        tonic::Code::DeadlineExceeded => deadline.exceeded(what),
+        _ => error,
+    };
     if !route.reply {
-        let published =
-            tokio::time::timeout_at(deadline.instant(), route.upstream.publish(message, timeout))
-                .await
-                .unwrap_or_else(|_| Err(deadline.exceeded("the broker did not confirm in time")));
+        let published = route
+            .upstream
+            .publish(message, deadline.instant())
+            .await
+            .map_err(|e| in_time(e, "the broker did not confirm in time"));
         span.finish(&published);
         published?;
         let mut response = Response::new(Body::from("{}"));
@@ -77,9 +84,11 @@ pub(super) async fn call(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
         return Ok(response);
     }
-    let reply = tokio::time::timeout_at(deadline.instant(), route.upstream.call(message, timeout))
+    let reply = route
+        .upstream
+        .call_until(message, deadline.instant(), timeout)
         .await
-        .unwrap_or_else(|_| Err(deadline.exceeded("no reply in time")));
+        .map_err(|e| in_time(e, "no reply in time"));
     span.finish(&reply);
     reply_response(table, route, reply?)
 }

@@ -31,14 +31,22 @@ pub(crate) fn typed_payload(
 /// `application/protobuf`, `application/vnd.google.protobuf`, `application/grpc…`, with
 /// any parameters and in any case.
 pub(crate) fn is_protobuf_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence.starts_with("application/")
-        && (essence.contains("protobuf") || essence.starts_with("application/grpc"))
+    const APPLICATION: &str = "application/";
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    // Compared in place: this runs for every AMQP request with a body.
+    let Some(subtype) = essence
+        .get(..APPLICATION.len())
+        .filter(|prefix| prefix.eq_ignore_ascii_case(APPLICATION))
+        .map(|_| &essence.as_bytes()[APPLICATION.len()..])
+    else {
+        return false;
+    };
+    subtype
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"grpc"))
+        || subtype
+            .windows(8)
+            .any(|window| window.eq_ignore_ascii_case(b"protobuf"))
 }
 
 /// An AMQP header value carrying text (or bytes) as a long string.
@@ -151,7 +159,17 @@ mod tests {
         ] {
             assert!(is_protobuf_type(yes), "{yes}");
         }
-        for no in ["application/json", "text/plain", "application/octet-stream"] {
+        for no in [
+            "application/json",
+            "text/plain",
+            "application/octet-stream",
+            "text/x-protobuf",
+            "application/grp",
+            "applicatio",
+            "",
+            "é",
+            "applicationé/protobuf",
+        ] {
             assert!(!is_protobuf_type(no), "{no}");
         }
     }

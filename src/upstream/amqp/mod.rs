@@ -206,32 +206,46 @@ impl AmqpUpstream {
         message: Message<'_>,
         timeout: Duration,
     ) -> Result<Reply, GatewayError> {
-        self.measured(timeout, self.call_within(message, timeout))
+        self.call_until(message, Instant::now() + timeout, timeout)
             .await
     }
 
-    /// Publish without reply: `Ok` once the broker confirmed the message.
+    /// [`AmqpUpstream::call`] for a request whose deadline is already running: the
+    /// wait ends at `deadline`; the message expires `expiration` after it was sent.
+    pub async fn call_until(
+        &self,
+        message: Message<'_>,
+        deadline: Instant,
+        expiration: Duration,
+    ) -> Result<Reply, GatewayError> {
+        self.measured(deadline, self.call_within(message, expiration))
+            .await
+    }
+
+    /// Publish without reply: `Ok` once the broker confirmed the message, by `deadline`.
     pub async fn publish(
         &self,
         message: Message<'_>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<(), GatewayError> {
-        self.measured(timeout, self.publish_within(message)).await
+        self.measured(deadline, self.publish_within(message)).await
     }
 
-    /// Runs one call under the deadline, counted in flight and in the metrics.
+    /// Runs one call until the deadline (its one timer), counted in flight and in the
+    /// metrics.
     async fn measured<T>(
         &self,
-        timeout: Duration,
+        deadline: Instant,
         call: impl Future<Output = Result<T, GatewayError>>,
     ) -> Result<T, GatewayError> {
         let started = Instant::now();
         let _in_flight = self.shared.track();
-        let result = match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout_at(deadline, call).await {
             Ok(result) => result,
             Err(_) => Err(GatewayError::deadline_exceeded(format!(
-                "upstream `{}` did not answer within {timeout:?}",
-                self.name
+                "upstream `{}` did not answer within {:?}",
+                self.name,
+                deadline.saturating_duration_since(started)
             ))),
         };
         let code = result.as_ref().map_or_else(|e| e.code, |_| tonic::Code::Ok);
@@ -258,7 +272,7 @@ impl AmqpUpstream {
                 message.exchange,
                 &message.routing_key,
                 message.payload,
-                properties,
+                &properties,
             )
             .map_err(|unsent| match unsent {
                 link::Unsent::Closed => self.lost(),
@@ -268,6 +282,10 @@ impl AmqpUpstream {
                 link::Unsent::Unencodable => {
                     GatewayError::internal("an AMQP message the codec cannot encode")
                 }
+                // Its table carries the client's query parameters and path values.
+                link::Unsent::Oversized { frame_max } => GatewayError::invalid_argument(format!(
+                    "the message's headers do not fit the broker's frame size ({frame_max} bytes)"
+                )),
             })?;
         pending.reply().await.map_err(|no_reply| match no_reply {
             rpc::NoReply::Lost => self.lost(),

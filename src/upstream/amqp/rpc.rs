@@ -12,6 +12,7 @@ use super::publish::Refused;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
@@ -58,7 +59,7 @@ pub(super) struct Replies {
 
 struct Inner {
     next: u64,
-    waiting: HashMap<u64, oneshot::Sender<Result<Reply, Failed>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Reply, Failed>>, BuildHasherDefault<IdHasher>>,
     /// The consumer is gone: no reply will come any more, so nobody may start waiting.
     closed: bool,
 }
@@ -69,7 +70,7 @@ impl Replies {
             prefix: format!("{:08x}", fastrand::u32(..)),
             inner: Mutex::new(Inner {
                 next: 0,
-                waiting: HashMap::new(),
+                waiting: HashMap::default(),
                 closed: false,
             }),
         }
@@ -93,8 +94,17 @@ impl Replies {
             inner.waiting.insert(id, sender);
             id
         };
+        // `<prefix>.<id in hex>`, written without the formatting machinery (per request).
+        let mut correlation_id = String::with_capacity(self.prefix.len() + 17);
+        correlation_id.push_str(&self.prefix);
+        correlation_id.push('.');
+        let digits = (u64::BITS - id.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            let digit = (id >> (shift * 4)) & 0xF;
+            correlation_id.push(char::from_digit(digit as u32, 16).unwrap_or('0'));
+        }
         Some(PendingReply {
-            correlation_id: format!("{}.{id:x}", self.prefix).into(),
+            correlation_id: correlation_id.into(),
             id,
             receiver,
             replies: self.clone(),
@@ -151,6 +161,29 @@ impl Replies {
     }
 }
 
+/// Hashes the map's keys, our own request counter, with one multiply: SipHash guards
+/// against keys chosen to collide, and nobody else chooses these (a reply's id is only
+/// looked up; the map holds the requests in flight).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: consecutive ids spread over the table's high bits too.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// One request waiting for its reply. Dropping it forgets the correlation id.
 pub(super) struct PendingReply {
     pub correlation_id: ShortString,
@@ -192,6 +225,10 @@ mod tests {
         let mut a = replies.register().unwrap();
         let mut b = replies.register().unwrap();
         assert_ne!(a.correlation_id, b.correlation_id);
+        assert_eq!(
+            a.correlation_id.as_str(),
+            format!("{}.{:x}", replies.prefix, a.id)
+        );
         replies.deliver(reply_to(&b.correlation_id, b"for b"));
         replies.deliver(reply_to(&a.correlation_id, b"for a"));
         assert_eq!(a.reply().await.unwrap().body, b"for a");

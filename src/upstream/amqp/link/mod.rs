@@ -28,7 +28,7 @@ mod wire;
 use super::publish::Refused;
 use super::rpc::{Failed, Replies};
 use super::{BrokerTls, Reply};
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
 use amq_protocol::types::ShortString;
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
@@ -39,7 +39,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use wire::{FRAME_HEADER, FrameReader, HEARTBEAT, Incoming, body_frame, encode, publish_frame};
+use wire::{
+    FRAME_HEADER, FrameReader, HEARTBEAT, Incoming, body_frame, encode, header_frame, publish_frame,
+};
 
 /// The largest reply body accepted (as for gRPC responses); a larger one fails its request.
 pub(super) const MAX_REPLY: u64 = 4 * 1024 * 1024;
@@ -60,8 +62,10 @@ pub(super) enum Unsent {
     Closed,
     /// The broker has not read what was already sent.
     Backlogged,
-    /// The codec refused a value of the message.
+    /// A value of the message cannot be encoded.
     Unencodable,
+    /// The message's properties (its headers) do not fit in one frame.
+    Oversized { frame_max: usize },
 }
 
 /// Why the link failed to open or stopped.
@@ -179,28 +183,8 @@ impl Link {
         exchange: &ShortString,
         routing_key: &ShortString,
         payload: &[u8],
-        properties: BasicProperties,
+        properties: &BasicProperties,
     ) -> Result<(), Unsent> {
-        let header = AMQPFrame::Header(
-            CHANNEL,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: payload.len() as u64,
-                properties,
-            },
-        );
-        // Encoded before taking the lock; a value the codec refuses (names are checked at
-        // load, so none should be) fails this request only.
-        let mut head = Vec::with_capacity(256);
-        publish_frame(
-            &mut head,
-            CHANNEL,
-            exchange.as_str(),
-            routing_key.as_str(),
-            true,
-        )
-        .map_err(|_| Unsent::Unencodable)?;
-        let head = encode(head, &header).map_err(|_| Unsent::Unencodable)?;
         let mut outbox = self.shared.outbox();
         if outbox.closed {
             return Err(Unsent::Closed);
@@ -208,13 +192,41 @@ impl Link {
         if outbox.frames.len() > OUTBOX_LIMIT {
             return Err(Unsent::Backlogged);
         }
-        let was_empty = outbox.frames.is_empty();
-        outbox.frames.extend_from_slice(&head);
+        // Written straight into the outbox (no buffer of its own to fill and copy); a
+        // value that cannot be encoded (names are checked at load, so none should be)
+        // takes back what it wrote and fails this request only.
+        let frames = &mut outbox.frames;
+        let start = frames.len();
+        let header_size = publish_frame(
+            frames,
+            CHANNEL,
+            exchange.as_str(),
+            routing_key.as_str(),
+            true,
+        )
+        .and_then(|()| {
+            let header_start = frames.len();
+            header_frame(frames, CHANNEL, payload.len() as u64, properties)
+                .map(|()| frames.len() - header_start)
+        });
+        // The header frame must fit the negotiated frame size, else the broker closes the
+        // whole connection: its table carries the client's query parameters.
+        let refused = match header_size {
+            Err(_) => Some(Unsent::Unencodable),
+            Ok(size) if size > self.shared.frame_max => Some(Unsent::Oversized {
+                frame_max: self.shared.frame_max,
+            }),
+            Ok(_) => None,
+        };
+        if let Some(refused) = refused {
+            frames.truncate(start);
+            return Err(refused);
+        }
         for chunk in payload.chunks(self.shared.frame_max - FRAME_HEADER - 1) {
-            body_frame(&mut outbox.frames, CHANNEL, chunk);
+            body_frame(frames, CHANNEL, chunk);
         }
         drop(outbox);
-        if was_empty {
+        if start == 0 {
             self.shared.queued.notify_one();
         }
         Ok(())

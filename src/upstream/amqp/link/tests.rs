@@ -4,8 +4,9 @@
 use super::wire::{FrameReader, Incoming, encode};
 use super::*;
 use crate::upstream::amqp::rpc::{NoReply, PendingReply, REPLY_TO};
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::constants;
-use amq_protocol::types::LongString;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, DuplexStream};
 
 const FRAME_MAX: u32 = 8192;
@@ -205,7 +206,7 @@ fn request(replies: &Arc<Replies>) -> PendingReply {
 
 fn publish(link: &Link, pending: &PendingReply, payload: &[u8]) {
     let properties = BasicProperties::default().with_correlation_id(pending.correlation_id.clone());
-    link.publish(&"".into(), &"quotes".into(), payload, properties)
+    link.publish(&"".into(), &"quotes".into(), payload, &properties)
         .expect("queued");
 }
 
@@ -361,9 +362,42 @@ async fn a_misbehaving_broker_ends_the_link_and_fails_waiting_requests() {
             replies.register().is_none(),
             "{case}: no new request waits on it"
         );
-        let refused = link.publish(&"".into(), &"q".into(), b"", BasicProperties::default());
+        let refused = link.publish(&"".into(), &"q".into(), b"", &BasicProperties::default());
         assert_eq!(refused, Err(Unsent::Closed), "{case}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_larger_than_a_frame_fail_their_request_only() {
+    let (link, replies, mut broker) = open_link(0).await;
+    let mut table = FieldTable::default();
+    table.insert(
+        "x-query-q".into(),
+        AMQPValue::LongString(vec![b'q'; FRAME_MAX as usize].into()),
+    );
+    let oversized = BasicProperties::default().with_headers(table);
+    let refused = link.publish(&"".into(), &"quotes".into(), b"big", &oversized);
+    assert_eq!(
+        refused,
+        Err(Unsent::Oversized {
+            frame_max: FRAME_MAX as usize
+        })
+    );
+    // Nothing of it was queued: the next request leaves intact and the link stays open.
+    let mut next = request(&replies);
+    publish(&link, &next, b"next");
+    assert!(matches!(
+        broker.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(_))
+    ));
+    let Incoming::Frame(AMQPFrame::Header(CHANNEL, header)) = broker.frame().await else {
+        panic!("a content header")
+    };
+    assert_eq!(header.body_size, 4);
+    broker.frame().await; // the body
+    broker.reply(&next.correlation_id, b"answer").await;
+    assert_eq!(next.reply().await.unwrap().body, b"answer");
+    assert!(!link.is_closed());
 }
 
 #[tokio::test(start_paused = true)]
