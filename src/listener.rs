@@ -38,6 +38,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -324,29 +325,63 @@ async fn serve_http<I>(
     let mut closing_idle = false;
     let mut first_head_passed = false;
     let mut shutting_down = false;
+    // The timers and the stop signal wake the task through a waker of their own, so the
+    // connection's many wake-ups (every read, every response) poll only the connection.
+    let watchers = Arc::new(Watchers::default());
+    let watchers_waker = std::task::Waker::from(watchers.clone());
     loop {
         let idle_check = tokio::time::sleep(idle_timeout.saturating_sub(activity.idle_for()));
-        tokio::select! {
-            result = conn.as_mut() => {
+        tokio::pin!(idle_check);
+        let stop_signal = stop.wait_for(|stop| *stop);
+        tokio::pin!(stop_signal);
+        // Every watcher is polled at least once per round: some of them are new.
+        watchers.woken.store(true, Ordering::Release);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
+            }
+            watchers.task.register(cx.waker());
+            if !watchers.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let cx = &mut Context::from_waker(&watchers_waker);
+            if !shutting_down && stop_signal.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            // The precondition is read when this round starts, which may be before the
+            // first request arrived: checked again when the timer fires.
+            if !first_head_passed && first_head.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::FirstHeadDue);
+            }
+            if !shutting_down && !idle_timeout.is_zero() && idle_check.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::IdleDue);
+            }
+            if closing_idle && hard_close.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::HardCloseDue);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(result) => {
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "client connection ended with an error");
                 }
                 break;
             }
-            _ = stop.wait_for(|stop| *stop), if !shutting_down => {
+            Event::Stop => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            // The precondition is read when this `select!` starts, which may be before
-            // the first request arrived: check again when the timer fires.
-            _ = &mut first_head, if !first_head_passed => {
+            Event::FirstHeadDue => {
                 if !activity.started.load(Ordering::Relaxed) {
                     tracing::debug!(%peer, "no request head within header_read_timeout; closing");
                     break;
                 }
                 first_head_passed = true;
             }
-            _ = idle_check, if !shutting_down && !idle_timeout.is_zero() => {
+            Event::IdleDue => {
                 if activity.idle_for() >= idle_timeout {
                     tracing::debug!(%peer, "connection idle; closing");
                     shutting_down = true;
@@ -355,7 +390,7 @@ async fn serve_http<I>(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = &mut hard_close, if closing_idle => {
+            Event::HardCloseDue => {
                 if activity.in_flight.load(Ordering::Acquire) == 0 {
                     tracing::debug!(%peer, "idle connection did not close; dropping it");
                     break;
@@ -363,6 +398,34 @@ async fn serve_http<I>(
                 closing_idle = false;
             }
         }
+    }
+}
+
+/// What ended one round of waiting on a connection.
+enum Event<E> {
+    Ended(Result<(), E>),
+    Stop,
+    FirstHeadDue,
+    IdleDue,
+    HardCloseDue,
+}
+
+/// The waker of a connection's timers and stop signal: marks them as due a poll, then
+/// wakes the connection's task.
+#[derive(Default)]
+struct Watchers {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Watchers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

@@ -8,27 +8,93 @@
 //! identifiers, colours) goes to `DefaultVisitor` itself, so its output never drifts; a
 //! unit test compares the two on every kind of field.
 
+use std::cell::RefCell;
 use std::fmt;
 use tracing::field::{Field, Visit};
-use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 
 /// The fields formatter of the plain log format.
 pub(crate) struct PlainFields;
 
-impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
-    type Visitor = PlainVisitor<'a>;
-
-    fn make_visitor(&self, writer: Writer<'a>) -> Self::Visitor {
-        PlainVisitor {
-            writer,
-            is_empty: true,
-            result: Ok(()),
+impl<'writer> FormatFields<'writer> for PlainFields {
+    /// The fields go to a buffer first and then out in one write: a span's fields are
+    /// kept in a string of their own, which otherwise grows (and is copied) a few bytes at
+    /// a time, field by field — four allocations for every request span.
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        thread_local! {
+            static BUFFER: RefCell<String> = RefCell::new(String::with_capacity(256));
         }
+        // A buffer's writer has no colours and sanitizes escapes, as the log's writer
+        // does by default (never changed here); with colours, the log's own writer.
+        if writer.has_ansi_escapes() {
+            return visit(writer, &fields);
+        }
+        BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut buffer) => {
+                buffer.clear();
+                let result = visit(Writer::new(&mut *buffer), &fields)
+                    .and_then(|()| writer.write_str(&buffer));
+                if buffer.capacity() > 64 * 1024 {
+                    *buffer = String::with_capacity(256);
+                }
+                result
+            }
+            // A field whose formatting formats fields (its `Debug` logs): no buffer.
+            Err(_) => visit(writer, &fields),
+        })
     }
 }
 
-pub(crate) struct PlainVisitor<'a> {
+/// Whether `text` is printable ASCII without `"` or `\\`: its `Debug` form is itself in
+/// quotes. Eight bytes at a time (trace ids, paths and routes go through here for every
+/// request).
+pub(super) fn is_plain(text: &str) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = text.as_bytes().chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let backslash = v ^ (ONES * u64::from(b'\\'));
+        let delete = v ^ (ONES * 0x7f);
+        // The high bit of each byte that is zero in `quote`, `backslash` or `delete`,
+        // below 0x20, or not ASCII. (Borrows may mark bytes above a match: any match is
+        // enough here.)
+        let found = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | delete.wrapping_sub(ONES) & !delete
+            | v.wrapping_sub(ONES * 0x20) & !v
+            | v)
+            & HIGH;
+        if found != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+}
+
+fn visit(writer: Writer<'_>, fields: &impl RecordFields) -> fmt::Result {
+    let mut visitor = PlainVisitor {
+        writer,
+        is_empty: true,
+        result: Ok(()),
+    };
+    fields.record(&mut visitor);
+    visitor.finish()
+}
+
+struct PlainVisitor<'a> {
     writer: Writer<'a>,
     /// Nothing written yet: the next field needs no separating space.
     is_empty: bool,
@@ -48,10 +114,7 @@ impl PlainVisitor<'_> {
     /// `name="value"`: a string's `Debug` form, written as is when it needs no escape
     /// (printable ASCII without quotes or backslashes: ids, paths, names).
     fn write_str(&mut self, field: &Field, value: &str) {
-        if !value
-            .bytes()
-            .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
-        {
+        if !is_plain(value) {
             return self.write(field, &value);
         }
         self.pad();
@@ -60,6 +123,10 @@ impl PlainVisitor<'_> {
                 self.result = self.writer.write_str(part);
             }
         }
+    }
+
+    fn finish(self) -> fmt::Result {
+        self.result
     }
 
     fn pad(&mut self) {
@@ -116,18 +183,6 @@ impl Visit for PlainVisitor<'_> {
             |this| this.write(field, value),
             |default| default.record_debug(field, value),
         );
-    }
-}
-
-impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
-    fn finish(self) -> fmt::Result {
-        self.result
-    }
-}
-
-impl VisitFmt for PlainVisitor<'_> {
-    fn writer(&mut self) -> &mut dyn fmt::Write {
-        &mut self.writer
     }
 }
 
@@ -191,6 +246,25 @@ mod tests {
         };
         tracing::dispatcher::with_default(&dispatch, log_everything);
         captured.text()
+    }
+
+    #[test]
+    fn plain_text_is_found_as_a_byte_scan_finds_it() {
+        let by_bytes = |t: &str| {
+            t.bytes()
+                .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+        };
+        let mut texts = vec![String::new(), "4bf92f3577b34da6a3ce929d0e0e4736".into()];
+        for special in ['"', '\\', '\u{7f}', '\u{1f}', '\0', 'é', '\n', ' ', '~'] {
+            for at in 0..20 {
+                let mut text = "a".repeat(20);
+                text.replace_range(at..at + 1, &special.to_string());
+                texts.push(text);
+            }
+        }
+        for text in &texts {
+            assert_eq!(is_plain(text), by_bytes(text), "{text:?}");
+        }
     }
 
     #[test]
