@@ -299,27 +299,32 @@ async fn large_messages_cross_in_frames_and_an_oversized_reply_fails_alone() {
 
 /// A message's headers travel in one frame: headers too large for it (here a long query
 /// string under a small `frame_max`) fail that request with 400, instead of the broker
-/// closing the connection every request shares.
+/// closing a connection every request shares — on the request-reply link and on the
+/// publish connection alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_larger_than_a_frame_are_refused_and_the_link_stays() {
+async fn headers_larger_than_a_frame_are_refused_and_the_connections_stay() {
     let queue = unique("frame");
     let gw = gateway_with(
         "mq",
         &format!("{BROKER_URL}?frame_max=4096"),
         &format!(
-            "routes:\n  - http: {{ post: \"/q\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: {queue} }}\n"
+            "routes:\n  - http: {{ post: \"/q\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: {queue} }}\n  - http: {{ post: \"/p\", body: \"*\" }}\n    amqp: {{ upstream: mq, exchange: \"\", routing_key: {queue}, reply: false }}\n"
         ),
     )
     .await;
     let _worker = worker(&queue, echo).await;
-    // Under the gateway's 8 KiB URI limit, over the 4 KiB frame.
-    let long_query = format!("/q?tag={}", "t".repeat(6_000));
-    let (status, _, body) = post(&gw, &long_query, r#"{"n":1}"#).await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(parse(&body)["code"], 3, "{body}");
-    assert!(body.contains("frame size"), "{body}");
     let reconnects = gw.gateway.table().upstreams.amqp["mq"].reconnects();
-    let (status, _, body) = post(&gw, "/q?tag=short", r#"{"n":2}"#).await;
+    // Under the gateway's 8 KiB URI limit, over the 4 KiB frame.
+    let tag = "t".repeat(6_000);
+    for path in ["/q", "/p"] {
+        let (status, _, body) = post(&gw, &format!("{path}?tag={tag}"), r#"{"n":1}"#).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(parse(&body)["code"], 3, "{path}: {body}");
+        assert!(body.contains("frame size"), "{path}: {body}");
+    }
+    let (status, _, body) = post(&gw, "/p?tag=short", r#"{"n":2}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _, body) = post(&gw, "/q?tag=short", r#"{"n":3}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         gw.gateway.table().upstreams.amqp["mq"].reconnects(),

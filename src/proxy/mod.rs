@@ -242,7 +242,12 @@ async fn run(
                 policy.lookup(&request, identity.claims.as_deref()),
             )
         });
-    request.extensions_mut().insert::<Identity>(identity);
+    // An anonymous identity reads as none (no claims, nothing forwarded); not storing it
+    // spares public routes an insert into the request's extensions, often the one that
+    // makes the map grow.
+    if identity.claims.is_some() || !identity.forwarded.is_empty() {
+        request.extensions_mut().insert::<Identity>(identity);
+    }
 
     // 12. Target. Each kind's future is boxed: inline, this block would be as large as the
     // largest of them (KiBs: compose, streams, WebSocket) for every request, and copied

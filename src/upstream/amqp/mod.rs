@@ -101,6 +101,14 @@ pub struct Message<'a> {
     pub properties: BasicProperties,
 }
 
+/// A message whose headers (the client's query parameters and path values among them)
+/// do not fit one frame of the connection.
+fn oversized(frame_max: usize) -> GatewayError {
+    GatewayError::invalid_argument(format!(
+        "the message's headers do not fit the broker's frame size ({frame_max} bytes)"
+    ))
+}
+
 impl AmqpUpstream {
     /// Checks the URL and names; connects nothing yet (see [`AmqpUpstream::start`]), so
     /// `switchboard check` stays offline.
@@ -282,10 +290,7 @@ impl AmqpUpstream {
                 link::Unsent::Unencodable => {
                     GatewayError::internal("an AMQP message the codec cannot encode")
                 }
-                // Its table carries the client's query parameters and path values.
-                link::Unsent::Oversized { frame_max } => GatewayError::invalid_argument(format!(
-                    "the message's headers do not fit the broker's frame size ({frame_max} bytes)"
-                )),
+                link::Unsent::Oversized { frame_max } => oversized(frame_max),
             })?;
         pending.reply().await.map_err(|no_reply| match no_reply {
             rpc::NoReply::Lost => self.lost(),
@@ -302,6 +307,10 @@ impl AmqpUpstream {
 
     async fn publish_within(&self, message: Message<'_>) -> Result<(), GatewayError> {
         let session = self.session()?;
+        let frame_max = session.connection.configuration().frame_max() as usize;
+        if !link::header_fits(&message.properties, frame_max) {
+            return Err(oversized(frame_max));
+        }
         self.check_exchange(&session, message.exchange).await?;
         self.send(
             &session.publish,

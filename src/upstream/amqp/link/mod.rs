@@ -265,6 +265,14 @@ impl Link {
     }
 }
 
+/// Whether a message with these properties has a content header frame that fits
+/// `frame_max` — for the other connection's publishes (lapin does not check, and the
+/// broker closes a connection sent a larger frame).
+pub(super) fn header_fits(properties: &BasicProperties, frame_max: usize) -> bool {
+    let mut frame = Vec::with_capacity(256);
+    header_frame(&mut frame, CHANNEL, 0, properties).is_ok() && frame.len() <= frame_max
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         for task in &self.tasks {
