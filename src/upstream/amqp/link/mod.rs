@@ -153,7 +153,7 @@ impl Link {
     {
         let mut reader = FrameReader::new(FRAME_MIN_SIZE as usize);
         let tuned = handshake(&mut stream, &mut reader, uri, name).await?;
-        reader.frame_max = tuned.frame_max as usize;
+        reader.opened(tuned.frame_max as usize);
         let shared = Arc::new(Shared {
             outbox: Mutex::new(Outbox {
                 frames: Vec::new(),
@@ -399,6 +399,19 @@ fn on_frame(
             return Ok(());
         }
         Incoming::Deliver { .. } => return Err(protocol("a delivery out of place")),
+        Incoming::Skipped {
+            channel: CHANNEL, ..
+        } if content.is_some() => {
+            return Err(protocol("a method inside a message"));
+        }
+        Incoming::Skipped {
+            channel,
+            class,
+            method,
+        } => {
+            tracing::debug!(channel, class, method, "AMQP RPC link ignored a method");
+            return Ok(());
+        }
         Incoming::Frame(frame) => frame,
     };
     match frame {

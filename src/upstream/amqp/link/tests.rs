@@ -103,7 +103,7 @@ async fn greet(mut stream: DuplexStream) -> Broker {
     assert_eq!(&header, b"AMQP\x00\x00\x09\x01");
     let mut broker = Broker {
         stream,
-        reader: FrameReader::new(FRAME_MAX as usize),
+        reader: FrameReader::new(FRAME_MAX as usize).reading_all(),
     };
     broker
         .send(method(
@@ -365,6 +365,44 @@ async fn a_misbehaving_broker_ends_the_link_and_fails_waiting_requests() {
         let refused = link.publish(&"".into(), &"q".into(), b"", &BasicProperties::default());
         assert_eq!(refused, Err(Unsent::Closed), "{case}");
     }
+}
+
+/// After the handshake the link decodes only the methods it acts on: anything else is
+/// skipped unread — here a `connection.start` whose table nests a thousand levels deep,
+/// which the codec would read by recursion.
+#[tokio::test(start_paused = true)]
+async fn methods_the_open_link_does_not_act_on_are_skipped_unread() {
+    let (link, replies, mut broker) = open_link(0).await;
+    let mut value = vec![b'V'];
+    for _ in 0..1000 {
+        let mut table = vec![1, b'k'];
+        table.extend_from_slice(&value);
+        value = vec![b'F'];
+        value.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        value.extend_from_slice(&table);
+    }
+    let mut payload = vec![0, 10, 0, 10, 0, 9];
+    payload.extend_from_slice(&value[1..]); // the table itself, without its type tag
+    // Nor is the method complete (no mechanisms, no locales): decoded, it would end the
+    // link as malformed.
+    let mut frame = vec![constants::FRAME_METHOD, 0, 0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(wire::FRAME_END);
+    assert!(frame.len() < FRAME_MAX as usize);
+    broker.raw(&frame).await;
+
+    let mut pending = request(&replies);
+    publish(&link, &pending, b"q");
+    assert!(matches!(
+        broker.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(_))
+    ));
+    broker.frame().await; // the content header
+    broker.frame().await; // the body
+    broker.reply(&pending.correlation_id, b"still open").await;
+    assert_eq!(pending.reply().await.unwrap().body, b"still open");
+    assert!(!link.is_closed());
 }
 
 #[tokio::test(start_paused = true)]

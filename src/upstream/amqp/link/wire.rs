@@ -237,6 +237,57 @@ fn unreadable_header() -> LinkError {
     LinkError::Protocol("an unreadable content header".into())
 }
 
+/// How deep the broker's header tables may nest (tables and arrays inside tables): the
+/// codec reads nesting by recursion, and a frame's worth of it would overflow the stack.
+const MAX_NESTING: usize = 16;
+
+/// Steps over a header table (the codec's grammar, RabbitMQ's type tags); `None` if it is
+/// malformed or nests deeper than `depth`.
+fn skip_table(input: &mut &[u8], depth: usize) -> Option<()> {
+    let depth = depth.checked_sub(1)?;
+    let mut table = take_sized(input)?;
+    while !table.is_empty() {
+        let key = usize::from(*table.first()?);
+        table = table.get(1 + key..)?;
+        skip_value(&mut table, depth)?;
+    }
+    Some(())
+}
+
+fn skip_value(input: &mut &[u8], depth: usize) -> Option<()> {
+    let (&tag, rest) = input.split_first()?;
+    *input = rest;
+    let fixed = match tag {
+        b'V' => 0,
+        b't' | b'b' | b'B' => 1,
+        b's' | b'U' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'D' => 5,
+        b'L' | b'l' | b'd' | b'T' => 8,
+        b'S' | b'x' => return take_sized(input).map(|_| ()),
+        b'F' => return skip_table(input, depth),
+        b'A' => {
+            let depth = depth.checked_sub(1)?;
+            let mut array = take_sized(input)?;
+            while !array.is_empty() {
+                skip_value(&mut array, depth)?;
+            }
+            return Some(());
+        }
+        _ => return None,
+    };
+    *input = input.get(fixed..)?;
+    Some(())
+}
+
+/// A length-prefixed (u32) part, taken off `input`.
+fn take_sized<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_be_bytes(input.get(..4)?.try_into().ok()?) as usize;
+    let part = input.get(4..4 + len)?;
+    *input = &input[4 + len..];
+    Some(part)
+}
+
 /// What is left of a payload being read.
 struct Input<'a>(&'a [u8]);
 
@@ -276,8 +327,13 @@ impl<'a> Input<'a> {
         Ok(ShortString::from(text))
     }
 
-    /// Tables are rare in replies (`x-status`): the codec reads them.
+    /// Tables are rare in replies (`x-status`): the codec reads them, once their nesting
+    /// is known to be shallow (the codec recurses without a limit).
     fn field_table(&mut self) -> Result<FieldTable, LinkError> {
+        let mut walked = self.0;
+        if skip_table(&mut walked, MAX_NESTING).is_none() {
+            return Err(unreadable_header());
+        }
         let (rest, table) = parse_field_table(self.0).map_err(|_| unreadable_header())?;
         self.0 = rest;
         Ok(table)
@@ -297,6 +353,41 @@ pub(super) fn body_frame(out: &mut Vec<u8>, channel: u16, chunk: &[u8]) {
 pub(super) struct FrameReader {
     buffer: BytesMut,
     pub(super) frame_max: usize,
+    /// Which method frames are decoded; the others are skipped unread.
+    reads: Reads,
+}
+
+/// The methods a reader decodes. The codec reads field tables by unbounded recursion,
+/// and of the methods the link takes only `connection.start` carries one: it is decoded
+/// during the handshake, while frames are at most 4 KiB, and never after.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reads {
+    /// The link before its connection is open: `connection.start` and the rest.
+    Handshake,
+    /// The open link: the methods it acts on, none with a table.
+    Open,
+    /// Every method (the tests' scripted broker).
+    #[cfg(test)]
+    All,
+}
+
+impl Reads {
+    fn decodes(self, class: u16, method: u16) -> bool {
+        #[cfg(test)]
+        if self == Reads::All {
+            return true;
+        }
+        match (class, method) {
+            // connection.start (with the server's properties table)
+            (10, 10) => self == Reads::Handshake,
+            // connection: secure, tune, open-ok, close, close-ok, blocked, unblocked;
+            // channel: open-ok, close, close-ok; basic: consume-ok, cancel, return.
+            (10, 20 | 30 | 41 | 50 | 51 | 60 | 61) | (20, 11 | 40 | 41) | (60, 21 | 30 | 50) => {
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One frame; body frames keep their bytes where they were read (no copy into a value).
@@ -313,14 +404,35 @@ pub(super) enum Incoming {
     Deliver {
         channel: u16,
     },
+    /// A method the reader does not decode (see [`Reads`]).
+    Skipped {
+        channel: u16,
+        class: u16,
+        method: u16,
+    },
 }
 
 impl FrameReader {
+    /// A reader for the handshake.
     pub(super) fn new(frame_max: usize) -> Self {
         Self {
             buffer: BytesMut::with_capacity(16 * 1024),
             frame_max,
+            reads: Reads::Handshake,
         }
+    }
+
+    /// The connection is open: frames up to the negotiated size, and only the methods
+    /// the open link acts on.
+    pub(super) fn opened(&mut self, frame_max: usize) {
+        self.frame_max = frame_max;
+        self.reads = Reads::Open;
+    }
+
+    #[cfg(test)]
+    pub(super) fn reading_all(mut self) -> Self {
+        self.reads = Reads::All;
+        self
     }
 
     /// The next frame from what was already read, if it is all there.
@@ -368,6 +480,27 @@ impl FrameReader {
             self.buffer.advance(total);
             return Ok(Some(Incoming::Deliver { channel }));
         }
+        if kind == constants::FRAME_METHOD && size >= 4 {
+            let id = |at: usize| u16::from_be_bytes([self.buffer[at], self.buffer[at + 1]]);
+            let (class, method) = (id(FRAME_HEADER), id(FRAME_HEADER + 2));
+            if !self.reads.decodes(class, method) {
+                self.buffer.advance(total);
+                return Ok(Some(Incoming::Skipped {
+                    channel,
+                    class,
+                    method,
+                }));
+            }
+            // `connection.start`: its table (after the ids and the version) must be
+            // shallow before the codec reads it.
+            if (class, method) == (10, 10)
+                && skip_table(&mut &self.buffer[FRAME_HEADER + 6..total - 1], MAX_NESTING).is_none()
+            {
+                return Err(LinkError::Protocol(
+                    "a connection.start with an unreadable table".into(),
+                ));
+            }
+        }
         if kind == constants::FRAME_HEADER {
             let parsed = parse_header(&self.buffer[FRAME_HEADER..total - 1]);
             self.buffer.advance(total);
@@ -408,7 +541,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amq_protocol::protocol::{AMQPClass, basic};
+    use amq_protocol::protocol::{AMQPClass, basic, connection};
 
     /// The hand-written frames are byte for byte what the codec writes and reads.
     #[test]
@@ -536,6 +669,84 @@ mod tests {
             assert_eq!(&header.properties, properties, "properties {i}");
             assert!(reader.buffer.is_empty());
         }
+    }
+
+    /// A content header whose table nests `levels` deep (tables in tables, or arrays).
+    fn nested_header(levels: usize, array: bool) -> Vec<u8> {
+        let mut value = vec![b'V'];
+        for _ in 0..levels {
+            let mut outer = if array { vec![b'A'] } else { vec![b'F'] };
+            let body: Vec<u8> = if array {
+                value.clone()
+            } else {
+                [&[1, b'k'][..], &value].concat()
+            };
+            outer.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&body);
+            value = outer;
+        }
+        // The headers table holds the nested value under one key.
+        let mut table = vec![1, b'h'];
+        table.extend_from_slice(&value);
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0];
+        payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&table);
+        payload
+    }
+
+    #[test]
+    fn deeply_nested_header_tables_are_refused_before_the_codec_recurses() {
+        for array in [false, true] {
+            // Shallow nesting reads as the codec reads it.
+            let header = parse_header(&nested_header(6, array)).expect("shallow nesting");
+            assert!(header.properties.headers().is_some());
+            // A frame's worth of nesting: refused, on a small stack, without recursion.
+            let deep = nested_header(20_000, array);
+            let refused = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || parse_header(&deep).is_err())
+                .unwrap()
+                .join()
+                .unwrap();
+            assert!(refused, "array: {array}");
+        }
+    }
+
+    #[test]
+    fn the_handshake_reads_shallow_server_properties_only() {
+        let start = |server_properties: FieldTable| {
+            encode(
+                Vec::new(),
+                &AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                        version_major: 0,
+                        version_minor: 9,
+                        server_properties,
+                        mechanisms: "PLAIN".into(),
+                        locales: "en_US".into(),
+                    })),
+                ),
+            )
+            .unwrap()
+        };
+        let mut capabilities = FieldTable::default();
+        capabilities.insert("publisher_confirms".into(), AMQPValue::Boolean(true));
+        let mut properties = FieldTable::default();
+        properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+        let mut reader = FrameReader::new(4096);
+        reader.buffer.extend_from_slice(&start(properties));
+        assert!(matches!(reader.parse(), Ok(Some(Incoming::Frame(_)))));
+
+        let mut deep = FieldTable::default();
+        for _ in 0..MAX_NESTING {
+            let mut outer = FieldTable::default();
+            outer.insert("k".into(), AMQPValue::FieldTable(deep));
+            deep = outer;
+        }
+        let mut reader = FrameReader::new(4096);
+        reader.buffer.extend_from_slice(&start(deep));
+        assert!(reader.parse().is_err());
     }
 
     #[test]
