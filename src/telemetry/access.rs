@@ -143,7 +143,7 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
 /// A string as `{:?}` writes it: as is when nothing in it needs escaping (the common case:
 /// printable ASCII without `"` or `\`), else through `Debug`.
 fn quoted(out: &mut Vec<u8>, text: &str) {
-    if super::fields::is_plain(text) {
+    if crate::transcode::json_text::is_plain(text) {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

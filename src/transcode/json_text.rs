@@ -1,38 +1,64 @@
 //! JSON string text, shared by both byte-level transcoders: finding the next byte that
 //! ends or escapes a string (a quote, a backslash, a control character) eight bytes at a
-//! time, and writing strings that need no escapes without a per-byte escape table.
+//! time, and writing strings that need no escapes without a per-byte escape table. The
+//! log writers use the same scan for text they may write as is (`is_plain`).
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// `bytes` as little-endian words of eight, and the bytes left over.
+fn words(bytes: &[u8]) -> (impl Iterator<Item = u64> + '_, &[u8]) {
+    let chunks = bytes.chunks_exact(8);
+    let rest = chunks.remainder();
+    let words = chunks.map(|chunk| {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        u64::from_le_bytes(word)
+    });
+    (words, rest)
+}
+
+/// The high bit of each byte of `v` equal to `byte`; borrows only run upwards, so the
+/// lowest bit set is a true match (higher ones may not be).
+fn equal_to(v: u64, byte: u8) -> u64 {
+    let x = v ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// The high bit of each byte of `v` that is `"`, `\` or a control character (as above).
+fn specials(v: u64) -> u64 {
+    equal_to(v, b'"') | equal_to(v, b'\\') | v.wrapping_sub(ONES * 0x20) & !v & HIGH
+}
 
 /// Where the first `"`, `\` or control character at or after `at` is (or the end).
 pub(super) fn next_special(bytes: &[u8], at: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let rest = bytes.get(at..).unwrap_or_default();
-    let mut chunks = rest.chunks_exact(8);
+    let (words, rest) = words(bytes.get(at..).unwrap_or_default());
     let mut offset = at;
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        // The high bit of each byte that is zero in `quote` or `backslash`, or below 0x20
-        // in `v`. Borrows only run upwards, so the lowest bit found is a true match.
-        let found = (quote.wrapping_sub(ONES) & !quote
-            | backslash.wrapping_sub(ONES) & !backslash
-            | v.wrapping_sub(ONES * 0x20) & !v)
-            & HIGH;
+    for v in words {
+        let found = specials(v);
         if found != 0 {
             return offset + (found.trailing_zeros() / 8) as usize;
         }
         offset += 8;
     }
-    for &byte in chunks.remainder() {
+    for &byte in rest {
         if is_special(byte) {
             return offset;
         }
         offset += 1;
     }
     offset
+}
+
+/// Whether `text` is printable ASCII without `"` or `\`: JSON and Rust's `Debug` both
+/// write it as is between quotes (trace ids, paths and routes in every access line).
+pub(crate) fn is_plain(text: &str) -> bool {
+    let (mut words, rest) = words(text.as_bytes());
+    // Not ASCII (the high bit), DEL, or one of the specials.
+    words.all(|v| (v & HIGH) | equal_to(v, 0x7f) | specials(v) == 0)
+        && rest
+            .iter()
+            .all(|&b| matches!(b, b' '..=b'~') && !is_special(b))
 }
 
 fn is_special(byte: u8) -> bool {
@@ -56,6 +82,25 @@ pub(super) fn write_string(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_is_found_as_a_byte_scan_finds_it() {
+        let by_bytes = |t: &str| {
+            t.bytes()
+                .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+        };
+        let mut texts = vec![String::new(), "4bf92f3577b34da6a3ce929d0e0e4736".into()];
+        for special in ['"', '\\', '\u{7f}', '\u{1f}', '\0', 'é', '\n', ' ', '~'] {
+            for at in 0..20 {
+                let mut text = "a".repeat(20);
+                text.replace_range(at..at + 1, &special.to_string());
+                texts.push(text);
+            }
+        }
+        for text in &texts {
+            assert_eq!(is_plain(text), by_bytes(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn finds_the_first_special_byte_as_a_byte_scan_does() {

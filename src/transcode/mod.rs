@@ -11,7 +11,7 @@
 mod differential_tests;
 mod duplicates;
 mod field_path;
-mod json_text;
+pub(crate) mod json_text;
 mod plan;
 mod query;
 mod to_json;
