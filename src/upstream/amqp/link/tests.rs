@@ -204,6 +204,31 @@ fn request(replies: &Arc<Replies>) -> PendingReply {
     replies.register().expect("the link is open")
 }
 
+/// One request that the broker takes (publish, content header, body) and answers; the
+/// header it received.
+async fn round_trip(
+    link: &Link,
+    replies: &Arc<Replies>,
+    broker: &mut Broker,
+    payload: &[u8],
+) -> AMQPContentHeader {
+    let mut pending = request(replies);
+    publish(link, &pending, payload);
+    assert!(matches!(
+        broker.method().await,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(_))
+    ));
+    let Incoming::Frame(AMQPFrame::Header(CHANNEL, header)) = broker.frame().await else {
+        panic!("a content header")
+    };
+    if !payload.is_empty() {
+        broker.frame().await; // the body
+    }
+    broker.reply(&pending.correlation_id, b"answer").await;
+    assert_eq!(pending.reply().await.unwrap().body, b"answer");
+    header
+}
+
 fn publish(link: &Link, pending: &PendingReply, payload: &[u8]) {
     let properties = BasicProperties::default().with_correlation_id(pending.correlation_id.clone());
     link.publish(&"".into(), &"quotes".into(), payload, &properties)
@@ -392,16 +417,7 @@ async fn methods_the_open_link_does_not_act_on_are_skipped_unread() {
     assert!(frame.len() < FRAME_MAX as usize);
     broker.raw(&frame).await;
 
-    let mut pending = request(&replies);
-    publish(&link, &pending, b"q");
-    assert!(matches!(
-        broker.method().await,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(_))
-    ));
-    broker.frame().await; // the content header
-    broker.frame().await; // the body
-    broker.reply(&pending.correlation_id, b"still open").await;
-    assert_eq!(pending.reply().await.unwrap().body, b"still open");
+    round_trip(&link, &replies, &mut broker, b"q").await;
     assert!(!link.is_closed());
 }
 
@@ -422,19 +438,8 @@ async fn headers_larger_than_a_frame_fail_their_request_only() {
         })
     );
     // Nothing of it was queued: the next request leaves intact and the link stays open.
-    let mut next = request(&replies);
-    publish(&link, &next, b"next");
-    assert!(matches!(
-        broker.method().await,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(_))
-    ));
-    let Incoming::Frame(AMQPFrame::Header(CHANNEL, header)) = broker.frame().await else {
-        panic!("a content header")
-    };
+    let header = round_trip(&link, &replies, &mut broker, b"next").await;
     assert_eq!(header.body_size, 4);
-    broker.frame().await; // the body
-    broker.reply(&next.correlation_id, b"answer").await;
-    assert_eq!(next.reply().await.unwrap().body, b"answer");
     assert!(!link.is_closed());
 }
 
