@@ -5,7 +5,9 @@
 //!
 //! Three messages of one type: small (≈ 200 B of JSON), medium (≈ 4 KiB) and large
 //! (≈ 1 MiB: a long repeated field of nested messages, each with its own repeated and nested
-//! fields). Throughput is given in bytes of JSON for both directions, so the columns compare.
+//! fields); and a tiny one (≈ 60 B: two strings and an int64, the size of the WebSocket
+//! bench's chat messages, where the fixed cost per message is what counts). Throughput is
+//! given in bytes of JSON for both directions, so the columns compare.
 //!
 //! `cargo bench --bench transcode` (add `-- large` to run one size).
 
@@ -49,23 +51,22 @@ message Order {
 }
 "#;
 
-fn order_type() -> MessageType {
+/// The `Order` type (small, medium, large) and the `Money` type (tiny).
+fn bench_types() -> (MessageType, MessageType) {
     let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("bench.proto"), PROTO).expect("write proto");
     let schema = Schema::load(std::slice::from_ref(&dir), &[]).expect("schema");
     std::fs::remove_dir_all(&dir).ok();
-    let ty = MessageType::new(
-        schema
-            .pool
-            .get_message_by_name("bench.v1.Order")
-            .expect("Order"),
-    );
-    assert!(
-        ty.has_plan(),
-        "the bench type must take the byte-level path"
-    );
-    ty
+    let ty = |name: &str| {
+        let ty = MessageType::new(schema.pool.get_message_by_name(name).expect(name));
+        assert!(
+            ty.has_plan(),
+            "the bench types must take the byte-level path"
+        );
+        ty
+    };
+    (ty("bench.v1.Order"), ty("bench.v1.Money"))
 }
 
 fn item(i: usize, parts: usize) -> Value {
@@ -114,17 +115,23 @@ fn order(target: usize) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let ty = order_type();
+    let (order_type, money_type) = bench_types();
     let codec = JsonCodec::new(&JsonConfig {
         // What prost-reflect and the byte path both print by default in this gateway.
         emit_defaults: false,
         ..Default::default()
     });
-    for (name, target) in [("small", 200), ("medium", 4 << 10), ("large", 1 << 20)] {
-        let json = order(target);
+    let tiny = br#"{"currency":"hello over a websocket","units":"12345","nanos":7}"#.to_vec();
+    let cases = [
+        ("tiny", &money_type, tiny, 60),
+        ("small", &order_type, order(200), 200),
+        ("medium", &order_type, order(4 << 10), 4 << 10),
+        ("large", &order_type, order(1 << 20), 1 << 20),
+    ];
+    for (name, ty, json, target) in cases {
         let mut ours = Vec::new();
         codec
-            .json_to_proto(&ty, &json, &mut ours)
+            .json_to_proto(ty, &json, &mut ours)
             .expect("transcodes");
         // Both paths agree on the input (the differential tests check this in general).
         let message = codec.decode(ty.descriptor(), &json).expect("decodes");
@@ -134,7 +141,7 @@ fn bench(c: &mut Criterion) {
         let proto = prost::Message::encode_to_vec(&message);
         let reencoded = prost::Message::encode_to_vec(&ty.decode(&ours).expect("decodes"));
         assert_eq!(reencoded, proto);
-        let back = codec.proto_to_json(&ty, &proto).expect("to json");
+        let back = codec.proto_to_json(ty, &proto).expect("to json");
         assert_eq!(back, codec.encode(&message).expect("encodes"));
         let value: Value = serde_json::from_slice(&json).expect("json");
         let bytes = json.len() as u64;
@@ -149,7 +156,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 codec
-                    .json_to_proto(&ty, black_box(&json), &mut out)
+                    .json_to_proto(ty, black_box(&json), &mut out)
                     .expect("transcodes");
                 black_box(&out);
             })
@@ -174,7 +181,7 @@ fn bench(c: &mut Criterion) {
             group.sample_size(20);
         }
         group.bench_function(BenchmarkId::new("byte_path", json.len()), |b| {
-            b.iter(|| black_box(codec.proto_to_json(&ty, black_box(&proto)).expect("ok")))
+            b.iter(|| black_box(codec.proto_to_json(ty, black_box(&proto)).expect("ok")))
         });
         group.bench_function(BenchmarkId::new("dynamic_message", json.len()), |b| {
             b.iter(|| {

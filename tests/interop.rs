@@ -72,7 +72,8 @@ async fn goaways_and_idle_gaps_lose_no_request() {
                                 let body = response.text().await.unwrap_or_default();
                                 failures.lock().unwrap().push(format!("{status} {body}"));
                             }
-                            Err(error) => failures.lock().unwrap().push(error.to_string()),
+                            // With its causes: which side closed what.
+                            Err(error) => failures.lock().unwrap().push(format!("{error:?}")),
                         }
                     }
                 })

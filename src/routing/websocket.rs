@@ -11,7 +11,7 @@ use crate::schema::Schema;
 use crate::telemetry::WsMetrics;
 use crate::transcode::MessageType;
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::{GrpcUpstream, RawCodec};
+use crate::upstream::grpc::GrpcUpstream;
 use http::uri::PathAndQuery;
 use lapin::types::ShortString;
 use prost_reflect::MethodDescriptor;
@@ -110,18 +110,12 @@ impl WsRoute {
     }
 }
 
-/// tonic's buffers for one call start this small (its default is 8 KiB each way, most of
-/// an idle socket's memory) and grow when messages need it; the yield threshold (how much
-/// encoded request data is sent in one go) is tonic's default.
-pub const CODEC: RawCodec = RawCodec::with_buffers(256, 32 << 10);
-
 /// A websocket route onto a streaming gRPC method.
 pub struct GrpcBridge {
     pub upstream: Arc<GrpcUpstream>,
     pub method: MethodDescriptor,
     /// `/package.Service/Method`.
     pub path: PathAndQuery,
-    pub codec: RawCodec,
     pub input: MessageType,
     pub output: MessageType,
 }
@@ -228,7 +222,6 @@ fn grpc_bridge(
         path: format!("/{}/{}", method.parent_service().full_name(), method.name())
             .parse()
             .map_err(|e| format!("method `{}`: {e}", method.full_name()))?,
-        codec: CODEC,
         input: MessageType::new(method.input()),
         output: MessageType::new(method.output()),
         method,

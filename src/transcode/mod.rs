@@ -102,14 +102,38 @@ impl JsonCodec {
         body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
+        match std::str::from_utf8(body) {
+            Ok(text) => self.json_text_to_proto(ty, text, out),
+            // prost-reflect says why.
+            Err(_) => self.decode_to_proto(ty, body, out),
+        }
+    }
+
+    /// `json_to_proto` for a body already known to be UTF-8 (a WebSocket text frame).
+    pub fn json_text_to_proto(
+        &self,
+        ty: &MessageType,
+        text: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
         let start = out.len();
         if let Some(plan) = &ty.plan {
-            if body.iter().all(u8::is_ascii_whitespace) || to_proto::encode(plan, body, out).is_ok()
-            {
+            let blank = text.bytes().all(|byte| byte.is_ascii_whitespace());
+            if blank || to_proto::encode_text(plan, text, out).is_ok() {
                 return Ok(());
             }
             out.truncate(start);
         }
+        self.decode_to_proto(ty, text.as_bytes(), out)
+    }
+
+    /// `json_to_proto` through prost-reflect's `DynamicMessage`.
+    fn decode_to_proto(
+        &self,
+        ty: &MessageType,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
         let message = self.decode(&ty.descriptor, body)?;
         message
             .encode(out)
@@ -120,14 +144,31 @@ impl JsonCodec {
     /// `ty` are INTERNAL (the backend broke its contract).
     pub fn proto_to_json(&self, ty: &MessageType, bytes: &[u8]) -> Result<Vec<u8>, GatewayError> {
         let mut out = Vec::with_capacity(2 * bytes.len() + 16);
-        if let Some(plan) = &ty.plan {
-            if to_json::write(plan, bytes, &self.to_json, &mut out).is_ok() {
-                return Ok(out);
-            }
-            out.clear();
-        }
-        self.encode_into(&ty.decode(bytes)?, &mut out)?;
+        self.proto_to_json_into(ty, bytes, &mut out)?;
         Ok(out)
+    }
+
+    /// `proto_to_json`, appended to `out` (which keeps its length on error).
+    pub fn proto_to_json_into(
+        &self,
+        ty: &MessageType,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let start = out.len();
+        if let Some(plan) = &ty.plan {
+            if to_json::write(plan, bytes, &self.to_json, out).is_ok() {
+                return Ok(());
+            }
+            out.truncate(start);
+        }
+        let written = ty
+            .decode(bytes)
+            .and_then(|message| self.encode_into(&message, out));
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
     }
 
     /// Parses a JSON body into a message of type `desc`. An empty body is the empty

@@ -10,7 +10,7 @@
 //! record — makes it give up (`Unsupported`), and the caller runs prost-reflect.
 
 use super::json_text;
-use super::plan::{FieldPlan, Plan, Scalar};
+use super::plan::{FieldPlan, MessagePlan, Plan, Scalar};
 use crate::rfc3339;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
@@ -66,7 +66,9 @@ fn message(
         return Err(Unsupported);
     }
     let message = &plan.messages[index];
-    let entries = read_entries(&message.fields, bytes)?;
+    // Filled in place: returned by value, the inline array would be copied out.
+    let mut entries = SmallVec::new();
+    read_entries(message, bytes, &mut entries)?;
 
     out.push(b'{');
     let mut first = true;
@@ -145,8 +147,12 @@ fn message(
 
 /// The records of known fields, sorted by field (stably: the wire order stays within a
 /// field). Unknown fields are skipped, as prost-reflect's JSON leaves them out.
-fn read_entries(fields: &[FieldPlan], bytes: &[u8]) -> Result<SmallVec<[Entry; 16]>, Unsupported> {
-    let mut entries: SmallVec<[Entry; 16]> = SmallVec::new();
+fn read_entries(
+    message: &MessagePlan,
+    bytes: &[u8],
+    entries: &mut SmallVec<[Entry; 16]>,
+) -> Result<(), Unsupported> {
+    let fields = &message.fields;
     let mut sorted = true;
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -170,7 +176,7 @@ fn read_entries(fields: &[FieldPlan], bytes: &[u8]) -> Result<SmallVec<[Entry; 1
         };
         rest = rest.get(len..).ok_or(Unsupported)?;
         let end = bytes.len() - rest.len();
-        let Ok(field) = fields.binary_search_by_key(&number, |f| f.number) else {
+        let Some(field) = message.field_by_number(number) else {
             continue;
         };
         let natural = fields[field].scalar.wire_type();
@@ -191,7 +197,7 @@ fn read_entries(fields: &[FieldPlan], bytes: &[u8]) -> Result<SmallVec<[Entry; 1
     if !sorted {
         entries.sort_by_key(|e| e.field);
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// A decoded value, before it is written.
@@ -248,6 +254,9 @@ fn default_value(scalar: Scalar) -> Value<'static> {
 }
 
 /// A value that must use all of `data` (the range of one record).
+// Inlined, as `read_value` and `write_value`: a `Value` returned through memory is read
+// back in pieces other than those it was written in, and the CPU stalls on each.
+#[inline(always)]
 fn read_whole(scalar: Scalar, data: &[u8]) -> Result<Value<'_>, Unsupported> {
     match scalar {
         Scalar::String => std::str::from_utf8(data)
@@ -269,6 +278,7 @@ fn read_whole(scalar: Scalar, data: &[u8]) -> Result<Value<'_>, Unsupported> {
 }
 
 /// One numeric value from the front of `data` (its natural encoding).
+#[inline(always)]
 fn read_value<'a>(scalar: Scalar, data: &mut &'a [u8]) -> Result<Value<'a>, Unsupported> {
     let varint = |data: &mut &[u8]| decode_varint(data).map_err(|_| Unsupported);
     let fixed32 = |data: &mut &[u8]| -> Result<u32, Unsupported> {
@@ -321,6 +331,7 @@ fn write_key(out: &mut Vec<u8>, field: &FieldPlan, options: &Options, first: &mu
 }
 
 /// Writes one value; `depth` is that of the message holding it.
+#[inline(always)]
 fn write_value(
     plan: &Plan,
     value: Value<'_>,

@@ -40,13 +40,20 @@ const MAX_DEPTH: usize = 127;
 
 /// Appends the protobuf encoding of the JSON object `json` (a message of the plan's root
 /// type) to `out`. On error `out` holds garbage past its original length.
+#[cfg(test)]
 pub(super) fn encode(plan: &Plan, json: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
     // One UTF-8 check for the whole text: every string in it is then valid too (a quote
     // never splits a character).
     let text = std::str::from_utf8(json).map_err(|_| Refused("invalid UTF-8"))?;
+    encode_text(plan, text, out)
+}
+
+/// `encode` for text already known to be UTF-8 (a WebSocket text frame is checked when
+/// it is read).
+pub(super) fn encode_text(plan: &Plan, text: &str, out: &mut Vec<u8>) -> Result<(), Refused> {
     let mut reader = Reader {
         text,
-        json,
+        json: text.as_bytes(),
         at: 0,
         depth: 0,
     };

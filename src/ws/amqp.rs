@@ -10,7 +10,7 @@
 //! `{"end": true}`: no more requests; the socket closes with 1000 once every answer is
 //! out. The route `timeout` (else the upstream's) bounds each call, not the socket.
 
-use super::{Exchange, Finish, Inbound, Outbound};
+use super::{Exchange, Finish, Frame, Inbound, Outbound};
 use crate::error::{GatewayError, code_for_http_status, code_from_i32};
 use crate::routing::RouteTable;
 use crate::routing::websocket::AmqpBridge;
@@ -77,10 +77,13 @@ pub(super) async fn run(bridge: &AmqpBridge, exchange: Exchange) -> Finish {
     } = exchange;
     // The socket's trace ids and forwarded claims, the same for every frame.
     let headers = message::header_table(&metadata);
-    let answer = |frame: Bytes| {
+    let answer = |frame: Frame| {
         let (table, headers) = (&table, headers.clone());
         async move {
-            match bridge.call(table, headers, frame).await {
+            // The frame (its budget share) is held until the reply.
+            let reply = bridge.call(table, headers, frame.to_bytes()).await;
+            drop(frame);
+            match reply {
                 Ok(text) => Outbound::Message(text),
                 Err(error) => {
                     tracing::debug!(%error, "websocket AMQP call failed");

@@ -4,8 +4,8 @@
 //! hundreds of large ones.
 //!
 //! - Toward the backend, a client frame takes its size before it is queued and gives it
-//!   back when the last copy of its bytes is dropped: after the backend call has taken
-//!   the message made of it (gRPC) or has its reply (AMQP). While the budget is spent the
+//!   back when the frame is dropped: after the backend call has taken the message made
+//!   of it (gRPC) or has its reply (AMQP). While the budget is spent the
 //!   socket is not read, and TCP slows the client down.
 //! - Toward the client, a backend message takes its size before it is queued for the
 //!   writer and gives it back once written: a slow client holds back the backend's
@@ -15,7 +15,6 @@
 //! tokio's semaphore locks its waiter list on every give-back. Each budget has one taker
 //! (the socket's reader, or the backend's relay), so there is at most one waiter.
 
-use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
@@ -39,6 +38,12 @@ pub(crate) struct Share {
     size: usize,
 }
 
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share").field("size", &self.size).finish()
+    }
+}
+
 impl Drop for Share {
     fn drop(&mut self) {
         // SeqCst here and in `take`: either the taker's second look sees these bytes, or
@@ -47,18 +52,6 @@ impl Drop for Share {
         if self.shared.waiting.load(Ordering::SeqCst) {
             self.shared.returned.notify_one();
         }
-    }
-}
-
-/// A frame's bytes and their share, released together.
-struct Held {
-    bytes: Bytes,
-    _share: Share,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
     }
 }
 
@@ -125,15 +118,6 @@ impl Budget {
         }
     }
 
-    /// `payload`, holding its size until its last copy is dropped.
-    pub(crate) async fn hold(&self, payload: Bytes) -> Bytes {
-        let share = self.take(payload.len()).await;
-        Bytes::from_owner(Held {
-            bytes: payload,
-            _share: share,
-        })
-    }
-
     #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
         self.shared.available.load(Ordering::Acquire)
@@ -147,22 +131,15 @@ mod tests {
     #[tokio::test]
     async fn frames_wait_while_the_budget_is_spent() {
         let budget = Budget::new(100);
-        let first = budget.hold(Bytes::from(vec![1u8; 60])).await;
-        let second = budget.hold(Bytes::from(vec![2u8; 40])).await;
+        let first = budget.take(60).await;
+        let second = budget.take(40).await;
         assert_eq!(budget.available(), 0);
-        // The third waits until a held frame's bytes are dropped (backend done with it).
-        let third = budget.hold(Bytes::from(vec![3u8; 50]));
+        // The third waits until a share is given back (backend done with its frame).
+        let third = budget.take(50);
         tokio::pin!(third);
         assert!(futures_util::poll!(third.as_mut()).is_pending());
-        let copy = first.clone();
         drop(first);
-        assert!(
-            futures_util::poll!(third.as_mut()).is_pending(),
-            "a copy still holds it"
-        );
-        drop(copy);
         let third = third.await;
-        assert_eq!(&third[..], &[3u8; 50][..]);
         assert_eq!(budget.available(), 10);
         drop((second, third));
         assert_eq!(budget.available(), 100);

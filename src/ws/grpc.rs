@@ -1,7 +1,7 @@
 //! The gRPC backend of a socket: each client frame is one request message (JSON →
 //! protobuf), each response message one text frame. Bidi, client- and server-streaming
-//! methods all go through `Grpc::streaming`; they differ only in where the request
-//! stream comes from:
+//! methods are all one streaming call; they differ only in where the request stream
+//! comes from:
 //!
 //! - bidi and client streaming: every frame, until `{"end": true}` half-closes;
 //! - server streaming: the first frame that parses; later frames are refused in-band.
@@ -9,37 +9,44 @@
 //! The call opens when the socket does (a bidi server may speak first) and lives as long
 //! as the socket: the route `timeout` does not apply, idle and keep-alive limits do.
 //!
-//! Messages cross as encoded bytes (`RawCodec`): frames are transcoded JSON → protobuf
-//! and responses protobuf → JSON by `transcode::MessageType`, without building a
-//! `DynamicMessage` for plain proto3 types.
+//! Messages cross as bytes (`upstream::grpc::stream`): the frames a socket has ready are
+//! transcoded JSON → protobuf straight into one chunk of framed messages (one DATA frame
+//! for many), and the response messages of a DATA frame protobuf → JSON into one batch
+//! of text frames, by `transcode::MessageType` (no `DynamicMessage` for plain proto3
+//! types).
 
-use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx};
+use super::{Exchange, Finish, Frame, Inbound, InboundRx, JsonBatch, Outbound, OutboundTx};
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
 use crate::routing::websocket::GrpcBridge;
+use crate::upstream::grpc::connection::RequestBody;
 use crate::upstream::grpc::status::status_to_error;
+use crate::upstream::grpc::stream::{self, RequestChunks, ResponseMessages};
+use crate::upstream::grpc::unary::FRAME_PREFIX;
 use bytes::Bytes;
 use futures_util::future::{Either, select};
-use futures_util::stream::Stream;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-use tokio::sync::mpsc;
-use tonic::metadata::MetadataMap;
-use tonic::{CancellationHandle, Status, Streaming};
+use http::HeaderMap;
+use http_body_util::Full;
+use tonic::Status;
 
-/// Request messages waiting for HTTP/2 flow control toward the backend. Each keeps its
-/// frame's share of the socket's budget until tonic takes it, so the budget bounds their
-/// bytes; the count lets a busy socket's messages leave in large DATA frames.
-const REQUEST_BUFFER: usize = 128;
+/// Chunks of request messages waiting for HTTP/2 flow control toward the backend. A
+/// chunk holds the frames it was made of, and with them their share of the socket's
+/// budget, so the budget bounds their bytes.
+const REQUEST_CHUNKS: usize = 4;
+/// Response messages gathered into one batch for the socket, at most (the messages of
+/// a DATA frame usually: that is all that is ready at once).
+const MAX_BATCH_MESSAGES: usize = 128;
+const MAX_BATCH_BYTES: usize = 64 << 10;
 
 impl GrpcBridge {
     /// Opens the call (connect + response headers), if the upstream's circuit breaker
     /// admits it. The opening is what metrics and the breaker count; in-stream errors
     /// reach the client in-band.
-    async fn open<S>(&self, request: tonic::Request<S>) -> Result<Streaming<Bytes>, Status>
-    where
-        S: Stream<Item = Bytes> + Send + 'static,
-    {
+    async fn open(
+        &self,
+        metadata: HeaderMap,
+        body: RequestBody,
+    ) -> Result<ResponseMessages, Status> {
         let permit = match &self.upstream.breaker {
             Some(breaker) => Some(
                 breaker
@@ -61,17 +68,7 @@ impl GrpcBridge {
                 return Err(status);
             }
         };
-        let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
-        let result = match grpc.ready().await {
-            Ok(()) => grpc
-                .streaming(request, self.path.clone(), self.codec)
-                .await
-                .map(tonic::Response::into_inner),
-            Err(e) => Err(Status::unavailable(format!(
-                "upstream `{}` not ready: {e}",
-                self.upstream.name
-            ))),
-        };
+        let result = stream::open(lease.connection(), self.path.clone(), metadata, body).await;
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
@@ -94,38 +91,27 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
         mut inbound,
         outbound,
     } = exchange;
-    let decode = |frame: &Bytes| {
-        let mut message = Vec::with_capacity(frame.len());
-        table
-            .json
-            .json_to_proto(&bridge.input, frame, &mut message)
-            .map(|()| Bytes::from(message))
-    };
+    let encode = |frame: &Frame, out: &mut Vec<u8>| encode_framed(&table, bridge, frame, out);
 
     if bridge.method.is_client_streaming() {
-        let (sender, receiver) = mpsc::channel(REQUEST_BUFFER);
-        let mut request = grpc_request(metadata, RequestStream::new(receiver));
-        let requests = Requests {
-            cancel: Some(request.cancellation_handle()),
-            sender: Some(sender),
-        };
-        let feeding = Box::pin(feed(inbound, requests, &outbound, decode));
+        let (requests, body) = RequestChunks::new(REQUEST_CHUNKS);
+        let feeding = Box::pin(feed(inbound, requests, &outbound, encode));
         relay(
             bridge,
-            Box::pin(bridge.open(request)),
+            Box::pin(bridge.open(metadata, body)),
             &table,
             &outbound,
             feeding,
         )
         .await
     } else {
-        let Some(first) = first_request(&mut inbound, &outbound, decode).await else {
+        let Some(first) = first_request(&mut inbound, &outbound, encode).await else {
             return Ok(()); // The client left, or ended, before asking anything.
         };
-        let call = Box::pin(bridge.open(grpc_request(metadata, tokio_stream::once(first))));
+        let body = http_body_util::Either::Left(Full::new(first));
         relay(
             bridge,
-            call,
+            Box::pin(bridge.open(metadata, body)),
             &table,
             &outbound,
             Box::pin(refuse_more(inbound, &outbound)),
@@ -134,85 +120,35 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
     }
 }
 
-fn grpc_request<S>(metadata: http::HeaderMap, requests: S) -> tonic::Request<S> {
-    tonic::Request::from_parts(
-        MetadataMap::from_headers(metadata),
-        tonic::Extensions::default(),
-        requests,
-    )
-}
-
-/// The sending side of a request stream. `{"end": true}` drops the sender: the stream
-/// ends normally (HTTP/2 END_STREAM, a half-close). Dropped before that — the client
-/// left — it cancels first (RST_STREAM CANCEL), so the backend sees a cancelled call
-/// rather than a client that finished sending.
-struct Requests {
-    /// Encoded request messages, boxed: the channel allocates a block of 32 slots up
-    /// front, per socket, and a pointer is a fraction of a `Request`.
-    sender: Option<mpsc::Sender<Box<Request>>>,
-    cancel: Option<CancellationHandle>,
-}
-
-impl Requests {
-    fn end(&mut self) {
-        self.cancel = None;
-        self.sender = None;
-    }
-}
-
-impl Drop for Requests {
-    fn drop(&mut self) {
-        // Runs before the fields drop: the cancellation is seen before the end of input.
-        if let Some(cancel) = self.cancel.take() {
-            cancel.cancel();
+/// Appends the JSON of `frame` to `out` as a framed request message (gRPC prefix, then
+/// the protobuf encoding); `out` keeps its length on error.
+fn encode_framed(
+    table: &RouteTable,
+    bridge: &GrpcBridge,
+    frame: &Frame,
+    out: &mut Vec<u8>,
+) -> Result<(), GatewayError> {
+    let start = out.len();
+    out.extend_from_slice(&FRAME_PREFIX);
+    let encoded = match frame.text() {
+        Some(text) => table.json.json_text_to_proto(&bridge.input, text, out),
+        None => table.json.json_to_proto(&bridge.input, frame.bytes(), out),
+    };
+    let encoded = encoded.and_then(|()| {
+        let len = out.len() - start - FRAME_PREFIX.len();
+        u32::try_from(len).map_err(|_| {
+            GatewayError::invalid_argument(format!("request message too large: {len} bytes"))
+        })
+    });
+    match encoded {
+        Ok(len) => {
+            out[start + 1..start + FRAME_PREFIX.len()].copy_from_slice(&len.to_be_bytes());
+            Ok(())
         }
-    }
-}
-
-/// One request message, and the client frame it was made of: the frame's share of the
-/// socket's budget is given back when tonic takes the message.
-struct Request {
-    message: Bytes,
-    _frame: Bytes,
-}
-
-/// The request messages, as tonic reads them: taken from the channel a batch at a time
-/// (a bounded channel gives its room back under a lock, once per receive call).
-struct RequestStream {
-    receiver: mpsc::Receiver<Box<Request>>,
-    /// Received, in reverse order: the next message is the last. Boxed as the channel
-    /// carries them.
-    #[allow(clippy::vec_box)]
-    batch: Vec<Box<Request>>,
-}
-
-impl RequestStream {
-    fn new(receiver: mpsc::Receiver<Box<Request>>) -> Self {
-        Self {
-            receiver,
-            batch: Vec::new(),
+        Err(error) => {
+            out.truncate(start);
+            Err(error)
         }
-    }
-}
-
-impl Stream for RequestStream {
-    type Item = Bytes;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let this = self.get_mut();
-        if this.batch.is_empty() {
-            let received = ready!(this.receiver.poll_recv_many(
-                cx,
-                &mut this.batch,
-                REQUEST_BUFFER
-            ));
-            if received == 0 {
-                return Poll::Ready(None);
-            }
-            this.batch.reverse();
-        }
-        // The frame, and with it its share of the budget, goes with the box.
-        Poll::Ready(this.batch.pop().map(|request| request.message))
     }
 }
 
@@ -221,24 +157,44 @@ impl Stream for RequestStream {
 /// holds them once (and the call's opening state is freed once it is open).
 async fn relay(
     bridge: &GrpcBridge,
-    call: impl Future<Output = Result<Streaming<Bytes>, Status>> + Unpin,
+    call: impl Future<Output = Result<ResponseMessages, Status>> + Unpin,
     table: &RouteTable,
     outbound: &OutboundTx,
     input: impl Future<Output = ()> + Unpin,
 ) -> Finish {
     let to_error = |status: Status| status_to_error(&status, &table.schema.pool, &table.json);
     let responses = std::pin::pin!(async {
-        let mut stream = call.await.map_err(to_error)?;
-        // The next message is read only once the previous one is queued for the socket:
-        // a slow client leaves the rest in HTTP/2 flow control.
-        while let Some(message) = stream.message().await.map_err(to_error)? {
-            let json = table.json.proto_to_json(&bridge.output, &message)?;
-            let json = String::from_utf8(json)
-                .map_err(|_| GatewayError::internal("the JSON transcoder wrote invalid UTF-8"))?;
-            let frame = Outbound::json(json);
-            if outbound.send(frame).await.is_err() {
+        let mut messages = call.await.map_err(to_error)?;
+        // The next messages are read only once the previous ones are queued for the
+        // socket: a slow client leaves the rest in HTTP/2 flow control.
+        while let Some(first) = messages.next().await.map_err(to_error)? {
+            // The first message, and every other one already received, in one batch. JSON
+            // takes about twice the bytes of protobuf.
+            let mut batch = JsonBatch::default();
+            let received = first.len() + messages.buffered();
+            batch.reserve((2 * received + 64).min(MAX_BATCH_BYTES));
+            let mut next = Ok(Some(first));
+            let ended = loop {
+                let message = match next {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(to_error(status)),
+                };
+                let written =
+                    batch.push(|out| table.json.proto_to_json_into(&bridge.output, &message, out));
+                if let Err(error) = written {
+                    break Err(error);
+                }
+                if batch.len() >= MAX_BATCH_MESSAGES || batch.bytes() >= MAX_BATCH_BYTES {
+                    break Ok(());
+                }
+                next = messages.ready();
+            };
+            // What came before an error still reaches the client, then the error.
+            if !batch.is_empty() && outbound.send(Outbound::Messages(batch)).await.is_err() {
                 break; // The socket is closing.
             }
+            ended?;
         }
         Ok(())
     });
@@ -249,32 +205,53 @@ async fn relay(
     }
 }
 
-/// Client frames → request messages, until the socket closes. `{"end": true}` ends the
-/// request stream (half-close); a frame that does not parse, or comes after the end, is
-/// refused with an error frame and the socket stays open.
+/// A chunk of framed request messages, holding the client frames they were made of:
+/// their share of the socket's budget is given back when HTTP/2 is done with the chunk.
+struct Chunk {
+    messages: Vec<u8>,
+    _frames: Vec<Frame>,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.messages
+    }
+}
+
+/// Client frames → request messages, until the socket closes: the frames waiting are
+/// transcoded into one chunk. `{"end": true}` ends the request stream (half-close); a
+/// frame that does not parse, or comes after the end, is refused with an error frame
+/// and the socket stays open.
 async fn feed(
     mut inbound: InboundRx,
-    mut requests: Requests,
+    mut requests: RequestChunks,
     outbound: &OutboundTx,
-    decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
+    encode: impl Fn(&Frame, &mut Vec<u8>) -> Result<(), GatewayError>,
 ) {
     let mut batch = Vec::new();
+    let mut messages = Vec::new();
+    let mut frames = Vec::new();
     while inbound.recv_many(&mut batch).await > 0 {
+        // Protobuf is smaller than its JSON: room for the whole batch at once.
+        let room: usize = batch
+            .iter()
+            .map(|item| match &**item {
+                Inbound::Frame(frame) => FRAME_PREFIX.len() + frame.bytes().len(),
+                Inbound::End => 0,
+            })
+            .sum();
+        messages.reserve(room);
         for item in batch.drain(..) {
-            let refusal = match (*item, &requests.sender) {
-                (Inbound::End, _) => {
+            let refusal = match *item {
+                Inbound::End => {
+                    send_chunk(&requests, &mut messages, &mut frames).await;
                     requests.end();
                     continue;
                 }
-                (Inbound::Frame(_), None) => ended(),
-                (Inbound::Frame(frame), Some(sender)) => match decode(&frame) {
-                    Ok(message) => {
-                        // Fails only when the call is over; `relay` is finishing then.
-                        let request = Request {
-                            message,
-                            _frame: frame,
-                        };
-                        let _ = super::send(sender, Box::new(request)).await;
+                Inbound::Frame(_) if requests.has_ended() => ended(),
+                Inbound::Frame(frame) => match encode(&frame, &mut messages) {
+                    Ok(()) => {
+                        frames.push(frame);
                         continue;
                     }
                     Err(error) => error,
@@ -284,23 +261,40 @@ async fn feed(
                 return;
             }
         }
+        send_chunk(&requests, &mut messages, &mut frames).await;
     }
 }
 
-/// The first frame that parses; bad ones are refused in-band. `None` when the client
-/// leaves or sends `{"end": true}` first.
+/// Sends the messages gathered, if any.
+async fn send_chunk(requests: &RequestChunks, messages: &mut Vec<u8>, frames: &mut Vec<Frame>) {
+    if messages.is_empty() {
+        return;
+    }
+    let chunk = Chunk {
+        messages: std::mem::take(messages),
+        _frames: std::mem::take(frames),
+    };
+    // Fails only when the call is over; `relay` is finishing then.
+    let _ = requests.send(Bytes::from_owner(chunk)).await;
+}
+
+/// The first frame that parses, framed; bad ones are refused in-band. `None` when the
+/// client leaves or sends `{"end": true}` first.
 async fn first_request(
     inbound: &mut InboundRx,
     outbound: &OutboundTx,
-    decode: impl Fn(&Bytes) -> Result<Bytes, GatewayError>,
+    encode: impl Fn(&Frame, &mut Vec<u8>) -> Result<(), GatewayError>,
 ) -> Option<Bytes> {
     loop {
         match inbound.recv().await? {
             Inbound::End => return None,
-            Inbound::Frame(frame) => match decode(&frame) {
-                Ok(message) => return Some(message),
-                Err(error) => outbound.send(Outbound::rejected(error)).await.ok()?,
-            },
+            Inbound::Frame(frame) => {
+                let mut message = Vec::new();
+                match encode(&frame, &mut message) {
+                    Ok(()) => return Some(Bytes::from(message)),
+                    Err(error) => outbound.send(Outbound::rejected(error)).await.ok()?,
+                }
+            }
         }
     }
 }

@@ -60,10 +60,63 @@ impl Backend {
 /// A data frame from the client, on its way to the backend.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// The payload of a text frame (or of a binary frame: it must hold JSON too).
-    Frame(Bytes),
+    /// A text frame (or a binary frame: it must hold JSON too).
+    Frame(Frame),
     /// The client sent `{"end": true}`: it has no more messages (gRPC half-close).
     End,
+}
+
+/// A client frame's payload, holding its share of the socket's inbound budget until the
+/// backend is done with it (dropped).
+#[derive(Debug)]
+pub(crate) struct Frame {
+    payload: Payload,
+    _share: Share,
+}
+
+#[derive(Debug)]
+enum Payload {
+    /// UTF-8, checked when the frame was read.
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl Payload {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(text) => text.as_bytes(),
+            Payload::Binary(bytes) => bytes,
+        }
+    }
+}
+
+impl Frame {
+    fn new(payload: Payload, share: Share) -> Self {
+        Self {
+            payload,
+            _share: share,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.payload.as_bytes()
+    }
+
+    /// The payload as text, when it came in a text frame.
+    pub(crate) fn text(&self) -> Option<&str> {
+        match &self.payload {
+            Payload::Text(text) => Some(text.as_str()),
+            Payload::Binary(_) => None,
+        }
+    }
+
+    /// The payload, shared (the budget share stays with the frame).
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        match &self.payload {
+            Payload::Text(text) => Bytes::from(text.clone()),
+            Payload::Binary(bytes) => bytes.clone(),
+        }
+    }
 }
 
 /// Something for the client, from the backend.
@@ -71,20 +124,69 @@ pub(crate) enum Inbound {
 pub(crate) enum Outbound {
     /// One answer as JSON: one text frame.
     Message(Utf8Bytes),
+    /// Several answers, one text frame each: what a backend had ready at once, in one
+    /// buffer (one allocation, one queue entry, one budget share for all).
+    Messages(JsonBatch),
     /// A frame the backend could not use: `{"error": <google.rpc.Status>}` is sent and
     /// the socket stays open (contract §9). Boxed: channel slots are sized for the
     /// largest variant.
     Rejected(Box<GatewayError>),
 }
 
+/// JSON documents written one after the other into one buffer, each a text frame.
+#[derive(Debug, Default)]
+pub(crate) struct JsonBatch {
+    text: Vec<u8>,
+    /// Where each document ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl JsonBatch {
+    /// Appends one document: `write` appends its JSON to the buffer (and leaves the
+    /// buffer as it was when it fails).
+    pub(crate) fn push<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        write(&mut self.text)?;
+        self.ends.push(self.text.len());
+        Ok(())
+    }
+
+    /// Room for `bytes` more of JSON.
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.text.reserve(bytes);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The documents as text frames; one that is not UTF-8 (the transcoders write only
+    /// UTF-8: this would be a bug) becomes an error frame.
+    fn frames(self) -> impl Iterator<Item = Result<Utf8Bytes, GatewayError>> {
+        let text = Bytes::from(self.text);
+        let mut start = 0;
+        self.ends.into_iter().map(move |end| {
+            let document = text.slice(start..end);
+            start = end;
+            Utf8Bytes::try_from(document)
+                .map_err(|_| GatewayError::internal("the JSON transcoder wrote invalid UTF-8"))
+        })
+    }
+}
+
 impl Outbound {
     pub(crate) fn rejected(error: GatewayError) -> Self {
         Outbound::Rejected(Box::new(error))
-    }
-
-    /// A JSON document as a text frame.
-    pub(crate) fn json(json: String) -> Self {
-        Outbound::Message(Utf8Bytes::from(json))
     }
 }
 
@@ -129,6 +231,7 @@ impl OutboundTx {
     pub(crate) async fn send(&self, item: Outbound) -> Result<(), Closed> {
         let size = match &item {
             Outbound::Message(json) => json.len(),
+            Outbound::Messages(batch) => batch.bytes(),
             Outbound::Rejected(_) => ERROR_FRAME_BYTES,
         };
         let share = self.budget.take(size).await;
@@ -368,5 +471,37 @@ mod tests {
         assert_eq!(hub.open_for(greedy), 0);
         drop(theirs);
         assert_eq!(hub.open(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_one_text_frame_per_document() {
+        let mut batch = JsonBatch::default();
+        for document in [
+            &b"{\"a\":1}"[..],
+            b"{}",
+            "{\"text\":\"h\u{e9}\"}".as_bytes(),
+        ] {
+            batch
+                .push(|out| {
+                    out.extend_from_slice(document);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        // A failed write leaves nothing behind.
+        assert!(batch.push(|_| Err(())).is_err());
+        assert_eq!(batch.len(), 3);
+        let frames: Vec<_> = batch.frames().map(|frame| frame.unwrap()).collect();
+        assert_eq!(frames, ["{\"a\":1}", "{}", "{\"text\":\"h\u{e9}\"}"]);
+
+        let mut broken = JsonBatch::default();
+        broken
+            .push(|out| {
+                out.extend_from_slice(b"\"\xff\"");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        let error = broken.frames().next().unwrap().unwrap_err();
+        assert_eq!(error.code, tonic::Code::Internal);
     }
 }

@@ -12,7 +12,9 @@
 
 use super::budget::Budget;
 use super::handshake::Admission;
-use super::{Exchange, Finish, Inbound, InboundRx, Outbound, OutboundTx, Queued, WsRoute};
+use super::{
+    Exchange, Finish, Frame, Inbound, InboundRx, Outbound, OutboundTx, Payload, Queued, WsRoute,
+};
 use crate::error::GatewayError;
 use crate::routing::{RouteTable, Target};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -115,7 +117,10 @@ pub(super) async fn run(socket: WebSocket, session: Session) {
     // and a future moved around unboxed can reserve its size more than once.
     let end = tokio::select! {
         _ = shutdown.wait_for(|stopping| *stopping) => End::Shutdown,
-        end = read(&mut stream, inbound_tx, ws, &admission, &activity, &budget) => end,
+        end = noting_yields(
+            read(&mut stream, inbound_tx, ws, &admission, &activity, &budget),
+            &activity,
+        ) => end,
         end = relay(
             Box::pin(ws.backend.run(exchange)),
             write(&mut sink, &mut outbound_rx, ws, ping_interval, &activity),
@@ -176,8 +181,8 @@ async fn read(
                 activity.seen();
                 continue;
             }
-            Some(Ok(Message::Text(text))) => Bytes::from(text),
-            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Text(text))) => Payload::Text(text),
+            Some(Ok(Message::Binary(bytes))) => Payload::Binary(bytes),
         };
         activity.data_in();
         ws.metrics.frames_in.increment(1);
@@ -188,10 +193,11 @@ async fn read(
         }
         // Waiting here is the backpressure; it is not a silent peer.
         activity.waiting.store(true, Ordering::Relaxed);
-        let frame = if is_end_marker(&payload) {
+        let frame = if is_end_marker(payload.as_bytes()) {
             Inbound::End
         } else {
-            Inbound::Frame(budget.hold(payload).await)
+            let share = budget.take(payload.as_bytes().len()).await;
+            Inbound::Frame(Frame::new(payload, share))
         };
         let sent = super::send(&inbound, Box::new(frame)).await;
         activity.waiting.store(false, Ordering::Relaxed);
@@ -200,6 +206,20 @@ async fn read(
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `reader`, noting in `activity` each time it gives way (returns `Pending`): until it
+/// does, the frames it reads came in together, and one clock reading dates them all.
+async fn noting_yields<F: Future>(reader: F, activity: &Activity) -> F::Output {
+    let mut reader = std::pin::pin!(reader);
+    std::future::poll_fn(|cx| {
+        let poll = reader.as_mut().poll(cx);
+        if poll.is_pending() {
+            activity.reader_yielded.store(true, Ordering::Relaxed);
+        }
+        poll
+    })
+    .await
 }
 
 /// `outbound` → frames, batched per flush; pings every `ping_interval`. Returns `Ok`
@@ -254,10 +274,33 @@ async fn write(
 /// it is copied there. Returns how many there were.
 #[allow(clippy::vec_box)] // boxed as the channel carries them
 async fn feed_all(sink: &mut Sink, batch: &mut Vec<Box<Queued>>) -> Result<usize, axum::Error> {
-    let count = batch.len();
+    let mut count = 0;
     for queued in batch.drain(..) {
         let Queued { item, share } = *queued;
-        sink.feed(frame(item)).await?;
+        count += match item {
+            Outbound::Message(json) => {
+                sink.feed(Message::Text(json)).await?;
+                1
+            }
+            Outbound::Rejected(error) => {
+                sink.feed(error_frame(&error)).await?;
+                1
+            }
+            Outbound::Messages(batch) => {
+                let frames = batch.len();
+                for text in batch.frames() {
+                    let frame = match text {
+                        Ok(json) => Message::Text(json),
+                        Err(error) => {
+                            tracing::error!(%error, "websocket frame not sent");
+                            error_frame(&error)
+                        }
+                    };
+                    sink.feed(frame).await?;
+                }
+                frames
+            }
+        };
         drop(share);
     }
     Ok(count)
@@ -269,13 +312,6 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-fn frame(item: Outbound) -> Message {
-    match item {
-        Outbound::Message(json) => Message::Text(json),
-        Outbound::Rejected(error) => error_frame(&error),
     }
 }
 
@@ -401,6 +437,8 @@ struct Activity {
     ping_ms: AtomicU64,
     /// The reader waits for the backend: the client's silence is ours.
     waiting: AtomicBool,
+    /// The reader gave way since it last read the clock (see `noting_yields`).
+    reader_yielded: AtomicBool,
 }
 
 impl Activity {
@@ -411,6 +449,7 @@ impl Activity {
             data_ms: AtomicU64::new(0),
             ping_ms: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
+            reader_yielded: AtomicBool::new(true),
         }
     }
 
@@ -423,8 +462,13 @@ impl Activity {
         self.seen_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// A data frame from the client: seen, and activity (one clock read).
+    /// A data frame from the client: seen, and activity. The clock is read for the first
+    /// frame after the reader gave way; the frames it reads in the same go (at most a
+    /// task's cooperative budget of them, a fraction of a millisecond) share that time.
     fn data_in(&self) {
+        if !self.reader_yielded.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let now = self.now_ms();
         self.seen_ms.store(now, Ordering::Relaxed);
         self.data_ms.store(now, Ordering::Relaxed);
@@ -497,6 +541,24 @@ mod tests {
         let answered =
             tokio::time::timeout(SHORT * 4, watchdog(&activity, None, Some(SHORT), None)).await;
         assert!(answered.is_err(), "a pong answers the ping");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_reads_the_clock_again_once_it_has_given_way() {
+        let activity = Activity::new(Instant::now());
+        activity.data_in();
+        let first = activity.data_ms.load(Ordering::Relaxed);
+        assert!(first > 0, "the first frame is dated");
+        // Frames read in the same go share that time.
+        assert!(!activity.reader_yielded.load(Ordering::Relaxed));
+        noting_yields(tokio::time::sleep(SHORT), &activity).await;
+        assert!(activity.reader_yielded.load(Ordering::Relaxed));
+        // The first frame after a wait has its own time.
+        activity.data_in();
+        let second = activity.data_ms.load(Ordering::Relaxed);
+        // (Paused time: exactly the wait; the first was at 0, kept as 1 ms.)
+        assert_eq!(second, SHORT.as_millis() as u64, "{first} → {second}");
+        assert_eq!(activity.seen_ms.load(Ordering::Relaxed), second);
     }
 
     #[tokio::test]

@@ -212,6 +212,11 @@ pub fn client() -> reqwest::Client {
     switchboard::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(15))
+        // Below the gateway's bound on an idle kept-alive HTTP/1 connection
+        // (`limits.header_read_timeout`, 10 s): a pooled connection the gateway closes
+        // just as a request goes out on it fails that request ("connection closed before
+        // message completed"), as with any server's keep-alive limit.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("http client")
 }

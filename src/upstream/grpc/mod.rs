@@ -9,6 +9,7 @@ pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod outlier;
 pub(crate) mod status;
+pub(crate) mod stream;
 pub(crate) mod unary;
 
 pub(crate) use codec::{DynamicCodec, RawCodec};

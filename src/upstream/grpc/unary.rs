@@ -17,12 +17,12 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Response, Status};
 
 /// tonic's default limit for a received message.
-const MAX_RESPONSE_MESSAGE: usize = 4 * 1024 * 1024;
+pub(super) const MAX_RESPONSE_MESSAGE: usize = 4 * 1024 * 1024;
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+pub(super) const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 /// Metadata names that belong to the protocol (tonic strips them from requests too).
 const RESERVED: [HeaderName; 3] = [
     GRPC_STATUS,
@@ -212,10 +212,24 @@ fn message_bytes(mut data: Bytes) -> Result<Option<Bytes>, Status> {
     if data.is_empty() {
         return Ok(None);
     }
-    if data.len() < 5 {
-        return Err(Status::internal("Unexpected EOF decoding stream."));
+    match framed_len(&data)? {
+        Some(len) if len <= data.len() => {
+            data.truncate(len);
+            data.advance(FRAME_PREFIX.len());
+            Ok(Some(data))
+        }
+        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
     }
-    match data.get_u8() {
+}
+
+/// The length of the framed message at the start of `buf` (prefix included), once its
+/// prefix is there. Compressed messages are refused (no `grpc-encoding` is accepted),
+/// and so are messages larger than tonic's default limit.
+pub(super) fn framed_len(buf: &[u8]) -> Result<Option<usize>, Status> {
+    let Some(prefix) = buf.first_chunk::<5>() else {
+        return Ok(None);
+    };
+    match prefix[0] {
         0 => {}
         1 => {
             return Err(Status::internal(
@@ -228,15 +242,11 @@ fn message_bytes(mut data: Bytes) -> Result<Option<Bytes>, Status> {
             )));
         }
     }
-    let len = data.get_u32() as usize;
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
     if len > MAX_RESPONSE_MESSAGE {
         return Err(too_large(len));
     }
-    if data.len() < len {
-        return Err(Status::internal("Unexpected EOF decoding stream."));
-    }
-    data.truncate(len);
-    Ok(Some(data))
+    Ok(Some(prefix.len() + len))
 }
 
 fn too_large(len: usize) -> Status {
@@ -247,7 +257,7 @@ fn too_large(len: usize) -> Status {
 
 /// The error a response ends with: its `grpc-status` if not OK, else one inferred from
 /// the HTTP status when `grpc-status` is missing (tonic's table).
-fn trailer_error(trailers: Option<HeaderMap>, http: StatusCode) -> Option<Status> {
+pub(super) fn trailer_error(trailers: Option<HeaderMap>, http: StatusCode) -> Option<Status> {
     if let Some(trailers) = trailers
         && let Some(code) = status_code(&trailers)
     {
@@ -278,14 +288,14 @@ fn trailer_error(trailers: Option<HeaderMap>, http: StatusCode) -> Option<Status
     ))
 }
 
-fn status_code(map: &HeaderMap) -> Option<Code> {
+pub(super) fn status_code(map: &HeaderMap) -> Option<Code> {
     map.get(GRPC_STATUS).map(|v| Code::from_bytes(v.as_bytes()))
 }
 
 /// A status from `grpc-status`, `grpc-message` and `grpc-status-details-bin`; the other
 /// entries become its metadata. Unlike `Status::from_header_map`, bad base64 in the
 /// details does not panic: the details are dropped.
-fn status_from(mut map: HeaderMap) -> Status {
+pub(super) fn status_from(mut map: HeaderMap) -> Status {
     let code = status_code(&map).unwrap_or(Code::Unknown);
     // Only the gateway marks its own statuses; a backend cannot pass for it.
     map.remove(super::status::LOCAL_MARK);
