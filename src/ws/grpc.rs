@@ -22,7 +22,7 @@ use crate::routing::websocket::GrpcBridge;
 use crate::upstream::grpc::connection::RequestBody;
 use crate::upstream::grpc::status::status_to_error;
 use crate::upstream::grpc::stream::{self, RequestChunks, ResponseMessages};
-use crate::upstream::grpc::unary::FRAME_PREFIX;
+use crate::upstream::grpc::unary::{FRAME_PREFIX, finish_frame_at};
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use http::HeaderMap;
@@ -134,22 +134,13 @@ fn encode_framed(
         Some(text) => table.json.json_text_to_proto(&bridge.input, text, out),
         None => table.json.json_to_proto(&bridge.input, frame.bytes(), out),
     };
-    let encoded = encoded.and_then(|()| {
-        let len = out.len() - start - FRAME_PREFIX.len();
-        u32::try_from(len).map_err(|_| {
-            GatewayError::invalid_argument(format!("request message too large: {len} bytes"))
-        })
+    let framed = encoded.and_then(|()| {
+        finish_frame_at(out, start).map_err(|status| GatewayError::internal(status.message()))
     });
-    match encoded {
-        Ok(len) => {
-            out[start + 1..start + FRAME_PREFIX.len()].copy_from_slice(&len.to_be_bytes());
-            Ok(())
-        }
-        Err(error) => {
-            out.truncate(start);
-            Err(error)
-        }
+    if framed.is_err() {
+        out.truncate(start);
     }
+    framed
 }
 
 /// Response messages → `outbound` until the response stream ends, while `input` takes

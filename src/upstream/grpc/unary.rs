@@ -36,11 +36,18 @@ pub(crate) const FRAME_PREFIX: [u8; 5] = [0; 5];
 
 /// Fills in the gRPC prefix of a buffer begun with `FRAME_PREFIX` (uncompressed).
 pub(crate) fn finish_frame(mut buf: Vec<u8>) -> Result<Bytes, Status> {
-    let len = buf.len().saturating_sub(FRAME_PREFIX.len());
+    finish_frame_at(&mut buf, 0)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Fills in the prefix of the last message in `buf`, begun at `start` with
+/// `FRAME_PREFIX` (uncompressed): several framed messages can share one buffer.
+pub(crate) fn finish_frame_at(buf: &mut [u8], start: usize) -> Result<(), Status> {
+    let len = buf.len().saturating_sub(start + FRAME_PREFIX.len());
     let prefix = u32::try_from(len)
         .map_err(|_| Status::internal(format!("request message too large: {len} bytes")))?;
-    buf[1..5].copy_from_slice(&prefix.to_be_bytes());
-    Ok(Bytes::from(buf))
+    buf[start + 1..start + FRAME_PREFIX.len()].copy_from_slice(&prefix.to_be_bytes());
+    Ok(())
 }
 
 /// `message` with the gRPC length prefix (uncompressed), ready to send (and resend).
