@@ -29,13 +29,15 @@ mod read_ahead;
 use crate::config::{GatewayConfig, Limits};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use http::Request;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -44,7 +46,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 /// hyper's HTTP/1 read buffer cannot be smaller than this.
 pub(crate) const MIN_HEADER_BYTES: u64 = 8 << 10;
@@ -85,12 +86,30 @@ fn check_limits(limits: &Limits) -> Vec<String> {
     problems
 }
 
-/// Serves `app` on `listener` until `stop` turns true, then waits for every connection
+/// What the listener calls for every request: the gateway's pipeline (`proxy::handle`),
+/// called directly, without a router in between (the pipeline does its own routing).
+pub(crate) trait Handler: Clone + Send + Sync + 'static {
+    type Future: Future<Output = Response<Body>> + Send + 'static;
+    fn call(&self, request: Request<Body>) -> Self::Future;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    type Future = F;
+    fn call(&self, request: Request<Body>) -> F {
+        self(request)
+    }
+}
+
+/// Serves `handler` on `listener` until `stop` turns true, then waits for every connection
 /// to finish (each is told to shut down gracefully). `limits` is read for each new
 /// connection, so a reload applies to connections accepted after it.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    handler: impl Handler,
     limits: impl Fn() -> Limits + Send + 'static,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
@@ -124,7 +143,7 @@ pub(crate) async fn serve(
             tcp,
             peer,
             tls.clone(),
-            app.clone(),
+            handler.clone(),
             limits(),
             stop.clone(),
             permit,
@@ -227,7 +246,7 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    app: axum::Router,
+    handler: impl Handler,
     limits: Limits,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
@@ -236,7 +255,7 @@ async fn connection(
     let accepted = Instant::now();
     let Some(acceptor) = tls else {
         let io = TokioIo::new(read_ahead::ReadAhead::new(tcp));
-        return serve_http(io, Protocol::Sniffed, peer, app, limits, stop, accepted).await;
+        return serve_http(io, Protocol::Sniffed, peer, handler, limits, stop, accepted).await;
     };
     let deadline = accepted + limits.header_read_timeout.0;
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -263,7 +282,7 @@ async fn connection(
         TokioIo::new(stream),
         protocol,
         peer,
-        app,
+        handler,
         limits,
         stop,
         accepted,
@@ -276,7 +295,7 @@ async fn serve_http<I>(
     io: I,
     protocol: Protocol,
     peer: SocketAddr,
-    app: axum::Router,
+    handler: impl Handler,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
     accepted: Instant,
@@ -295,18 +314,15 @@ async fn serve_http<I>(
             let mut request = request.map(Body::new);
             // The peer address feeds rate limiting by client address.
             request.extensions_mut().insert(ConnectInfo(peer));
-            let app = app.clone();
+            let method = Answering::of(request.method());
+            let response = handler.call(request);
             async move {
-                let response = match app.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let mut response = response.await;
+                method.finish(&mut response);
                 // The request stays in flight until its body is sent (or dropped).
-                Ok::<_, Infallible>(response.map(|body| {
-                    Body::new(body.map_frame(move |frame| {
-                        let _ = &in_flight;
-                        frame
-                    }))
+                Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                    body,
+                    _in_flight: in_flight,
                 }))
             }
         })
@@ -398,6 +414,71 @@ async fn serve_http<I>(
                 closing_idle = false;
             }
         }
+    }
+}
+
+/// What the request's method asks of its response head, as HTTP requires of any server.
+#[derive(Clone, Copy)]
+enum Answering {
+    /// The length of a body with a known size is stated (`content-length`).
+    Body,
+    /// The headers of the GET answer, and its length, without the body: HTTP/1 would
+    /// leave it out itself, HTTP/2 would send it.
+    Head,
+    /// An extended CONNECT (WebSocket over HTTP/2): a successful answer has no length.
+    Connect,
+}
+
+impl Answering {
+    fn of(method: &Method) -> Self {
+        match *method {
+            Method::HEAD => Self::Head,
+            Method::CONNECT => Self::Connect,
+            _ => Self::Body,
+        }
+    }
+
+    fn finish(self, response: &mut Response<Body>) {
+        if let Self::Connect = self {
+            return;
+        }
+        if let (Some(len), false) = (
+            response.body().size_hint().exact(),
+            response.headers().contains_key(header::CONTENT_LENGTH),
+        ) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        if let Self::Head = self {
+            *response.body_mut() = Body::empty();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct InFlightBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -2,7 +2,6 @@
 //! listener. Shutdown drains in-flight requests for a bounded grace period.
 
 use crate::gateway::Gateway;
-use axum::extract::{Request, State};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,9 +50,10 @@ impl Server {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let app = axum::Router::new()
-            .fallback(proxy_entry)
-            .with_state(self.gateway.clone());
+        let handler = {
+            let gateway = self.gateway.clone();
+            move |request| crate::proxy::handle(gateway.clone(), request)
+        };
         // Our own accept loop: `axum::serve` sets no header-read timer, idle limit or
         // connection cap (see `listener`).
         let limits = {
@@ -68,7 +68,7 @@ impl Server {
         };
         let main = tokio::spawn(crate::listener::serve(
             self.http,
-            app,
+            handler,
             limits,
             tls,
             stop_rx.clone(),
@@ -116,13 +116,6 @@ impl Server {
             }
         }
     }
-}
-
-async fn proxy_entry(
-    State(gateway): State<Arc<Gateway>>,
-    request: Request,
-) -> axum::response::Response {
-    crate::proxy::handle(gateway, request).await
 }
 
 /// Completes on SIGINT or SIGTERM.

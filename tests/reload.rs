@@ -262,6 +262,29 @@ async fn an_idle_watcher_stays_idle() {
     assert_eq!(gw.gateway.reloads.load(Ordering::Relaxed), 1);
 }
 
+#[tokio::test]
+async fn a_busy_log_next_to_the_config_does_not_wake_the_watcher() {
+    // The gateway's own log written into its config folder: the watcher must not read
+    // every file again at each write.
+    let (gw, watch) = watched("", &[("mappings/routes.yaml", &hello(1))]).await;
+    let log = gw.dir.path().join("gateway.log");
+    let mut file = std::fs::File::create(&log).expect("create log");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let settled = watch.batches();
+    for line in 0..60 {
+        std::io::Write::write_all(&mut file, format!("line {line}\n").as_bytes()).expect("log");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(watch.batches(), settled, "log writes woke the watcher");
+    // A real change in the same folder is still seen.
+    let config = gw.dir.path().join("switchboard.yaml");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    rename_over(&config, &format!("{text}\n# edited\n"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(watch.batches() > settled, "the config's change was missed");
+}
+
 /// A steady request loop (a static route and a gRPC route) through 20 file-driven reloads,
 /// valid and broken alternating: no request fails, and the gRPC upstream, whose config
 /// does not change, keeps its connection.

@@ -9,6 +9,10 @@
 //! may have been replaced), and whether anything changed is decided by reading what the
 //! loader reads, through symlinks, and comparing a fingerprint. Temp files, swap files and
 //! a touched-but-unchanged file therefore do not reload.
+//!
+//! A watched folder may hold files that change all the time and that the loader never
+//! reads (the gateway's own log next to its config file, say): events that only concern
+//! such files are ignored, or every write would make the watcher read every file again.
 
 use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
@@ -17,9 +21,9 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -73,10 +77,18 @@ async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
     // Capacity 1: events that arrive while a reload runs coalesce into one more look.
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let look_again = tx.clone();
-    let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        match result {
+    let mut sources = Sources::of(&gateway.table().config);
+    // What the loader reads, for the watcher's thread to sort events by.
+    let read = Arc::new(RwLock::new(sources.clone()));
+    let debouncer = new_debouncer(DEBOUNCE, None, {
+        let read = read.clone();
+        move |result: DebounceEventResult| match result {
             Ok(events) => {
-                if events.iter().any(|e| is_change(&e.kind)) {
+                let read = read.read().unwrap_or_else(|e| e.into_inner());
+                if events
+                    .iter()
+                    .any(|e| is_change(&e.kind) && read.may_concern(&e.paths))
+                {
                     let _ = tx.try_send(());
                 }
             }
@@ -98,7 +110,6 @@ async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
     };
     let config_path = gateway.config_path().to_path_buf();
     let mut watched: Vec<PathBuf> = Vec::new();
-    let mut sources = Sources::of(&gateway.table().config);
     rewatch(&mut debouncer, &mut watched, &sources);
     let mut last = sources.clone().fingerprint().await;
     tracing::debug!(paths = ?watched, "watching configuration files");
@@ -124,6 +135,7 @@ async fn run(gateway: Arc<Gateway>, batches: Arc<AtomicU64>) {
             let new_sources = Sources::of(&gateway.table().config);
             if new_sources != sources {
                 sources = new_sources;
+                *read.write().unwrap_or_else(|e| e.into_inner()) = sources.clone();
                 rewatch(&mut debouncer, &mut watched, &sources);
                 // A file in a newly named folder may have changed after the reload read it
                 // and before its folder was watched: that event is lost. Look once more; the
@@ -191,6 +203,28 @@ impl Sources {
         folders
     }
 
+    /// Whether a change to `paths` may change what the loader reads: a path it reads, a
+    /// path inside or above a descriptor or mapping path, or anything that is not a plain
+    /// file (a folder or symlink replaced, as a ConfigMap update does; a file gone). Only
+    /// events on other plain files (logs, editors' swap files) are left out.
+    fn may_concern(&self, paths: &[PathBuf]) -> bool {
+        // An event without paths (the watcher rescanned): look.
+        paths.is_empty() || paths.iter().any(|path| self.may_read(path))
+    }
+
+    fn may_read(&self, path: &Path) -> bool {
+        let path = plain(path);
+        let read = std::iter::once(&self.config)
+            .chain(&self.files)
+            .any(|file| plain(file) == path);
+        let under_or_above = self.descriptors.iter().chain(&self.mappings).any(|tree| {
+            let tree = plain(tree);
+            path.starts_with(&tree) || tree.starts_with(&path)
+        });
+        read || under_or_above
+            || !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file())
+    }
+
     /// A hash of every file the loader would read (paths and contents, read through
     /// symlinks); a file that cannot be read hashes as its error kind.
     async fn fingerprint(self) -> u64 {
@@ -229,6 +263,14 @@ impl Sources {
     }
 }
 
+/// `path` without `.` components: the watcher reports `./x` for a file `x` of a folder
+/// watched as `.`.
+fn plain(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
 fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -254,5 +296,65 @@ fn rewatch(debouncer: &mut Debouncer, watched: &mut Vec<PathBuf>, sources: &Sour
             // appears, and registered on the next batch.
             Err(error) => tracing::debug!(path = %path.display(), %error, "not watched"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_files_the_loader_never_reads_are_left_out() {
+        let root = &std::env::temp_dir().join(format!("sb-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::create_dir(root).expect("temp dir");
+        std::fs::create_dir(root.join("mappings")).expect("mappings");
+        std::fs::create_dir(root.join("..2026_01_01")).expect("timestamped folder");
+        std::os::unix::fs::symlink("..2026_01_01", root.join("..data")).expect("..data");
+        for file in [
+            "switchboard.yaml",
+            "gateway.log",
+            "cert.pem",
+            "mappings/a.yaml",
+        ] {
+            std::fs::write(root.join(file), "x").expect("write");
+        }
+        let sources = Sources {
+            config: root.join("switchboard.yaml"),
+            descriptors: vec![root.join("protos")],
+            mappings: vec![root.join("mappings")],
+            files: vec![root.join("cert.pem")],
+        };
+        let concerns = |name: &str| sources.may_concern(&[root.join(name)]);
+        assert!(!concerns("gateway.log"), "a busy log next to the config");
+        for read in [
+            "switchboard.yaml",
+            "cert.pem",
+            "mappings/a.yaml",
+            "mappings",
+            "protos",
+            "protos/shop/v1/shop.proto",
+            "..data",
+            "..2026_01_01",
+            "gone.yaml",
+        ] {
+            assert!(concerns(read), "{read}");
+        }
+        assert!(sources.may_concern(&[]), "a rescan");
+        assert!(
+            sources.may_concern(&[root.join("gateway.log"), root.join("switchboard.yaml")]),
+            "a rename over the config file"
+        );
+
+        // A config named relative to the working folder, which is watched as `.`.
+        let relative = Sources {
+            config: PathBuf::from("switchboard.yaml"),
+            descriptors: vec![],
+            mappings: vec![PathBuf::from("mappings")],
+            files: vec![],
+        };
+        assert!(relative.may_concern(&[PathBuf::from("./switchboard.yaml")]));
+        assert!(relative.may_concern(&[PathBuf::from("./mappings/b.yaml")]));
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// The fallback handler of the client listener: every request comes through here.
+/// The client listener's handler (`listener::serve`): every request comes through here.
 pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Response<Body> {
     let started = Instant::now();
     // The request keeps this table to the end, whatever reloads happen meanwhile.
@@ -100,7 +100,7 @@ pub(crate) async fn handle(gateway: Arc<Gateway>, request: Request<Body>) -> Res
         if let Some(decision) = &outcome.rate_limit {
             ratelimit::add_headers(decision, headers);
         }
-        headers.insert("x-trace-id", trace.trace_id.clone());
+        headers.insert(&crate::telemetry::trace::X_TRACE_ID, trace.trace_id.clone());
         if let (Some(cors), false) = (&table.middleware.cors, preflight) {
             cors.decorate(origin.as_ref(), headers, grpc_web.is_some());
         }

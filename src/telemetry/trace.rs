@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 // Constants: a `&str` name is parsed and validated on every look-up.
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
 
 pub struct TraceContext {
     /// Sent back as `x-trace-id`, forwarded as metadata / AMQP header.

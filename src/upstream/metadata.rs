@@ -8,12 +8,9 @@
 
 use crate::error::GatewayError;
 use crate::middleware::Identity;
-use crate::telemetry::trace::TraceContext;
+use crate::telemetry::trace::{TRACEPARENT, TraceContext, X_TRACE_ID};
 use crate::upstream::grpc::status::{client_may_set, is_base64, metadata_from_headers};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-
-static X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The headers only the gateway sets toward backends: the trace and the claims it
 /// verified (`forward_claims`, e.g. `x-user-id`).
