@@ -647,7 +647,6 @@ async fn call_once(
             StepTarget::Grpc {
                 upstream,
                 path,
-                codec,
                 output,
                 idempotent,
                 ..
@@ -660,7 +659,6 @@ async fn call_once(
             }
             let call = Call {
                 path: path.clone(),
-                codec: codec.clone(),
                 metadata: MetadataMap::from_headers(metadata),
                 framed,
                 timeout,

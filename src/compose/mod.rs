@@ -17,7 +17,7 @@ pub(crate) mod template;
 use crate::config::Location;
 use crate::transcode::MessageType;
 use crate::upstream::amqp::AmqpUpstream;
-use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
+use crate::upstream::grpc::GrpcUpstream;
 use lapin::types::ShortString;
 use shape::{Mask, Shape};
 use std::sync::Arc;
@@ -70,7 +70,6 @@ pub enum StepTarget {
     Grpc {
         upstream: Arc<GrpcUpstream>,
         path: http::uri::PathAndQuery,
-        codec: DynamicCodec,
         input: MessageType,
         output: MessageType,
         idempotent: bool,

@@ -15,7 +15,6 @@ use crate::routing::template::PathTemplate;
 use crate::schema::Schema;
 use crate::transcode::MessageType;
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::DynamicCodec;
 use http::Method;
 use lapin::types::ShortString;
 use prost_reflect::MessageDescriptor;
@@ -305,7 +304,6 @@ fn target(
                 StepTarget::Grpc {
                     upstream,
                     path,
-                    codec: DynamicCodec::new(output.clone()),
                     input: MessageType::new(method.input()),
                     output: MessageType::new(output.clone()),
                     idempotent,

@@ -8,17 +8,18 @@ use crate::middleware::deadline::Deadline;
 use crate::routing::{BodyRule, GrpcRoute, RouteTable};
 use crate::telemetry::spans::{grpc_code, grpc_span};
 use crate::telemetry::trace::{BackendSpan, TraceContext};
+use crate::transcode::MessageType;
 use crate::transcode::set_field_from_str;
 use crate::upstream::grpc::status::{append_metadata_headers, status_to_error};
+use crate::upstream::grpc::stream::ResponseMessages;
 use crate::upstream::grpc::{Call, unary};
 use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, header};
+use http_body_util::{Either, Full};
 use prost_reflect::{DynamicMessage, Kind, Value};
 use std::sync::Arc;
-use tonic::Streaming;
 use tonic::metadata::MetadataMap;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -55,7 +56,6 @@ pub(super) async fn call(
     let timeout = deadline.remaining();
     let call = Call {
         path: route.path.clone(),
-        codec: route.codec.clone(),
         metadata: MetadataMap::from_headers(metadata),
         framed,
         timeout,
@@ -112,13 +112,22 @@ async fn server_stream(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let call = upstream.server_streaming(call);
+    // No `grpc-timeout`: a stream outlives the route deadline (enforced here on opening it
+    // and its first message), and servers that bind handlers to the deadline (grpc-go,
+    // grpc-java) would cut it.
+    let body = Either::Left(Full::new(call.framed));
+    let opened = upstream.open_stream(
+        &call.path,
+        call.metadata.into_headers(),
+        body,
+        call.client_deadline,
+    );
     // The deadline covers opening the stream and its first message; after that the stream
     // lives as long as the backend and the client keep it open.
     let opened = async {
-        let (metadata, mut stream, _) = call.await?.into_parts();
-        let first = stream.message().await?;
-        Ok::<_, tonic::Status>((metadata, stream, first))
+        let (headers, mut messages) = opened.await?;
+        let first = messages.next().await?;
+        Ok::<_, tonic::Status>((headers, messages, first))
     };
     // The span covers opening the stream: the call is made, the rest is the client's.
     let opened = tokio::time::timeout_at(deadline.instant(), opened).await;
@@ -133,13 +142,16 @@ async fn server_stream(
         ))),
     };
     span.finish(&opened);
-    let (metadata, stream, first) = opened?;
+    let (metadata, messages, first) = opened?;
     let framing = if sse { Framing::Sse } else { Framing::NdJson };
     let mut response = Response::new(Body::from_stream(stream_body(
-        table.clone(),
-        framing,
+        StreamWriter {
+            table: table.clone(),
+            output: route.output.clone(),
+            framing,
+        },
         first,
-        stream,
+        messages,
     )));
     let headers = response.headers_mut();
     match framing {
@@ -157,7 +169,7 @@ async fn server_stream(
             );
         }
     }
-    append_metadata_headers(&metadata.into_headers(), headers);
+    append_metadata_headers(&metadata, headers);
     Ok(response)
 }
 
@@ -378,64 +390,122 @@ enum Framing {
 }
 
 impl Framing {
-    fn message(self, json: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(json.len() + 8);
+    /// Before and after each message's JSON.
+    fn around(self) -> (&'static [u8], &'static [u8]) {
         match self {
-            Framing::NdJson => {
-                out.extend_from_slice(json);
-                out.push(b'\n');
-            }
-            Framing::Sse => {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(json);
-                out.extend_from_slice(b"\n\n");
-            }
+            Framing::NdJson => (b"", b"\n"),
+            Framing::Sse => (b"data: ", b"\n\n"),
         }
-        Bytes::from(out)
     }
 
     /// The in-band end of a stream that failed after it started (contract §5).
-    fn error(self, error: &GatewayError) -> Bytes {
+    fn error(self, error: &GatewayError, out: &mut Vec<u8>) {
         let status = error.to_json();
         match self {
             Framing::NdJson => {
-                let mut line =
-                    serde_json::to_vec(&serde_json::json!({ "error": status })).unwrap_or_default();
-                line.push(b'\n');
-                Bytes::from(line)
+                let line = serde_json::json!({ "error": status });
+                if serde_json::to_writer(&mut *out, &line).is_ok() {
+                    out.push(b'\n');
+                }
             }
-            Framing::Sse => Bytes::from(format!("event: error\ndata: {status}\n\n")),
+            Framing::Sse => {
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(status.to_string().as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
         }
     }
 }
 
+/// A stream's response messages as NDJSON lines or SSE events.
+struct StreamWriter {
+    table: Arc<RouteTable>,
+    output: MessageType,
+    framing: Framing,
+}
+
+impl StreamWriter {
+    /// Appends one message; `Err` after writing the in-band error that ends the stream.
+    fn message(&self, message: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+        let (before, after) = self.framing.around();
+        let start = out.len();
+        out.extend_from_slice(before);
+        match self
+            .table
+            .json
+            .proto_to_json_into(&self.output, message, out)
+        {
+            Ok(()) => {
+                out.extend_from_slice(after);
+                Ok(())
+            }
+            Err(error) => {
+                out.truncate(start);
+                self.framing.error(&error, out);
+                Err(())
+            }
+        }
+    }
+
+    /// Appends the in-band error for a stream the backend ended with `status`.
+    fn failed(&self, status: &tonic::Status, out: &mut Vec<u8>) {
+        let table = &self.table;
+        let error = status_to_error(status, &table.schema.pool, &table.json);
+        self.framing.error(&error, out);
+    }
+}
+
+/// Messages gathered into one body chunk, at most: those that arrived together (one
+/// DATA frame from the backend) leave in one write to the client.
+const MAX_CHUNK_MESSAGES: usize = 128;
+const MAX_CHUNK_BYTES: usize = 64 << 10;
+
 /// The response body of a server stream. Dropping it (client gone) drops the gRPC
 /// stream, which cancels the call at the backend.
 fn stream_body(
-    table: Arc<RouteTable>,
-    framing: Framing,
-    first: Option<DynamicMessage>,
-    stream: Streaming<DynamicMessage>,
+    writer: StreamWriter,
+    first: Option<Bytes>,
+    messages: ResponseMessages,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
-    let first = futures_util::stream::iter(first.map(Ok));
-    first.chain(stream).scan(false, move |failed, item| {
-        if *failed {
-            return futures_util::future::ready(None);
-        }
-        let frame = match item {
-            Ok(message) => match table.json.encode(&message) {
-                Ok(json) => framing.message(&json),
-                Err(error) => {
-                    *failed = true;
-                    framing.error(&error)
-                }
-            },
+    // No first message: the stream has already ended, well.
+    let state = first.map(|first| (writer, Some(first), messages));
+    futures_util::stream::unfold(state, |state| async move {
+        let (writer, mut first, mut messages) = state?;
+        let next = match first.take() {
+            Some(message) => Ok(Some(message)),
+            None => messages.next().await,
+        };
+        let mut out = Vec::new();
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => return None,
             Err(status) => {
-                *failed = true;
-                framing.error(&status_to_error(&status, &table.schema.pool, &table.json))
+                writer.failed(&status, &mut out);
+                return Some((Ok(Bytes::from(out)), None));
             }
         };
-        futures_util::future::ready(Some(Ok(frame)))
+        out.reserve(2 * message.len() + 16);
+        if writer.message(&message, &mut out).is_err() {
+            return Some((Ok(Bytes::from(out)), None));
+        }
+        for _ in 1..MAX_CHUNK_MESSAGES {
+            if out.len() >= MAX_CHUNK_BYTES {
+                break;
+            }
+            match messages.ready() {
+                Ok(Some(message)) => {
+                    if writer.message(&message, &mut out).is_err() {
+                        return Some((Ok(Bytes::from(out)), None));
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    writer.failed(&status, &mut out);
+                    return Some((Ok(Bytes::from(out)), None));
+                }
+            }
+        }
+        Some((Ok(Bytes::from(out)), Some((writer, None, messages))))
     })
 }
 

@@ -13,7 +13,6 @@ use crate::schema::Schema;
 use crate::telemetry::RouteMetrics;
 use crate::transcode::{FieldPath, MessageType, QueryBinding};
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::DynamicCodec;
 use crate::upstream::grpc::status::header_value;
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 use prost_reflect::{DynamicMessage, MethodDescriptor, ReflectMessage, Value};
@@ -426,8 +425,7 @@ impl Compiler<'_> {
                 .parse()
                 .expect("service and method names are valid path characters"),
             input: MessageType::new(method.input()),
-            output: MessageType::new(output.clone()),
-            codec: DynamicCodec::new(output),
+            output: MessageType::new(output),
             server_streaming: method.is_server_streaming(),
             method: method.clone(),
             path_fields,

@@ -9,7 +9,7 @@ use crate::config::DEFAULT_TIMEOUT;
 use crate::config::mapping::{GrpcWebSpec, RouteSpec};
 use crate::schema::Schema;
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
+use crate::upstream::grpc::GrpcUpstream;
 use http::uri::PathAndQuery;
 use prost_reflect::ServiceDescriptor;
 use std::sync::Arc;
@@ -28,16 +28,10 @@ pub struct GrpcWebRoute {
 }
 
 pub enum GrpcWebCall {
-    /// `codec` only fills `Call`: unary answers come back as bytes.
-    Unary {
-        path: PathAndQuery,
-        codec: DynamicCodec,
-    },
-    /// The stream's messages are passed through as bytes (`RawCodec`); `codec` fills `Call`.
-    ServerStreaming {
-        path: PathAndQuery,
-        codec: DynamicCodec,
-    },
+    /// Answers come back as bytes.
+    Unary { path: PathAndQuery },
+    /// The stream's messages are passed through as bytes (`RawCodec`).
+    ServerStreaming { path: PathAndQuery },
     /// Any other method name of the service: answered UNIMPLEMENTED.
     Unimplemented,
 }
@@ -128,11 +122,10 @@ pub fn compile(
         let path: PathAndQuery = text
             .parse()
             .map_err(|e| format!("method path `{text}`: {e}"))?;
-        let codec = DynamicCodec::new(method.output());
         let call = if method.is_server_streaming() {
-            GrpcWebCall::ServerStreaming { path, codec }
+            GrpcWebCall::ServerStreaming { path }
         } else {
-            GrpcWebCall::Unary { path, codec }
+            GrpcWebCall::Unary { path }
         };
         routes.push((PathTemplate::parse(&text)?, route(call)));
     }

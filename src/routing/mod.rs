@@ -15,7 +15,7 @@ use crate::schema::Schema;
 use crate::telemetry::RouteMetrics;
 use crate::transcode::{FieldPath, JsonCodec, MessageType, QueryBinding};
 use crate::upstream::Upstreams;
-use crate::upstream::grpc::{DynamicCodec, GrpcUpstream};
+use crate::upstream::grpc::GrpcUpstream;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use prost_reflect::MethodDescriptor;
@@ -82,7 +82,6 @@ pub struct GrpcRoute {
     pub method: MethodDescriptor,
     /// `/package.Service/Method`.
     pub path: http::uri::PathAndQuery,
-    pub codec: DynamicCodec,
     /// The request and response types, ready for the byte-level transcoder.
     pub input: MessageType,
     pub output: MessageType,

@@ -21,7 +21,7 @@ use crate::routing::RouteTable;
 use crate::routing::websocket::GrpcBridge;
 use crate::upstream::grpc::connection::RequestBody;
 use crate::upstream::grpc::status::status_to_error;
-use crate::upstream::grpc::stream::{self, RequestChunks, ResponseMessages};
+use crate::upstream::grpc::stream::{RequestChunks, ResponseMessages};
 use crate::upstream::grpc::unary::{FRAME_PREFIX, finish_frame_at};
 use bytes::Bytes;
 use futures_util::future::{Either, select};
@@ -47,40 +47,8 @@ impl GrpcBridge {
         metadata: HeaderMap,
         body: RequestBody,
     ) -> Result<ResponseMessages, Status> {
-        let permit = match &self.upstream.breaker {
-            Some(breaker) => Some(
-                breaker
-                    .acquire()
-                    .map_err(|refused| Status::unavailable(refused.message))?,
-            ),
-            None => None,
-        };
-        let started = tokio::time::Instant::now();
-        let lease = match self.upstream.connected().await {
-            Ok(lease) => lease,
-            Err(status) => {
-                self.upstream
-                    .metrics
-                    .record(status.code(), started.elapsed());
-                if let Some(permit) = permit {
-                    permit.record(status.code());
-                }
-                return Err(status);
-            }
-        };
-        let result = stream::open(lease.connection(), self.path.clone(), metadata, body).await;
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.upstream.metrics.record(code, started.elapsed());
-        self.upstream.balancer.report(
-            lease.endpoint(),
-            crate::upstream::grpc::outlier::Outcome::of(code),
-        );
-        if let Some(permit) = permit {
-            permit.record(code);
-        }
-        result
+        let opened = self.upstream.open_stream(&self.path, metadata, body, false);
+        opened.await.map(|(_headers, messages)| messages)
     }
 }
 

@@ -44,10 +44,8 @@ pub(crate) async fn call(
     deadline: Deadline,
 ) -> Result<Response<Body>, GatewayError> {
     let mode = Mode::of_request(request.headers())?;
-    let (path, codec) = match &route.call {
-        GrpcWebCall::Unary { path, codec } | GrpcWebCall::ServerStreaming { path, codec } => {
-            (path, codec)
-        }
+    let path = match &route.call {
+        GrpcWebCall::Unary { path } | GrpcWebCall::ServerStreaming { path } => path,
         GrpcWebCall::Unimplemented => return Err(unimplemented(route, &captures)),
     };
     if request
@@ -87,7 +85,6 @@ pub(crate) async fn call(
     )?;
     let call = Call {
         path: path.clone(),
-        codec: codec.clone(),
         metadata: MetadataMap::from_headers(metadata),
         framed,
         // What is left after reading the body: one budget for the whole request.
@@ -122,7 +119,7 @@ pub(crate) async fn call(
     // lives as long as the backend and the client keep it open.
     let opened = async {
         let (metadata, mut stream, _) = upstream
-            .server_streaming_with(call, RawCodec::default())
+            .server_streaming_with(call, RawCodec)
             .await?
             .into_parts();
         let first = stream.message().await?;

@@ -12,7 +12,7 @@ pub(crate) mod status;
 pub(crate) mod stream;
 pub(crate) mod unary;
 
-pub(crate) use codec::{DynamicCodec, RawCodec};
+pub(crate) use codec::RawCodec;
 pub(crate) use connection::Connection;
 
 use crate::config::{Balance, GrpcUpstreamConfig, OutlierConfig, ResolverConfig, UpstreamConfig};
@@ -21,16 +21,18 @@ use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::retry::RetryPolicy;
 use balancer::{Balancer, Endpoint, Lease};
 use bytes::Bytes;
+use connection::RequestBody;
 use discovery::DnsTarget;
 use http::HeaderMap;
 use http::uri::PathAndQuery;
+use http_body_util::Either;
 use outlier::Outcome;
-use prost_reflect::DynamicMessage;
 use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use stream::ResponseMessages;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -400,13 +402,50 @@ impl GrpcUpstream {
         }
     }
 
-    /// Opens a server stream (the breaker admits it; its outcome is the opening's).
-    pub async fn server_streaming(
+    /// Opens a streaming call over framed bytes (`stream`): the response headers and the
+    /// response messages, each as its encoded bytes. The breaker admits it, and its
+    /// outcome is the opening's; in-stream errors are the caller's. A request body that
+    /// can be sent again (one framed message: server streaming) is, on a new
+    /// connection, when the server refused the stream unprocessed (GOAWAY).
+    pub(crate) async fn open_stream(
         &self,
-        call: Call,
-    ) -> Result<Response<Streaming<DynamicMessage>>, Status> {
-        let codec = call.codec.clone();
-        self.server_streaming_with(call, codec).await
+        path: &PathAndQuery,
+        metadata: HeaderMap,
+        body: RequestBody,
+        client_deadline: bool,
+    ) -> Result<(HeaderMap, ResponseMessages), Status> {
+        let permit = self.admit()?;
+        let started = Instant::now();
+        let replayable = match &body {
+            Either::Left(message) => Some(message.clone()),
+            Either::Right(_) => None,
+        };
+        let mut body = body;
+        let mut resends = 0;
+        let (result, lease) = loop {
+            let lease = match self.connected().await {
+                Ok(lease) => lease,
+                Err(status) => {
+                    let result = Err(status);
+                    self.record(&result, started, permit, client_deadline);
+                    return result;
+                }
+            };
+            let result =
+                stream::open(lease.connection(), path.clone(), metadata.clone(), body).await;
+            match (result, &replayable) {
+                (Err(status), Some(message))
+                    if status::is_unprocessed(&status) && resends < MAX_STREAM_RESENDS =>
+                {
+                    resends += 1;
+                    body = Either::Left(message.clone());
+                }
+                (result, _) => break (result, lease),
+            }
+        };
+        let code = self.record(&result, started, permit, client_deadline);
+        self.balancer.report(lease.endpoint(), Outcome::of(code));
+        result
     }
 
     /// Opens a server stream whose messages `codec` decodes (`RawCodec`: each message
@@ -509,7 +548,6 @@ pub struct EndpointView {
 /// One backend call as the proxy prepared it.
 pub struct Call {
     pub path: PathAndQuery,
-    pub codec: DynamicCodec,
     pub metadata: MetadataMap,
     /// The request message with its gRPC prefix (`unary::frame`, `unary::finish_frame`).
     pub framed: Bytes,

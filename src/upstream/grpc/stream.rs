@@ -1,5 +1,6 @@
 //! Streaming calls as framed bytes, for callers that encode and decode messages
-//! themselves (the WebSocket bridge). Request messages arrive already framed (5-byte
+//! themselves (HTTP server streams, the WebSocket bridge; `GrpcUpstream::open_stream`
+//! adds the breaker, metrics and resends). Request messages arrive already framed (5-byte
 //! gRPC prefix), many to a chunk, so a busy stream sends one DATA frame for many; response
 //! messages are cut out of the DATA frames as they come, as slices of them (no copy)
 //! unless one spans frames. Headers, statuses and trailers follow tonic's client, as
@@ -30,14 +31,14 @@ const RESERVED: [HeaderName; 6] = [
 ];
 
 /// Opens a streaming call to `path` with `body` as the request stream: resolves once
-/// the response headers are in. A trailers-only response ends the call here (its error,
-/// or an empty stream).
+/// the response headers are in, with them. A trailers-only response ends the call here
+/// (its error, or an empty stream).
 pub(crate) async fn open(
     connection: &Connection,
     path: http::uri::PathAndQuery,
     mut metadata: HeaderMap,
     body: RequestBody,
-) -> Result<ResponseMessages, Status> {
+) -> Result<(HeaderMap, ResponseMessages), Status> {
     for name in &RESERVED {
         metadata.remove(name);
     }
@@ -76,7 +77,7 @@ pub(crate) async fn open(
         }
         messages.ended = true;
     }
-    Ok(messages)
+    Ok((parts.headers, messages))
 }
 
 /// The response messages of a streaming call, each as its encoded bytes.
@@ -91,7 +92,8 @@ pub(crate) struct ResponseMessages {
 
 impl ResponseMessages {
     /// The next message, waiting for it; `None` once the call has ended well. The
-    /// status the backend ended with, or a broken stream, is an error.
+    /// status the backend ended with, or a broken stream, is an error. Not to be called
+    /// again after `None` or an error.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(message) = self.messages.next()? {
