@@ -414,7 +414,7 @@ impl GrpcUpstream {
         body: RequestBody,
         client_deadline: bool,
     ) -> Result<(HeaderMap, ResponseMessages), Status> {
-        let permit = self.admit()?;
+        let mut permit = self.admit()?;
         let started = Instant::now();
         let replayable = match &body {
             Either::Left(message) => Some(message.clone()),
@@ -423,14 +423,9 @@ impl GrpcUpstream {
         let mut body = body;
         let mut resends = 0;
         let (result, lease) = loop {
-            let lease = match self.connected().await {
-                Ok(lease) => lease,
-                Err(status) => {
-                    let result = Err(status);
-                    self.record(&result, started, permit, client_deadline);
-                    return result;
-                }
-            };
+            let lease = self
+                .stream_lease(started, &mut permit, client_deadline)
+                .await?;
             let result =
                 stream::open(lease.connection(), path.clone(), metadata.clone(), body).await;
             match (result, &replayable) {
@@ -459,20 +454,15 @@ impl GrpcUpstream {
         C: tonic::codec::Codec<Encode = Bytes> + Clone + Send + 'static,
         C::Decode: Send + Sync + 'static,
     {
-        let permit = self.admit()?;
+        let mut permit = self.admit()?;
         // The message without its gRPC prefix: tonic frames it again.
         let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
         let started = Instant::now();
         let mut resends = 0;
         let (result, lease) = loop {
-            let lease = match self.connected().await {
-                Ok(lease) => lease,
-                Err(status) => {
-                    let result = Err(status);
-                    self.record(&result, started, permit, call.client_deadline);
-                    return result;
-                }
-            };
+            let lease = self
+                .stream_lease(started, &mut permit, call.client_deadline)
+                .await?;
             // No `grpc-timeout`: a stream outlives the route deadline (which the caller
             // enforces on opening it and its first message), and servers that bind
             // handlers to the deadline (grpc-go, grpc-java) would cut it.
@@ -496,6 +486,21 @@ impl GrpcUpstream {
         let code = self.record(&result, started, permit, call.client_deadline);
         self.balancer.report(lease.endpoint(), Outcome::of(code));
         result
+    }
+
+    /// An endpoint with an open connection, for a stream; finding none is the stream's
+    /// outcome (counted here, with the breaker's permit).
+    async fn stream_lease(
+        &self,
+        started: Instant,
+        permit: &mut Option<Permit>,
+        client_deadline: bool,
+    ) -> Result<Lease, Status> {
+        let lease = self.connected().await;
+        if lease.is_err() {
+            self.record(&lease, started, permit.take(), client_deadline);
+        }
+        lease
     }
 
     /// Counts an outcome in the metrics and reports it to the breaker. A deadline the
