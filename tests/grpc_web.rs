@@ -368,6 +368,43 @@ async fn binary_answers_carry_backend_metadata_and_trailers_and_see_client_metad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_well_carries_the_backends_trailers_in_the_trailer_frame() {
+    let (_echo, gw) = echo_gateway().await;
+    let request = echo::pb::test::echo::v1::EchoMessage {
+        id: "s".into(),
+        small: 3,
+        ..Default::default()
+    };
+    let response = post(
+        &gw,
+        "/test.echo.v1.EchoService/Stream",
+        "application/grpc-web",
+        frame(&request),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    let frames = split_frames(&body);
+    let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(flags, [0x00, 0x00, 0x00, 0x80]);
+    let trailers = trailer_lines(&frames[3].1);
+    assert!(
+        trailers.contains(&("grpc-status".into(), "0".into())),
+        "{trailers:?}"
+    );
+    assert!(
+        trailers.contains(&(echo::TRAILER.into(), "done".into())),
+        "the backend's trailer is in the trailer frame: {trailers:?}"
+    );
+    assert_eq!(
+        trailers.iter().filter(|(n, _)| n == "grpc-status").count(),
+        1,
+        "{trailers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_fails_midway_ends_with_its_status_in_the_trailer_frame() {
     let (_echo, gw) = echo_gateway().await;
     let request = echo::pb::test::echo::v1::EchoMessage {

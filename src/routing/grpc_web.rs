@@ -30,7 +30,7 @@ pub struct GrpcWebRoute {
 pub enum GrpcWebCall {
     /// Answers come back as bytes.
     Unary { path: PathAndQuery },
-    /// The stream's messages are passed through as bytes (`RawCodec`).
+    /// The stream's messages are passed through as bytes (`upstream::grpc::stream`).
     ServerStreaming { path: PathAndQuery },
     /// Any other method name of the service: answered UNIMPLEMENTED.
     Unimplemented,

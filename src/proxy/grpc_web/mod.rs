@@ -18,9 +18,10 @@ use crate::middleware::deadline::Deadline;
 use crate::routing::RouteTable;
 use crate::routing::grpc_web::{GrpcWebCall, GrpcWebRoute};
 use crate::telemetry::trace::TraceContext;
+use crate::upstream::grpc::Call;
 use crate::upstream::grpc::status::{is_local, is_protocol_header, status_to_error};
+use crate::upstream::grpc::stream::ResponseMessages;
 use crate::upstream::grpc::unary::Trailers;
-use crate::upstream::grpc::{Call, RawCodec};
 use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
 use base64::Engine;
@@ -28,9 +29,10 @@ use bytes::{Bytes, BytesMut};
 use framing::Mode;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http_body_util::{Either, Full};
 use std::sync::Arc;
+use tonic::Code;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Streaming};
 
 static GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
@@ -117,15 +119,19 @@ pub(crate) async fn call(
 
     // The deadline covers opening the stream and its first message; after that the stream
     // lives as long as the backend and the client keep it open.
+    let body = Either::Left(Full::new(call.framed));
+    let opened = upstream.open_stream(
+        &call.path,
+        call.metadata.into_headers(),
+        body,
+        call.client_deadline,
+    );
     let opened = async {
-        let (metadata, mut stream, _) = upstream
-            .server_streaming_with(call, RawCodec)
-            .await?
-            .into_parts();
-        let first = stream.message().await?;
-        Ok::<_, tonic::Status>((metadata, stream, first))
+        let (headers, mut messages) = opened.await?;
+        let first = messages.next().await?;
+        Ok::<_, tonic::Status>((headers, messages, first))
     };
-    let (metadata, stream, first) = tokio::time::timeout_at(deadline.instant(), opened)
+    let (headers, messages, first) = tokio::time::timeout_at(deadline.instant(), opened)
         .await
         .map_err(|_| {
             deadline.exceeded(format!(
@@ -138,9 +144,9 @@ pub(crate) async fn call(
         table.clone(),
         mode,
         first,
-        stream,
+        messages,
     )));
-    response_headers(mode, &metadata.into_headers(), response.headers_mut());
+    response_headers(mode, &headers, response.headers_mut());
     Ok(response)
 }
 
@@ -203,29 +209,26 @@ fn stream_body(
     table: Arc<RouteTable>,
     mode: Mode,
     first: Option<Bytes>,
-    stream: Streaming<Bytes>,
+    messages: ResponseMessages,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
-    futures_util::stream::unfold(Some((stream, first)), move |state| {
+    // `Some(first)`: a message to send; `None`: the stream has ended, the trailers follow.
+    futures_util::stream::unfold(Some((messages, Some(first))), move |state| {
         let table = table.clone();
         async move {
-            let (mut stream, first) = state?;
+            let (mut messages, first) = state?;
             let next = match first {
-                Some(message) => Ok(Some(message)),
-                None => stream.message().await,
+                Some(first) => Ok(first),
+                None => messages.next().await,
             };
             let (frame, state) = match next {
                 Ok(Some(message)) => match framing::data_frame(&message) {
-                    Ok(frame) => (frame, Some((stream, None))),
+                    Ok(frame) => (frame, Some((messages, None))),
                     Err(error) => (error_trailer(&error), None),
                 },
-                Ok(None) => {
-                    let trailers = stream.trailers().await.ok().flatten();
-                    let trailers = trailers.map(MetadataMap::into_headers);
-                    (
-                        framing::trailer_frame(Code::Ok, "", trailers.as_ref()),
-                        None,
-                    )
-                }
+                Ok(None) => (
+                    framing::trailer_frame(Code::Ok, "", messages.trailers()),
+                    None,
+                ),
                 // After the first message the deadline no longer applies (see `call`).
                 Err(status) => (error_trailer(&status_error(&status, &table, false)), None),
             };

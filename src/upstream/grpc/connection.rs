@@ -9,8 +9,8 @@
 //! `https://` endpoints speak TLS (ALPN `h2`) with the upstream's `tls:` settings
 //! (`crate::tls::client`).
 //!
-//! `Connection` is also a tower `Service`, so `tonic::client::Grpc` and generated
-//! clients (streaming calls, health checks, reflection) run over it unchanged.
+//! `Connection` is also a tower `Service`, so generated tonic clients (health checks,
+//! server reflection) run over it unchanged.
 //!
 //! Interop with gRPC servers (grpc-go, grpc-java, Envoy) rests on two rules they all
 //! share:

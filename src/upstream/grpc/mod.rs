@@ -2,7 +2,6 @@
 //! DNS), each endpoint a small pool of HTTP/2 connections, called with dynamic messages.
 
 pub(crate) mod balancer;
-mod codec;
 pub(crate) mod connection;
 mod corked;
 pub(crate) mod discovery;
@@ -12,7 +11,6 @@ pub(crate) mod status;
 pub(crate) mod stream;
 pub(crate) mod unary;
 
-pub(crate) use codec::RawCodec;
 pub(crate) use connection::Connection;
 
 use crate::config::{Balance, GrpcUpstreamConfig, OutlierConfig, ResolverConfig, UpstreamConfig};
@@ -35,7 +33,7 @@ use std::time::Duration;
 use stream::ResponseMessages;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Response, Status};
 
 /// Endpoints one call may try when the request could not be sent (connect errors): the
 /// first and up to two others. Nothing reached a backend, so this is safe for every call.
@@ -439,51 +437,6 @@ impl GrpcUpstream {
             }
         };
         let code = self.record(&result, started, permit, client_deadline);
-        self.balancer.report(lease.endpoint(), Outcome::of(code));
-        result
-    }
-
-    /// Opens a server stream whose messages `codec` decodes (`RawCodec`: each message
-    /// as its encoded bytes, for callers that pass frames through).
-    pub async fn server_streaming_with<C>(
-        &self,
-        call: Call,
-        codec: C,
-    ) -> Result<Response<Streaming<C::Decode>>, Status>
-    where
-        C: tonic::codec::Codec<Encode = Bytes> + Clone + Send + 'static,
-        C::Decode: Send + Sync + 'static,
-    {
-        let mut permit = self.admit()?;
-        // The message without its gRPC prefix: tonic frames it again.
-        let message = call.framed.slice(unary::FRAME_PREFIX.len()..);
-        let started = Instant::now();
-        let mut resends = 0;
-        let (result, lease) = loop {
-            let lease = self
-                .stream_lease(started, &mut permit, call.client_deadline)
-                .await?;
-            // No `grpc-timeout`: a stream outlives the route deadline (which the caller
-            // enforces on opening it and its first message), and servers that bind
-            // handlers to the deadline (grpc-go, grpc-java) would cut it.
-            let request = Request::from_parts(
-                call.metadata.clone(),
-                tonic::Extensions::default(),
-                message.clone(),
-            );
-            let mut grpc = tonic::client::Grpc::new(lease.connection().clone());
-            let result = grpc
-                .server_streaming(request, call.path.clone(), codec.clone())
-                .await;
-            // A stream the server refused unprocessed (GOAWAY) opens on a new connection.
-            match result {
-                Err(status) if status::is_unprocessed(&status) && resends < MAX_STREAM_RESENDS => {
-                    resends += 1;
-                }
-                result => break (result, lease),
-            }
-        };
-        let code = self.record(&result, started, permit, call.client_deadline);
         self.balancer.report(lease.endpoint(), Outcome::of(code));
         result
     }

@@ -1,5 +1,5 @@
 //! Streaming calls as framed bytes, for callers that encode and decode messages
-//! themselves (HTTP server streams, the WebSocket bridge; `GrpcUpstream::open_stream`
+//! themselves (HTTP and gRPC-Web server streams, the WebSocket bridge; `GrpcUpstream::open_stream`
 //! adds the breaker, metrics and resends). Request messages arrive already framed (5-byte
 //! gRPC prefix), many to a chunk, so a busy stream sends one DATA frame for many; response
 //! messages are cut out of the DATA frames as they come, as slices of them (no copy)
@@ -100,7 +100,7 @@ impl ResponseMessages {
                 return Ok(Some(message));
             }
             if self.ended {
-                return end(&self.messages, self.trailers.take(), self.http).map(|()| None);
+                return end(&self.messages, self.trailers.clone(), self.http).map(|()| None);
             }
             match self.body.frame().await {
                 None => self.ended = true,
@@ -127,6 +127,11 @@ impl ResponseMessages {
     /// holds many.
     pub(crate) fn ready(&mut self) -> Result<Option<Bytes>, Status> {
         self.messages.next()
+    }
+
+    /// The trailers the backend ended the call with (after `next` returned `None`).
+    pub(crate) fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
     }
 
     /// Bytes received and not yet returned as messages.
