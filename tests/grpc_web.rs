@@ -127,6 +127,17 @@ fn decode_chunks(text: &str) -> Vec<u8> {
 }
 
 /// (flag, payload) of every frame; the prefixes must add up to the body exactly.
+/// The echo backend's server stream over binary gRPC-Web: the HTTP status and the frames.
+async fn echo_stream(
+    gw: &TestGateway,
+    request: echo::pb::test::echo::v1::EchoMessage,
+) -> (u16, Vec<(u8, Vec<u8>)>) {
+    let path = "/test.echo.v1.EchoService/Stream";
+    let response = post(gw, path, "application/grpc-web", frame(&request), &[]).await;
+    let status = response.status().as_u16();
+    (status, split_frames(&response.bytes().await.unwrap()))
+}
+
 fn split_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while !body.is_empty() {
@@ -370,22 +381,16 @@ async fn binary_answers_carry_backend_metadata_and_trailers_and_see_client_metad
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_ends_well_carries_the_backends_trailers_in_the_trailer_frame() {
     let (_echo, gw) = echo_gateway().await;
-    let request = echo::pb::test::echo::v1::EchoMessage {
-        id: "s".into(),
-        small: 3,
-        ..Default::default()
-    };
-    let response = post(
+    let (status, frames) = echo_stream(
         &gw,
-        "/test.echo.v1.EchoService/Stream",
-        "application/grpc-web",
-        frame(&request),
-        &[],
+        echo::pb::test::echo::v1::EchoMessage {
+            id: "s".into(),
+            small: 3,
+            ..Default::default()
+        },
     )
     .await;
-    assert_eq!(response.status(), 200);
-    let body = response.bytes().await.unwrap();
-    let frames = split_frames(&body);
+    assert_eq!(status, 200);
     let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(flags, [0x00, 0x00, 0x00, 0x80]);
     let trailers = trailer_lines(&frames[3].1);
@@ -407,27 +412,20 @@ async fn a_stream_that_ends_well_carries_the_backends_trailers_in_the_trailer_fr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_fails_midway_ends_with_its_status_in_the_trailer_frame() {
     let (_echo, gw) = echo_gateway().await;
-    let request = echo::pb::test::echo::v1::EchoMessage {
-        id: "s".into(),
-        small: 2,
-        fail_code: Code::ResourceExhausted as i32,
-        ..Default::default()
-    };
-    let response = post(
+    let (status, frames) = echo_stream(
         &gw,
-        "/test.echo.v1.EchoService/Stream",
-        "application/grpc-web",
-        frame(&request),
-        &[],
+        echo::pb::test::echo::v1::EchoMessage {
+            id: "s".into(),
+            small: 2,
+            fail_code: Code::ResourceExhausted as i32,
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(
-        response.status(),
-        200,
+        status, 200,
         "the status line was sent with the first message"
     );
-    let body = response.bytes().await.unwrap();
-    let frames = split_frames(&body);
     let flags: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(flags, [0x00, 0x00, 0x80]);
     let trailers = trailer_lines(&frames[2].1);

@@ -17,7 +17,6 @@ use crate::upstream::metadata::{ClientMetadata, grpc_metadata};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{Either, Full};
 use prost_reflect::{DynamicMessage, Kind, Value};
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
@@ -112,23 +111,9 @@ async fn server_stream(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    // No `grpc-timeout`: a stream outlives the route deadline (enforced here on opening it
-    // and its first message), and servers that bind handlers to the deadline (grpc-go,
-    // grpc-java) would cut it.
-    let body = Either::Left(Full::new(call.framed));
-    let opened = upstream.open_stream(
-        &call.path,
-        call.metadata.into_headers(),
-        body,
-        call.client_deadline,
-    );
     // The deadline covers opening the stream and its first message; after that the stream
     // lives as long as the backend and the client keep it open.
-    let opened = async {
-        let (headers, mut messages) = opened.await?;
-        let first = messages.next().await?;
-        Ok::<_, tonic::Status>((headers, messages, first))
-    };
+    let opened = upstream.open_server_stream(call);
     // The span covers opening the stream: the call is made, the rest is the client's.
     let opened = tokio::time::timeout_at(deadline.instant(), opened).await;
     if let Ok(result) = &opened {

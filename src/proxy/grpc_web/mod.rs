@@ -29,7 +29,6 @@ use bytes::{Bytes, BytesMut};
 use framing::Mode;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
-use http_body_util::{Either, Full};
 use std::sync::Arc;
 use tonic::Code;
 use tonic::metadata::MetadataMap;
@@ -119,18 +118,7 @@ pub(crate) async fn call(
 
     // The deadline covers opening the stream and its first message; after that the stream
     // lives as long as the backend and the client keep it open.
-    let body = Either::Left(Full::new(call.framed));
-    let opened = upstream.open_stream(
-        &call.path,
-        call.metadata.into_headers(),
-        body,
-        call.client_deadline,
-    );
-    let opened = async {
-        let (headers, mut messages) = opened.await?;
-        let first = messages.next().await?;
-        Ok::<_, tonic::Status>((headers, messages, first))
-    };
+    let opened = upstream.open_server_stream(call);
     let (headers, messages, first) = tokio::time::timeout_at(deadline.instant(), opened)
         .await
         .map_err(|_| {

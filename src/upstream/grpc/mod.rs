@@ -441,6 +441,22 @@ impl GrpcUpstream {
         result
     }
 
+    /// Opens a server stream with the one framed request message of `call` and waits for
+    /// its first message (`None`: the stream ended without one), which callers bound by
+    /// the route's deadline. No `grpc-timeout` is sent: a stream outlives that deadline,
+    /// and servers that bind handlers to the deadline (grpc-go, grpc-java) would cut it.
+    pub(crate) async fn open_server_stream(
+        &self,
+        call: Call,
+    ) -> Result<(HeaderMap, ResponseMessages, Option<Bytes>), Status> {
+        let body = Either::Left(http_body_util::Full::new(call.framed));
+        let metadata = call.metadata.into_headers();
+        let opened = self.open_stream(&call.path, metadata, body, call.client_deadline);
+        let (headers, mut messages) = opened.await?;
+        let first = messages.next().await?;
+        Ok((headers, messages, first))
+    }
+
     /// An endpoint with an open connection, for a stream; finding none is the stream's
     /// outcome (counted here, with the breaker's permit).
     async fn stream_lease(
