@@ -409,21 +409,22 @@ impl GrpcUpstream {
         &self,
         path: &PathAndQuery,
         metadata: HeaderMap,
-        body: RequestBody,
+        mut body: RequestBody,
         client_deadline: bool,
     ) -> Result<(HeaderMap, ResponseMessages), Status> {
-        let mut permit = self.admit()?;
+        let permit = self.admit()?;
         let started = Instant::now();
         let replayable = match &body {
             Either::Left(message) => Some(message.clone()),
             Either::Right(_) => None,
         };
-        let mut body = body;
         let mut resends = 0;
+        // The outcome, and the endpoint it says something about (none: no connection).
         let (result, lease) = loop {
-            let lease = self
-                .stream_lease(started, &mut permit, client_deadline)
-                .await?;
+            let lease = match self.connected().await {
+                Ok(lease) => lease,
+                Err(status) => break (Err(status), None),
+            };
             let result =
                 stream::open(lease.connection(), path.clone(), metadata.clone(), body).await;
             match (result, &replayable) {
@@ -433,11 +434,13 @@ impl GrpcUpstream {
                     resends += 1;
                     body = Either::Left(message.clone());
                 }
-                (result, _) => break (result, lease),
+                (result, _) => break (result, Some(lease)),
             }
         };
         let code = self.record(&result, started, permit, client_deadline);
-        self.balancer.report(lease.endpoint(), Outcome::of(code));
+        if let Some(lease) = lease {
+            self.balancer.report(lease.endpoint(), Outcome::of(code));
+        }
         result
     }
 
@@ -455,21 +458,6 @@ impl GrpcUpstream {
         let (headers, mut messages) = opened.await?;
         let first = messages.next().await?;
         Ok((headers, messages, first))
-    }
-
-    /// An endpoint with an open connection, for a stream; finding none is the stream's
-    /// outcome (counted here, with the breaker's permit).
-    async fn stream_lease(
-        &self,
-        started: Instant,
-        permit: &mut Option<Permit>,
-        client_deadline: bool,
-    ) -> Result<Lease, Status> {
-        let lease = self.connected().await;
-        if lease.is_err() {
-            self.record(&lease, started, permit.take(), client_deadline);
-        }
-        lease
     }
 
     /// Counts an outcome in the metrics and reports it to the breaker. A deadline the
