@@ -22,6 +22,7 @@ pub(crate) mod listener;
 pub mod middleware;
 pub mod openapi;
 pub(crate) mod proxy;
+pub(crate) mod queue;
 pub(crate) mod redis_connection;
 pub(crate) mod rfc3339;
 pub mod routing;

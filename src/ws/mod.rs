@@ -8,7 +8,8 @@
 //!   Every refusal is a plain HTTP response with a `google.rpc.Status` body, no socket.
 //! - [`session`]: the open socket, whatever the backend: frame size limit, keep-alive,
 //!   idle timeout, shutdown, metrics, and the close code. It talks to the backend through
-//!   two small bounded channels: [`Inbound`] frames toward it, [`Outbound`] messages back.
+//!   two small bounded queues (`crate::queue`): [`Inbound`] frames toward it, [`Outbound`]
+//!   messages back.
 //! - a backend ([`grpc`]: frames ↔ a streaming call; [`amqp`]: each frame an RPC): turns
 //!   inbound frames into calls and answers into JSON, and returns how the exchange ended
 //!   ([`Finish`]). It never sees the socket.
@@ -27,6 +28,7 @@ mod session;
 pub(crate) use handshake::{browser_credentials, upgrade};
 
 use crate::error::GatewayError;
+use crate::queue;
 use crate::routing::RouteTable;
 pub(crate) use crate::routing::websocket::{Backend, WsRoute};
 use crate::telemetry::WsMetrics;
@@ -36,17 +38,20 @@ use bytes::Bytes;
 use http::HeaderMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 impl Backend {
     /// Runs the exchange of one socket until the backend is done with it. Dropping the
-    /// future (client gone, shutdown, limits) cancels the backend call.
-    async fn run(&self, exchange: Exchange) -> Finish {
+    /// future (client gone, shutdown, limits) cancels the backend call. Boxed (the
+    /// largest part of a socket's state) as the backend's own future: an async fn around
+    /// it would keep a second copy of the exchange for the socket's whole life.
+    fn run(&self, exchange: Exchange) -> Pin<Box<dyn Future<Output = Finish> + Send + '_>> {
         match self {
-            Backend::Grpc(bridge) => grpc::run(bridge, exchange).await,
-            Backend::Amqp(bridge) => amqp::run(bridge, exchange).await,
+            Backend::Grpc(bridge) => Box::pin(grpc::run(bridge, exchange)),
+            Backend::Amqp(bridge) => Box::pin(amqp::run(bridge, exchange)),
         }
     }
 
@@ -128,7 +133,7 @@ pub(crate) enum Outbound {
     /// buffer (one allocation, one queue entry, one budget share for all).
     Messages(JsonBatch),
     /// A frame the backend could not use: `{"error": <google.rpc.Status>}` is sent and
-    /// the socket stays open (contract §9). Boxed: channel slots are sized for the
+    /// the socket stays open (contract §9). Boxed: every message is the size of the
     /// largest variant.
     Rejected(Box<GatewayError>),
 }
@@ -190,30 +195,28 @@ impl Outbound {
     }
 }
 
-/// The receiving end of a socket's client frames. The socket's channels carry boxed items:
-/// tokio's mpsc allocates a first block of 32 slots when a channel is created — per
-/// socket — and a pointer slot is a quarter of a `Bytes` one (≈ 1.5 KiB less per idle
-/// socket, for one small allocation per message).
-pub(crate) struct InboundRx(mpsc::Receiver<Box<Inbound>>);
+/// The receiving end of a socket's client frames. The socket's queues carry boxed items:
+/// a queue's buffer keeps the room it grew to, and a pointer is a fraction of a frame.
+pub(crate) struct InboundRx(queue::Receiver<Box<Inbound>>);
 
 impl InboundRx {
     pub(crate) async fn recv(&mut self) -> Option<Inbound> {
         self.0.recv().await.map(|item| *item)
     }
 
-    /// The frames waiting (at least one, at most a channel's worth) into `batch`; 0 once
-    /// the socket is closing. A bounded channel gives its room back under a lock, once
-    /// per receive call: a busy socket takes its frames in batches.
-    #[allow(clippy::vec_box)] // boxed as the channel carries them
+    /// The frames waiting (at least one, at most a queue's worth) into `batch`; 0 once
+    /// the socket is closing. A busy socket takes its frames in batches.
+    #[allow(clippy::vec_box)] // boxed as the queue carries them
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Box<Inbound>>) -> usize {
-        self.0.recv_many(batch, self.0.max_capacity()).await
+        let limit = self.0.capacity();
+        self.0.recv_many(batch, limit).await
     }
 }
 
 /// The sending end of a socket's messages for the client (boxed, as `InboundRx`), and
 /// the budget of bytes they may hold (`limits.max_ws_buffered`).
 pub(crate) struct OutboundTx {
-    sender: mpsc::Sender<Box<Queued>>,
+    sender: queue::Sender<Box<Queued>>,
     budget: Budget,
 }
 
@@ -235,7 +238,8 @@ impl OutboundTx {
             Outbound::Rejected(_) => ERROR_FRAME_BYTES,
         };
         let share = self.budget.take(size).await;
-        send(&self.sender, Box::new(Queued { item, share }))
+        self.sender
+            .send(Box::new(Queued { item, share }))
             .await
             .map_err(|_| Closed)
     }
@@ -244,19 +248,6 @@ impl OutboundTx {
 /// The socket is closing: nobody reads what is sent any more.
 #[derive(Debug)]
 pub(crate) struct Closed;
-
-/// `sender.send(item)`, without queueing as a waiter when there is room: a busy socket
-/// sends three channel messages per frame, and the waiter machinery was ~2% of it.
-pub(crate) async fn send<T>(
-    sender: &mpsc::Sender<T>,
-    item: T,
-) -> Result<(), mpsc::error::SendError<T>> {
-    match sender.try_send(item) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(item)) => sender.send(item).await,
-        Err(mpsc::error::TrySendError::Closed(item)) => Err(mpsc::error::SendError(item)),
-    }
-}
 
 /// How a backend finished: `Ok` closes with 1000; `Err` sends `{"error": <status>}` and
 /// closes with 1011 (contract §5).
@@ -422,10 +413,10 @@ mod tests {
     use super::*;
 
     /// Messages for a slow client wait for room in the byte budget, however deep the
-    /// channel: the backend's stream is held back, not queued without bound.
+    /// queue: the backend's stream is held back, not queued without bound.
     #[tokio::test]
     async fn messages_for_a_slow_client_wait_for_the_budget() {
-        let (sender, mut receiver) = mpsc::channel(128);
+        let (sender, mut receiver) = queue::bounded(128);
         let outbound = OutboundTx {
             sender,
             budget: Budget::new(100),

@@ -1,10 +1,10 @@
 //! One open socket, whatever its backend. Four things run side by side in the socket's
 //! task until one of them decides how it ends:
 //!
-//! - the reader: client frames → `Inbound` channel (bounded: when the backend is slow,
+//! - the reader: client frames → `Inbound` queue (bounded: when the backend is slow,
 //!   the reader waits, the kernel buffer fills, and TCP slows the client down);
-//! - the writer: `Outbound` channel → frames, batched per flush, plus keep-alive pings;
-//! - the backend, between the two channels;
+//! - the writer: `Outbound` queue → frames, batched per flush, plus keep-alive pings;
+//! - the backend, between the two queues;
 //! - the watchdog: idle timeout, unanswered pings, token expiry; and the shutdown signal.
 //!
 //! Then the close: an error frame if there is something to say, the close code, and a
@@ -16,6 +16,7 @@ use super::{
     Exchange, Finish, Frame, Inbound, InboundRx, Outbound, OutboundTx, Payload, Queued, WsRoute,
 };
 use crate::error::GatewayError;
+use crate::queue;
 use crate::routing::{RouteTable, Target};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -25,15 +26,13 @@ use http::HeaderMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Client frames waiting for the backend, and backend messages waiting for the client.
 /// Deep enough that a busy socket moves messages in large batches (one read, one DATA
 /// frame, one write for many: 11% less gateway CPU per message than at 32); the bytes
 /// they hold are bounded by the socket's budgets (`budget.rs`), the count only bounds
-/// the bookkeeping. The first block of 32 slots is allocated when a channel is made,
-/// later ones only while that many are queued.
+/// the bookkeeping. A queue allocates its buffer only once something waits in it.
 const INBOUND_BUFFER: usize = 128;
 const OUTBOUND_BUFFER: usize = 128;
 /// At most this many frames are written per flush.
@@ -78,33 +77,35 @@ enum End {
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
-pub(super) async fn run(socket: WebSocket, session: Session) {
-    let Session {
-        table,
-        index,
-        admission,
-        metadata,
-    } = session;
-    let route = &table.routes[index];
+/// Runs the socket to its end. The socket is split here, before the task's future is
+/// made: an async fn keeps its arguments for its whole life, and the unsplit socket is
+/// 368 bytes that an idle socket would hold for nothing.
+pub(super) fn run(socket: WebSocket, session: Session) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    serve(sink, stream, session)
+}
+
+async fn serve(mut sink: Sink, mut stream: Stream, session: Session) {
+    let route = &session.table.routes[session.index];
     let Target::WebSocket(ws) = &route.target else {
         return;
     };
+    let admission = &session.admission;
     let mut shutdown = admission.permit.shutdown_signal();
     let started = Instant::now();
     let activity = Activity::new(started);
-    let limits = &table.limits;
+    let limits = &session.table.limits;
     let buffered = limits.max_ws_buffered.0.max(limits.max_ws_frame.0);
     let budget = Budget::new(buffered);
     let idle_timeout = nonzero(limits.ws_idle_timeout.0);
     let ping_interval = nonzero(limits.ws_ping_interval.0);
     tracing::debug!("websocket open");
 
-    let (mut sink, mut stream) = socket.split();
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
-    let (outbound_tx, mut outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let (inbound_tx, inbound_rx) = queue::bounded(INBOUND_BUFFER);
+    let (outbound_tx, mut outbound_rx) = queue::bounded(OUTBOUND_BUFFER);
     let exchange = Exchange {
-        table: table.clone(),
-        metadata,
+        table: session.table.clone(),
+        metadata: session.metadata,
         inbound: InboundRx(inbound_rx),
         outbound: OutboundTx {
             sender: outbound_tx,
@@ -112,20 +113,32 @@ pub(super) async fn run(socket: WebSocket, session: Session) {
         },
     };
 
-    // Everything in the `select!` is dropped when it returns: an unfinished backend call
-    // is cancelled then. The backend is boxed: it is the largest part of a socket's state,
-    // and a future moved around unboxed can reserve its size more than once.
-    let end = tokio::select! {
-        _ = shutdown.wait_for(|stopping| *stopping) => End::Shutdown,
-        end = noting_yields(
-            read(&mut stream, inbound_tx, ws, &admission, &activity, &budget),
+    // Everything here is dropped when the `select!` returns: an unfinished backend call
+    // is cancelled then. The reader and the writer are pinned here and lent to the parts
+    // that run them: a future passed by value to an async fn and pinned there takes its
+    // size twice in the socket's state.
+    let end = {
+        let reader = std::pin::pin!(read(
+            &mut stream,
+            inbound_tx,
+            ws,
+            admission,
             &activity,
-        ) => end,
-        end = relay(
-            Box::pin(ws.backend.run(exchange)),
-            write(&mut sink, &mut outbound_rx, ws, ping_interval, &activity),
-        ) => end,
-        end = watchdog(&activity, idle_timeout, ping_interval, admission.expires_at) => end,
+            &budget
+        ));
+        let writer = std::pin::pin!(write(
+            &mut sink,
+            &mut outbound_rx,
+            ws,
+            ping_interval,
+            &activity
+        ));
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => End::Shutdown,
+            end = noting_yields(reader, &activity) => end,
+            end = relay(ws.backend.run(exchange), writer) => end,
+            end = watchdog(&activity, idle_timeout, ping_interval, admission.expires_at) => end,
+        }
     };
 
     let code = close(&mut sink, &mut stream, &end, ws).await;
@@ -140,19 +153,18 @@ pub(super) async fn run(socket: WebSocket, session: Session) {
 
 /// Runs the backend and the writer; ends when the writer has sent everything the
 /// backend produced (→ the backend's result), or cannot write (→ the client is gone).
-async fn relay(
+async fn relay<W: Future<Output = Result<(), axum::Error>>>(
     mut backend: impl Future<Output = Finish> + Unpin,
-    writer: impl Future<Output = Result<(), axum::Error>>,
+    mut writer: std::pin::Pin<&mut W>,
 ) -> End {
-    tokio::pin!(writer);
     let mut finished = None;
     loop {
         tokio::select! {
             result = &mut backend, if finished.is_none() => finished = Some(result),
-            written = &mut writer => return match (written, finished) {
+            written = writer.as_mut() => return match (written, finished) {
                 (Err(_), _) => End::ClientGone,
                 (Ok(()), Some(result)) => End::Backend(result),
-                // The outbound channel only closes when the backend is done.
+                // The outbound queue only closes when the backend is done.
                 (Ok(()), None) => End::Backend(backend.await),
             },
         }
@@ -162,7 +174,7 @@ async fn relay(
 /// Client frames → `inbound`, until the client closes or breaks a limit.
 async fn read(
     stream: &mut Stream,
-    inbound: mpsc::Sender<Box<Inbound>>,
+    inbound: queue::Sender<Box<Inbound>>,
     ws: &WsRoute,
     admission: &Admission,
     activity: &Activity,
@@ -199,7 +211,7 @@ async fn read(
             let share = budget.take(payload.as_bytes().len()).await;
             Inbound::Frame(Frame::new(payload, share))
         };
-        let sent = super::send(&inbound, Box::new(frame)).await;
+        let sent = inbound.send(Box::new(frame)).await;
         activity.waiting.store(false, Ordering::Relaxed);
         if sent.is_err() {
             // The backend is done; `relay` is about to end the socket.
@@ -210,8 +222,10 @@ async fn read(
 
 /// `reader`, noting in `activity` each time it gives way (returns `Pending`): until it
 /// does, the frames it reads came in together, and one clock reading dates them all.
-async fn noting_yields<F: Future>(reader: F, activity: &Activity) -> F::Output {
-    let mut reader = std::pin::pin!(reader);
+async fn noting_yields<F: Future>(
+    mut reader: std::pin::Pin<&mut F>,
+    activity: &Activity,
+) -> F::Output {
     std::future::poll_fn(|cx| {
         let poll = reader.as_mut().poll(cx);
         if poll.is_pending() {
@@ -226,7 +240,7 @@ async fn noting_yields<F: Future>(reader: F, activity: &Activity) -> F::Output {
 /// once the backend is done and everything it sent is written.
 async fn write(
     sink: &mut Sink,
-    outbound: &mut mpsc::Receiver<Box<Queued>>,
+    outbound: &mut queue::Receiver<Box<Queued>>,
     ws: &WsRoute,
     ping_interval: Option<Duration>,
     activity: &Activity,
@@ -236,8 +250,8 @@ async fn write(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
-    // Taken in batches: each receive from a bounded channel gives the room back under a
-    // lock, once per batch instead of once per message. Empty until the first message
+    // Taken in batches: each receive takes the queue's lock once per batch instead of
+    // once per message. Empty until the first message
     // (an idle socket allocates nothing for it).
     let mut batch = Vec::new();
     loop {
@@ -261,7 +275,7 @@ async fn write(
         // answers, the upstream connection's tasks — so that what they produce now leaves
         // in this write: each write to the socket costs the kernel's whole TCP path.
         tokio::task::yield_now().await;
-        // Only what is there now (a closed channel adds nothing; the loop ends above).
+        // Only what is there now (a closed queue adds nothing; the loop ends above).
         let _ = outbound.recv_many(&mut batch, MAX_BATCH).now_or_never();
         written += feed_all(sink, &mut batch).await?;
         sink.flush().await?;
@@ -272,7 +286,7 @@ async fn write(
 
 /// The batch into the writer's buffer; each message's share of the budget goes back once
 /// it is copied there. Returns how many there were.
-#[allow(clippy::vec_box)] // boxed as the channel carries them
+#[allow(clippy::vec_box)] // boxed as the queue carries them
 async fn feed_all(sink: &mut Sink, batch: &mut Vec<Box<Queued>>) -> Result<usize, axum::Error> {
     let mut count = 0;
     for queued in batch.drain(..) {
@@ -551,7 +565,7 @@ mod tests {
         assert!(first > 0, "the first frame is dated");
         // Frames read in the same go share that time.
         assert!(!activity.reader_yielded.load(Ordering::Relaxed));
-        noting_yields(tokio::time::sleep(SHORT), &activity).await;
+        noting_yields(std::pin::pin!(tokio::time::sleep(SHORT)), &activity).await;
         assert!(activity.reader_yielded.load(Ordering::Relaxed));
         // The first frame after a wait has its own time.
         activity.data_in();

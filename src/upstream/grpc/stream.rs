@@ -8,6 +8,7 @@
 
 use super::connection::{Connection, RequestBody, transport_status};
 use super::unary::{self, GRPC_ENCODING, framed_len};
+use crate::queue;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body::{Body, Frame};
@@ -17,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 /// Request headers tonic keeps for itself: a caller's metadata cannot set them.
@@ -211,14 +211,14 @@ impl Deframer {
 /// the stream (END_STREAM); dropped before that (the client left), the stream is reset
 /// with CANCEL, so the backend sees a cancelled call rather than a finished request.
 pub(crate) struct RequestChunks {
-    sender: Option<mpsc::Sender<Box<Bytes>>>,
+    sender: Option<queue::Sender<Bytes>>,
     ended: Arc<AtomicBool>,
 }
 
 impl RequestChunks {
     /// A feed and the body it feeds; `depth` chunks may wait for flow control.
     pub(crate) fn new(depth: usize) -> (Self, RequestBody) {
-        let (sender, receiver) = mpsc::channel(depth);
+        let (sender, receiver) = queue::bounded(depth);
         let ended = Arc::new(AtomicBool::new(false));
         let body = ChunkBody {
             receiver,
@@ -238,19 +238,12 @@ impl RequestChunks {
     /// the stream is over (ended, or the call finished).
     pub(crate) async fn send(&self, chunk: Bytes) -> Result<(), Closed> {
         let sender = self.sender.as_ref().ok_or(Closed)?;
-        let chunk = Box::new(chunk);
-        match sender.try_send(chunk) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(chunk)) => {
-                sender.send(chunk).await.map_err(|_| Closed)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-        }
+        sender.send(chunk).await.map_err(|_| Closed)
     }
 
     /// No more messages: the stream ends normally once the queued chunks are sent.
     pub(crate) fn end(&mut self) {
-        // Before the sender goes: the body reads the flag once it sees the channel closed.
+        // Before the sender goes: the body reads the flag once it sees the queue closed.
         self.ended.store(true, Ordering::Release);
         self.sender = None;
     }
@@ -266,7 +259,7 @@ pub(crate) struct Closed;
 
 /// The request body hyper sends: the chunks as they come.
 struct ChunkBody {
-    receiver: mpsc::Receiver<Box<Bytes>>,
+    receiver: queue::Receiver<Bytes>,
     ended: Arc<AtomicBool>,
 }
 
@@ -279,7 +272,7 @@ impl Body for ChunkBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         match std::task::ready!(self.receiver.poll_recv(cx)) {
-            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(*chunk)))),
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             None if self.ended.load(Ordering::Acquire) => Poll::Ready(None),
             // hyper resets the stream with the error's reason.
             None => Poll::Ready(Some(Err(h2::Error::from(h2::Reason::CANCEL)))),
