@@ -11,6 +11,19 @@ pub(crate) fn date_time(out: &mut Vec<u8>, secs: i64) {
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let of_day = secs.rem_euclid(86_400).unsigned_abs();
     let magnitude = year.unsigned_abs();
+    if (0..=9999).contains(&year) {
+        // Every date a request carries: written into an array, appended at once (a
+        // push per digit, each with its capacity check, cost twice as much).
+        let mut text = *b"0000-00-00T00:00:00";
+        digits(&mut text[..4], magnitude);
+        digits(&mut text[5..7], u64::from(month));
+        digits(&mut text[8..10], u64::from(day));
+        digits(&mut text[11..13], of_day / 3600);
+        digits(&mut text[14..16], of_day / 60 % 60);
+        digits(&mut text[17..], of_day % 60);
+        out.extend_from_slice(&text);
+        return;
+    }
     if year > 9999 {
         out.push(b'+');
     } else if year < 0 {
@@ -33,13 +46,20 @@ pub(crate) fn date_time(out: &mut Vec<u8>, secs: i64) {
     }
 }
 
+/// The last `place.len()` decimal digits of `n` into `place`, zero-padded.
+fn digits(place: &mut [u8], mut n: u64) {
+    for digit in place.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
 /// The last `width` decimal digits of `n`, zero-padded.
 pub(crate) fn padded(out: &mut Vec<u8>, n: u64, width: u32) {
-    let mut unit = 10u64.pow(width - 1);
-    while unit > 0 {
-        out.push(b'0' + (n / unit % 10) as u8);
-        unit /= 10;
-    }
+    let mut text = [b'0'; 20];
+    let place = &mut text[..(width as usize).min(20)];
+    digits(place, n);
+    out.extend_from_slice(place);
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
