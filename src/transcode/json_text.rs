@@ -61,6 +61,13 @@ pub(crate) fn is_plain(text: &str) -> bool {
             .all(|&b| matches!(b, b' '..=b'~') && !is_special(b))
 }
 
+/// Whether `bytes` are ASCII without a quote, a backslash or a control character: valid
+/// UTF-8 that JSON writes as is between quotes (most string fields a backend sends).
+pub(super) fn is_ascii_unescaped(bytes: &[u8]) -> bool {
+    let (mut words, rest) = words(bytes);
+    words.all(|v| (v & HIGH) | specials(v) == 0) && rest.iter().all(|&b| b < 0x80 && !is_special(b))
+}
+
 fn is_special(byte: u8) -> bool {
     byte == b'"' || byte == b'\\' || byte < 0x20
 }
@@ -99,6 +106,25 @@ mod tests {
         }
         for text in &texts {
             assert_eq!(is_plain(text), by_bytes(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ascii_without_escapes_is_found_as_a_byte_scan_finds_it() {
+        let by_bytes = |t: &[u8]| t.iter().all(|&b| b < 0x80 && !is_special(b));
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = [
+            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0xc3, 0xff,
+        ];
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(0..8) {
+                    0 => alphabet[rng.usize(0..alphabet.len())],
+                    _ => rng.u8(0x20..0x7f),
+                })
+                .collect();
+            assert_eq!(is_ascii_unescaped(&bytes), by_bytes(&bytes), "{bytes:?}");
         }
     }
 

@@ -211,6 +211,8 @@ enum Value<'a> {
     F64(f64),
     Bool(bool),
     Str(&'a str),
+    /// A string of ASCII that needs no escapes (checked once, for UTF-8 and JSON alike).
+    Ascii(&'a [u8]),
     Bytes(&'a [u8]),
     Enum(usize, i32),
     Message(usize, &'a [u8]),
@@ -228,6 +230,7 @@ impl Value<'_> {
             Value::F64(v) => v == 0.0,
             Value::Bool(v) => !v,
             Value::Str(v) => v.is_empty(),
+            Value::Ascii(v) => v.is_empty(),
             Value::Bytes(v) => v.is_empty(),
             Value::Enum(_, v) => v == 0,
             Value::Message(..) | Value::Timestamp(_) => false,
@@ -259,6 +262,7 @@ fn default_value(scalar: Scalar) -> Value<'static> {
 #[inline(always)]
 fn read_whole(scalar: Scalar, data: &[u8]) -> Result<Value<'_>, Unsupported> {
     match scalar {
+        Scalar::String if json_text::is_ascii_unescaped(data) => Ok(Value::Ascii(data)),
         Scalar::String => std::str::from_utf8(data)
             .map(Value::Str)
             .map_err(|_| Unsupported),
@@ -355,6 +359,12 @@ fn write_value(
         Value::F64(v) => non_finite(out, v),
         Value::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
         Value::Str(v) => json_text::write_string(out, v),
+        Value::Ascii(v) => {
+            out.reserve(v.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(v);
+            out.push(b'"');
+        }
         Value::Bytes(v) => {
             out.push(b'"');
             let start = out.len();
