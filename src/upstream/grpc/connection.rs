@@ -357,7 +357,11 @@ impl Connection {
     {
         // h2's frames leave in one write per turn of its connection task (corked.rs).
         let (io, uncork) = super::corked::cork(io);
-        let (sender, connection) = http2::Builder::new(CorkedTasks { uncork })
+        let tasks = CorkedTasks {
+            uncork,
+            connection_spawned: Arc::default(),
+        };
+        let (sender, connection) = http2::Builder::new(tasks)
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
@@ -387,20 +391,25 @@ impl Connection {
     }
 }
 
-/// Spawns what hyper runs for a connection: h2's connection itself (the code that writes
-/// frames), each call's response and its body when it is not sent at once. Each runs under
-/// [`super::corked::drive`], so the frames it had h2 write leave in one write when its
-/// turn ends. Boxed: tokio moves a spawned future into its task cell, and hyper's are large
-/// enough that those copies were about 3% of a proxied request's instructions; a boxed
-/// future moves once.
+/// Spawns what hyper runs for a connection: first h2's connection itself (the code that
+/// writes frames, hyper hands it over during the handshake), then each call's response
+/// and its body when it is not sent at once. The connection runs under
+/// [`super::corked::drive`], so the frames it writes in a turn leave in one write; the
+/// calls' tasks write nothing themselves (they hand frames to h2 and wake the connection)
+/// and run as they are. Boxed: tokio moves a spawned future into its task cell, and
+/// hyper's are large enough that those copies were about 3% of a proxied request's
+/// instructions; a boxed future moves once.
 struct CorkedTasks<I> {
     uncork: super::corked::Uncork<I>,
+    /// Set once the connection's own task is spawned.
+    connection_spawned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<I> Clone for CorkedTasks<I> {
     fn clone(&self) -> Self {
         Self {
             uncork: self.uncork.clone(),
+            connection_spawned: self.connection_spawned.clone(),
         }
     }
 }
@@ -412,7 +421,12 @@ where
     I: hyper::rt::Write + Unpin + Send + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::spawn(Box::pin(super::corked::drive(future, self.uncork.clone())));
+        use std::sync::atomic::Ordering;
+        if self.connection_spawned.swap(true, Ordering::Relaxed) {
+            tokio::spawn(Box::pin(future));
+        } else {
+            tokio::spawn(Box::pin(super::corked::drive(future, self.uncork.clone())));
+        }
     }
 }
 
@@ -612,6 +626,99 @@ mod tests {
         for answer in answers {
             let body = answer.unwrap().into_body().collect().await.unwrap();
             assert_eq!(body.to_bytes().len(), 5);
+        }
+    }
+
+    /// A transport that counts the writes that reach it.
+    struct CountingWrites {
+        io: TokioIo<TcpStream>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl hyper::rt::Read for CountingWrites {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl hyper::rt::Write for CountingWrites {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = std::pin::Pin::new(&mut self.io).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = written
+                && n > 0
+            {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            written
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A unary call's HEADERS and its DATA frame leave in one write, so the backend reads
+    /// the call at once. h2 gives a stream capacity for DATA only when its connection task
+    /// writes the stream's HEADERS; written at the end of that turn, each call took two
+    /// writes.
+    #[tokio::test]
+    async fn a_unary_call_leaves_in_one_write() {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut server = h2::server::handshake(socket).await.unwrap();
+            while let Some(Ok((request, mut respond))) = server.accept().await {
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    while let Some(Ok(data)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    let mut stream = respond.send_response(Response::new(()), false).unwrap();
+                    stream
+                        .send_data(Bytes::from_static(b"\0\0\0\0\0"), false)
+                        .unwrap();
+                    stream.send_trailers(http::HeaderMap::new()).unwrap();
+                });
+            }
+        });
+        let connection = Connection::new(&format!("http://{address}"), None).unwrap();
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let io = CountingWrites {
+            io: TokioIo::new(TcpStream::connect(address).await.unwrap()),
+            writes: writes.clone(),
+        };
+        let mut sender = connection.handshake(io).await.unwrap();
+        let count = || writes.load(std::sync::atomic::Ordering::Relaxed);
+        for call in 0..5 {
+            // Settings and their acknowledgements are exchanged by now.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let before = count();
+            let response = sender.send_request(request(&connection)).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            if call > 0 {
+                assert_eq!(count() - before, 1, "writes for call {call}");
+            }
         }
     }
 

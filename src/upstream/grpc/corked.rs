@@ -5,12 +5,11 @@
 //! time), so a connection carrying 60 concurrent calls made one HEADERS write for all of
 //! them and then 60 `writev`s of 17 bytes, one per call's message; the backend then read
 //! them one at a time too. Under h2, [`Corked`] keeps what h2 writes in a buffer and
-//! answers its flushes at once. Every task hyper spawns for the connection — h2's
-//! connection itself, which is where frames are written, and the calls' pipes — runs
-//! under [`drive`] (connection.rs's executor): it lets the tasks queued on the worker run
-//! first, so the calls that arrived together have handed over their requests, polls, and
-//! then writes the buffer in one go. Nothing waits on a timer: a lone call's frames, a
-//! ping or a window update leave at the end of the turn that wrote them.
+//! answers its flushes at once. h2's connection task, the only code that writes frames,
+//! runs under [`drive`] (connection.rs's executor): it lets the tasks queued on the
+//! worker run first, so the calls that arrived together have handed over their requests,
+//! polls, and then writes the buffer in one go. Nothing waits on a timer: a lone call's
+//! frames, a ping or a window update leave within a turn of the worker.
 //!
 //! - Order is kept: everything goes through the one buffer, or straight to the socket
 //!   when the buffer is empty (large payloads, which gain nothing from copying).
@@ -196,24 +195,39 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Corked<I> {
     }
 }
 
-/// Runs `task` (one of hyper's tasks for a connection over a [`Corked`] transport): each
+/// Runs `connection` (h2's connection task over a [`Corked`] transport): each
 /// time it is woken, it first lets the tasks already queued on the worker run (a task that
 /// wakes itself goes to the back of the queue), so the calls that arrived together have
 /// handed over their requests; then it polls the task and writes what h2 buffered.
+///
+/// When a poll left frames in the buffer, the write waits one more turn of the worker,
+/// and the task is polled again first: h2 opens a stream only when its connection task
+/// writes the stream's HEADERS, and only then gives the stream capacity to send DATA, so
+/// the body of a call sent in this poll reaches h2 from hyper's pipe task after it. Without
+/// that turn every unary call left in two writes (HEADERS, then its one DATA frame) and
+/// the backend read it in two.
 pub(super) async fn drive<F: Future, I: hyper::rt::Write + Unpin>(
     connection: F,
     uncork: Uncork<I>,
 ) -> F::Output {
     let mut connection = std::pin::pin!(connection);
     let mut yielded = false;
+    let mut deferred = false;
     std::future::poll_fn(|cx| {
         if !yielded {
             yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        yielded = false;
         let polled = connection.as_mut().poll(cx);
+        if polled.is_pending() && !deferred && lock(&uncork.shared).pending() > 0 {
+            // Polled again, without yielding first, once the tasks this poll woke ran.
+            deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        yielded = false;
+        deferred = false;
         if let Poll::Ready(Err(_)) = lock(&uncork.shared).drain(cx) {
             // h2 learns of it on its next write or flush: poll it again now.
             cx.waker().wake_by_ref();
