@@ -6,8 +6,11 @@
 //!
 //! - Lines are never dropped: a request thread waits when `MAX_PENDING` bytes are already
 //!   queued (stderr cannot keep up), which bounds memory as the direct writes did.
-//! - The writer is woken once per batch (when the buffer goes from empty to not empty),
-//!   then lets `BATCH_WINDOW` pass so the lines of concurrent requests leave in one write.
+//! - The writer lets `BATCH_WINDOW` pass before each write, so the lines of concurrent
+//!   requests leave in one write. After a write it looks again one window later, and only
+//!   when that window brought nothing does it wait to be woken: a wake-up is a syscall on
+//!   the request thread (and a switch to the writer on a shared core), so under steady
+//!   traffic no request pays one; an idle gateway's writer sleeps until the next line.
 //! - [`LogGuard`] (held by `main`) writes what is left when the process ends normally.
 
 use std::io::Write;
@@ -25,10 +28,17 @@ const MAX_PENDING: usize = 1 << 20;
 struct Queue {
     pending: Vec<u8>,
     closed: bool,
+    /// The writer waits on `work` for a line (only then is it signalled).
+    writer_waiting: bool,
+    /// Request threads waiting on `room` (signalled after a write only if there are).
+    waiting_for_room: usize,
 }
 
-#[derive(Default)]
 struct Shared {
+    /// How long the lines of a batch gather (`BATCH_WINDOW`; tests use longer).
+    window: Duration,
+    /// Times a line woke the writer (tests).
+    wakeups: std::sync::atomic::AtomicUsize,
     queue: Mutex<Queue>,
     /// Signals the writer: the first line of a batch, or close.
     work: Condvar,
@@ -44,7 +54,9 @@ impl Shared {
     fn append(&self, bytes: &[u8]) {
         let mut queue = self.lock();
         while queue.pending.len() >= MAX_PENDING && !queue.closed {
+            queue.waiting_for_room += 1;
             queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
+            queue.waiting_for_room -= 1;
         }
         if queue.closed {
             // After close (process exit) there is no writer thread: write directly.
@@ -52,10 +64,12 @@ impl Shared {
             let _ = std::io::stderr().write_all(bytes);
             return;
         }
-        let was_empty = queue.pending.is_empty();
         queue.pending.extend_from_slice(bytes);
+        let wake = std::mem::take(&mut queue.writer_waiting);
         drop(queue);
-        if was_empty {
+        if wake {
+            self.wakeups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.work.notify_one();
         }
     }
@@ -65,20 +79,35 @@ impl Shared {
         let mut batch = Vec::new();
         loop {
             let mut queue = self.lock();
-            while queue.pending.is_empty() && !queue.closed {
-                queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
+            let mut gather = true;
+            if queue.pending.is_empty() && !queue.closed {
+                // Nothing yet: look again a window later before asking to be woken.
+                drop(queue);
+                self.sleep();
+                queue = self.lock();
+                if queue.pending.is_empty() && !queue.closed {
+                    queue.writer_waiting = true;
+                    while queue.pending.is_empty() && !queue.closed {
+                        queue = self.work.wait(queue).unwrap_or_else(|e| e.into_inner());
+                    }
+                    queue.writer_waiting = false;
+                } else {
+                    // These lines gathered during that window.
+                    gather = false;
+                }
             }
             let closing = queue.closed;
-            if !closing {
+            if gather && !closing {
                 drop(queue);
-                // This is the writer's own thread, never a runtime worker.
-                #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(BATCH_WINDOW);
+                self.sleep();
                 queue = self.lock();
             }
             std::mem::swap(&mut batch, &mut queue.pending);
+            let waiting_for_room = queue.waiting_for_room > 0;
             drop(queue);
-            self.room.notify_all();
+            if waiting_for_room {
+                self.room.notify_all();
+            }
             let _ = out.write_all(&batch);
             let _ = out.flush();
             batch.clear();
@@ -86,6 +115,12 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    fn sleep(&self) {
+        // This is the writer's own thread, never a runtime worker.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(self.window);
     }
 }
 
@@ -156,7 +191,20 @@ pub fn stderr() -> Option<(LogWriter, LogGuard)> {
 }
 
 fn spawn(out: impl Write + Send + 'static) -> std::io::Result<(LogWriter, LogGuard)> {
-    let shared = Arc::new(Shared::default());
+    spawn_with(out, BATCH_WINDOW)
+}
+
+fn spawn_with(
+    out: impl Write + Send + 'static,
+    window: Duration,
+) -> std::io::Result<(LogWriter, LogGuard)> {
+    let shared = Arc::new(Shared {
+        window,
+        wakeups: Default::default(),
+        queue: Mutex::default(),
+        work: Condvar::new(),
+        room: Condvar::new(),
+    });
     let thread = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -192,6 +240,32 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Under steady traffic no line wakes the writer (a syscall on the request thread):
+    /// it comes back a window after each write and finds the next lines waiting. Lines
+    /// here come every millisecond, well inside the (test's longer) window; waking the
+    /// writer for the first line of each batch made one wake-up per window.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain thread, timed as the writer is
+    fn steady_lines_do_not_wake_the_writer() {
+        let sink = Sink::default();
+        let window = Duration::from_millis(40);
+        let (writer, guard) = spawn_with(sink.clone(), window).unwrap();
+        let lines = 400;
+        for _ in 0..lines {
+            writer.append(b"line\n");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let wakeups = guard
+            .shared
+            .wakeups
+            .load(std::sync::atomic::Ordering::Relaxed);
+        drop(guard);
+        let (bytes, writes) = sink.0.lock().unwrap().clone();
+        assert_eq!(bytes.len(), lines * 5, "every line written");
+        assert!(writes >= 5, "{writes} writes: one per window or so");
+        assert!(wakeups <= 3, "{wakeups} wake-ups for {lines} steady lines");
     }
 
     #[test]
