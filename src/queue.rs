@@ -149,22 +149,17 @@ impl<T> Receiver<T> {
     ) -> Poll<usize> {
         let mut state = self.shared.lock();
         if state.items.is_empty() {
-            if state.senders == 0 {
-                return Poll::Ready(0);
-            }
-            match &mut state.receiver {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            return Poll::Pending;
+            return if state.senders == 0 {
+                Poll::Ready(0)
+            } else {
+                wait_for_items(&mut state, cx)
+            };
         }
         let was_full = state.items.len() >= self.shared.capacity;
         let taken = limit.max(1).min(state.items.len());
         batch.extend(state.items.drain(..taken));
         drop(state);
-        if was_full {
-            self.shared.room.notify_waiters();
-        }
+        self.made_room(was_full);
         Poll::Ready(taken)
     }
 
@@ -174,19 +169,18 @@ impl<T> Receiver<T> {
             Some(item) => {
                 let was_full = state.items.len() + 1 >= self.shared.capacity;
                 drop(state);
-                if was_full {
-                    self.shared.room.notify_waiters();
-                }
+                self.made_room(was_full);
                 Poll::Ready(Some(item))
             }
             None if state.senders == 0 => Poll::Ready(None),
-            None => {
-                match &mut state.receiver {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
+            None => wait_for_items(&mut state, cx),
+        }
+    }
+
+    /// Wakes the senders waiting for room, if the queue was full before this receive.
+    fn made_room(&self, was_full: bool) {
+        if was_full {
+            self.shared.room.notify_waiters();
         }
     }
 
@@ -203,6 +197,15 @@ impl<T> Receiver<T> {
     pub(crate) fn capacity(&self) -> usize {
         self.shared.capacity
     }
+}
+
+/// Registers the receiver to be woken by the next item (or the last sender leaving).
+fn wait_for_items<T, R>(state: &mut State<T>, cx: &mut Context<'_>) -> Poll<R> {
+    match &mut state.receiver {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
+    }
+    Poll::Pending
 }
 
 impl<T> Drop for Receiver<T> {
