@@ -19,14 +19,13 @@ use super::{Exchange, Finish, Frame, Inbound, InboundRx, JsonBatch, Outbound, Ou
 use crate::error::GatewayError;
 use crate::routing::RouteTable;
 use crate::routing::websocket::GrpcBridge;
-use crate::upstream::grpc::connection::RequestBody;
+use crate::upstream::grpc::link::RequestBody;
 use crate::upstream::grpc::status::status_to_error;
 use crate::upstream::grpc::stream::{RequestChunks, ResponseMessages};
 use crate::upstream::grpc::unary::{FRAME_PREFIX, finish_frame_at};
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use http::HeaderMap;
-use http_body_util::Full;
 use tonic::Status;
 
 /// Chunks of request messages waiting for HTTP/2 flow control toward the backend. A
@@ -76,7 +75,7 @@ pub(super) async fn run(bridge: &GrpcBridge, exchange: Exchange) -> Finish {
         let Some(first) = first_request(&mut inbound, &outbound, encode).await else {
             return Ok(()); // The client left, or ended, before asking anything.
         };
-        let body = http_body_util::Either::Left(Full::new(first));
+        let body = RequestBody::Message(first);
         relay(
             bridge,
             Box::pin(bridge.open(metadata, body)),

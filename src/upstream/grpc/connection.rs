@@ -1,8 +1,8 @@
 //! One HTTP/2 connection to a gRPC endpoint, shared by every call to it.
 //!
-//! Calls go straight to hyper's `SendRequest` (a cheap clone per call): no tower buffer
-//! and worker task in between as with tonic's `Channel`, so a call costs one task hop
-//! less. The connection opens on first use and reopens after it dies; after a failed
+//! Calls go straight to h2 from the caller's task (link.rs): no tower buffer and worker
+//! task as with tonic's `Channel`, and no channel or task per call as with hyper's
+//! client. The connection opens on first use and reopens after it dies; after a failed
 //! attempt, calls fail at once (UNAVAILABLE) until a backoff has passed, so a dead
 //! endpoint is not hammered with connection attempts.
 //!
@@ -23,17 +23,13 @@
 //!   processed and are resent on a new connection (safe for any call, as gRPC clients
 //!   do); streams below it finish on the old connection.
 
+use super::link::{self, Link, RequestBody, ResponseBody, copy_head};
 use super::status::{local_status, unprocessed_status};
 use crate::tls::client::ClientTls;
 use crate::upstream::backoff::{Backoff, Jitter};
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -42,9 +38,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tonic::{Code, Status};
-
-/// A request body: one framed unary message, or whatever tonic streams.
-pub(crate) type RequestBody = Either<Full<Bytes>, tonic::body::Body>;
 
 /// How long opening a connection (TCP connect and HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,8 +53,8 @@ const RECONNECT: Backoff = Backoff::new(
 );
 /// Not less than the 5 minutes grpc-go and grpc-java servers permit by default
 /// (`MinTime`, `permitKeepAliveTime`): more frequent pings earn a GOAWAY.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(300);
+pub(super) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many times a request the server never processed (refused by GOAWAY or
 /// REFUSED_STREAM, or never sent) is resent on a fresh connection.
 const MAX_UNPROCESSED_RESENDS: u32 = 3;
@@ -97,7 +90,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    sender: Option<SendRequest<RequestBody>>,
+    link: Option<Link>,
     /// Counts the connections opened, so a call retires only the one it failed on.
     generation: u64,
     /// Consecutive failed attempts, and until when no new one is made (and why).
@@ -172,7 +165,10 @@ impl Connection {
     }
 
     /// Sends one request. The caller bounds the whole call (and so this) with its deadline.
-    pub async fn send(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, Status> {
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, Status> {
         self.try_send(request).await.map_err(|e| e.status)
     }
 
@@ -181,100 +177,130 @@ impl Connection {
     ///
     /// A request the server never processed is resent on a fresh connection first: one
     /// that never left (the connection was closing), or one refused by GOAWAY or
-    /// REFUSED_STREAM. A unary body is kept for that (a cheap copy of its headers);
-    /// a streaming body only when it never left.
+    /// REFUSED_STREAM. A unary request is kept for that (a copy of its headers; its
+    /// message is shared); a streaming one only when it never left.
     pub async fn try_send(
         &self,
-        mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        if let header::Entry::Vacant(entry) = request.headers_mut().entry(header::USER_AGENT) {
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let (parts, mut body) = request.into_parts();
+        let mut head = Request::from_parts(parts, ());
+        if let header::Entry::Vacant(entry) = head.headers_mut().entry(header::USER_AGENT) {
             entry.insert(HeaderValue::from_static(USER_AGENT));
         }
+        let replay = match &body {
+            RequestBody::Message(message) => Some(message.clone()),
+            RequestBody::Stream(_) => None,
+        };
+        let unsent = |head: Request<()>, body| Some(Request::from_parts(head.into_parts().0, body));
         let mut resends = 0;
         loop {
-            let spare = replayable(&request);
-            let (mut sender, generation) = match self.sender().await {
-                Ok(sender) => sender,
+            let (link, generation) = match self.link().await {
+                Ok(link) => link,
                 Err(status) => {
                     return Err(SendError {
                         status,
-                        unsent: Some(request),
+                        unsent: unsent(head, body),
                     });
                 }
             };
-            let (error, unsent) = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
-                Err(mut error) => {
-                    let unsent = error.take_message();
-                    let error = error.into_error();
-                    let unprocessed = unsent.is_some() || refused(&error);
-                    if unprocessed {
-                        // The connection is going away: the next call opens a new one.
-                        self.retire(generation);
+            let spare = copy_head(&head);
+            let pending = match link.start(head, body) {
+                Ok(pending) => pending,
+                Err((error, returned)) => {
+                    // The connection takes no new stream (closing, broken): nothing left.
+                    self.retire(generation);
+                    (head, body) = (spare, returned);
+                    if resends < MAX_UNPROCESSED_RESENDS {
+                        resends += 1;
+                        tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
+                            "connection takes no new call; sending on a new connection");
+                        continue;
                     }
-                    match unsent.or(if unprocessed { spare } else { None }) {
-                        Some(again) if resends < MAX_UNPROCESSED_RESENDS => {
-                            resends += 1;
-                            tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
-                                "request not processed by the server; resending on a new connection");
-                            request = again;
-                            continue;
-                        }
-                        leftover => (error, leftover),
-                    }
+                    let status = local_status(
+                        Code::Unavailable,
+                        format!("connection to `{}` closed: {error}", self.shared.endpoint),
+                    );
+                    return Err(SendError {
+                        status,
+                        unsent: unsent(head, body),
+                    });
                 }
             };
-            let status = if refused(&error) {
-                // Not processed, but this body cannot be replayed here: the caller may.
-                unprocessed_status(format!(
+            let error = match pending.response().await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            if !refused(&error) {
+                let cause = format!("request to `{}` failed: {error}", self.shared.endpoint);
+                return Err(SendError {
+                    status: transport_status(error, cause),
+                    unsent: None,
+                });
+            }
+            // The connection is going away: the next call opens a new one.
+            self.retire(generation);
+            if let Some(message) = &replay {
+                body = RequestBody::Message(message.clone());
+                if resends < MAX_UNPROCESSED_RESENDS {
+                    resends += 1;
+                    tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
+                        "request not processed by the server; resending on a new connection");
+                    head = spare;
+                    continue;
+                }
+                let status = unprocessed_status(format!(
                     "`{}` refused the request unprocessed: {error}",
                     self.shared.endpoint
-                ))
-            } else if error.is_canceled() || sender.is_closed() {
-                // The connection went away under the call; the next call reconnects.
-                local_status(
-                    Code::Unavailable,
-                    format!("connection to `{}` closed: {error}", self.shared.endpoint),
-                )
-            } else {
-                let cause = format!("request to `{}` failed: {error}", self.shared.endpoint);
-                transport_status(error, cause)
-            };
-            return Err(SendError { status, unsent });
+                ));
+                return Err(SendError {
+                    status,
+                    unsent: unsent(spare, body),
+                });
+            }
+            // Not processed, but this body cannot be replayed here: the caller may.
+            let status = unprocessed_status(format!(
+                "`{}` refused the request unprocessed: {error}",
+                self.shared.endpoint
+            ));
+            return Err(SendError {
+                status,
+                unsent: None,
+            });
         }
     }
 
     /// Opens the connection if it is not open (or reports why it cannot be): a caller
     /// that learns here that the endpoint is down has sent nothing and may go elsewhere.
     pub async fn connect(&self) -> Result<(), Status> {
-        self.sender().await.map(drop)
+        self.link().await.map(drop)
     }
 
     /// Forgets connection `generation` if it is still the current one.
     fn retire(&self, generation: u64) {
         let mut state = self.lock();
         if state.generation == generation {
-            state.sender = None;
+            state.link = None;
         }
     }
 
-    /// The open connection's sender (and its generation), opening one first if there is
-    /// none (or it died).
-    async fn sender(&self) -> Result<(SendRequest<RequestBody>, u64), Status> {
-        if let Some(sender) = self.current()? {
-            return Ok(sender);
+    /// The open connection (and its generation), opening one first if there is none (or
+    /// it died).
+    async fn link(&self) -> Result<(Link, u64), Status> {
+        if let Some(link) = self.current()? {
+            return Ok(link);
         }
         // Boxed: connecting (TCP, TLS and HTTP/2 handshakes) is a future of KiBs, which
         // inline would make every call's future as large, connected or not.
-        Box::pin(self.open_sender()).await
+        Box::pin(self.open_link()).await
     }
 
     /// Opens the connection (one attempt at a time), or reports why not.
-    async fn open_sender(&self) -> Result<(SendRequest<RequestBody>, u64), Status> {
+    async fn open_link(&self) -> Result<(Link, u64), Status> {
         let _attempt = self.shared.connecting.lock().await;
         // Whoever held the lock before may have connected (or failed) meanwhile.
-        if let Some(sender) = self.current()? {
-            return Ok(sender);
+        if let Some(link) = self.current()? {
+            return Ok(link);
         }
         let opened = match tokio::time::timeout(CONNECT_TIMEOUT, self.open()).await {
             Ok(result) => result,
@@ -282,12 +308,12 @@ impl Connection {
         };
         let mut state = self.lock();
         match opened {
-            Ok(sender) => {
+            Ok(link) => {
                 state.failures = 0;
                 state.retry_at = None;
                 state.generation += 1;
-                state.sender = Some(sender.clone());
-                Ok((sender, state.generation))
+                state.link = Some(link.clone());
+                Ok((link, state.generation))
             }
             Err(error) => {
                 let error = format!("cannot connect to `{}`: {error}", self.shared.endpoint);
@@ -299,15 +325,15 @@ impl Connection {
         }
     }
 
-    /// A live sender; `None` when a connection should be opened; an error while backing off.
-    fn current(&self) -> Result<Option<(SendRequest<RequestBody>, u64)>, Status> {
+    /// A live connection; `None` when one should be opened; an error while backing off.
+    fn current(&self) -> Result<Option<(Link, u64)>, Status> {
         let mut state = self.lock();
-        if let Some(sender) = &state.sender {
-            if !sender.is_closed() {
-                return Ok(Some((sender.clone(), state.generation)));
+        if let Some(link) = &state.link {
+            if !link.is_closed() {
+                return Ok(Some((link.clone(), state.generation)));
             }
             tracing::debug!(endpoint = %self.shared.endpoint, "upstream connection closed; reconnecting");
-            state.sender = None;
+            state.link = None;
         }
         match &state.retry_at {
             Some((at, error)) if Instant::now() < *at => {
@@ -325,13 +351,13 @@ impl Connection {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn open(&self) -> Result<SendRequest<RequestBody>, String> {
+    async fn open(&self) -> Result<Link, String> {
         let stream = TcpStream::connect(&self.shared.address)
             .await
             .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let Some((connector, name)) = &self.shared.tls else {
-            return self.handshake(TokioIo::new(stream)).await;
+            return self.handshake(stream).await;
         };
         let stream = connector
             .connect(name.clone(), stream)
@@ -347,86 +373,36 @@ impl Connection {
                 String::from_utf8_lossy(protocol)
             ));
         }
-        self.handshake(TokioIo::new(stream)).await
+        self.handshake(stream).await
     }
 
-    /// The HTTP/2 handshake over an open transport, and the task that drives it.
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<RequestBody>, String>
+    /// The HTTP/2 handshake over an open transport, and the task that drives the
+    /// connection. Its frames leave in one write per turn of that task (corked.rs).
+    ///
+    /// Windows are fixed and large, as Envoy's: h2 closes the connection (GOAWAY
+    /// ENHANCE_YOUR_CALM "too_many_data_frames") when the small DATA frames it holds
+    /// unread cost more than half the connection window, and a busy gateway holds
+    /// hundreds of small gRPC answers at once (300 calls in flight broke the 64 KiB
+    /// default window every few seconds). The connection window also bounds what one
+    /// backend connection can make us buffer.
+    async fn handshake<I>(&self, io: I) -> Result<Link, String>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        // h2's frames leave in one write per turn of its connection task (corked.rs).
         let (io, uncork) = super::corked::cork(io);
-        let tasks = CorkedTasks {
-            uncork,
-            connection_spawned: Arc::default(),
-        };
-        let (sender, connection) = http2::Builder::new(tasks)
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            // Pings on an idle connection are what servers punish first.
-            .keep_alive_while_idle(false)
-            // Fixed, large windows as Envoy uses, not the adaptive (BDP) window: h2 closes
-            // the connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") when the
-            // small DATA frames it holds unread cost more than half the connection window,
-            // and a busy gateway holds hundreds of small gRPC answers at once (300 calls in
-            // flight broke the 64 KiB default window every few seconds). The connection
-            // window also bounds what one backend connection can make us buffer.
-            .adaptive_window(false)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake(io)
+        let (link, connection) = link::handshake(io, STREAM_WINDOW, CONNECTION_WINDOW)
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let endpoint = self.shared.endpoint.clone();
-        // The connection task ends when the peer closes or keep-alive gives up; senders
-        // then report `is_closed` and the next call reconnects.
-        tokio::spawn(async move {
+        // The task ends when the peer closes or keep-alive gives up; the link then
+        // reports `is_closed` and the next call reconnects.
+        let connection = async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%endpoint, %error, "upstream connection ended");
             }
-        });
-        Ok(sender)
-    }
-}
-
-/// Spawns what hyper runs for a connection: first h2's connection itself (the code that
-/// writes frames, hyper hands it over during the handshake), then each call's response
-/// and its body when it is not sent at once. The connection runs under
-/// [`super::corked::drive`], so the frames it writes in a turn leave in one write; the
-/// calls' tasks write nothing themselves (they hand frames to h2 and wake the connection)
-/// and run as they are. Boxed: tokio moves a spawned future into its task cell, and
-/// hyper's are large enough that those copies were about 3% of a proxied request's
-/// instructions; a boxed future moves once.
-struct CorkedTasks<I> {
-    uncork: super::corked::Uncork<I>,
-    /// Set once the connection's own task is spawned.
-    connection_spawned: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<I> Clone for CorkedTasks<I> {
-    fn clone(&self) -> Self {
-        Self {
-            uncork: self.uncork.clone(),
-            connection_spawned: self.connection_spawned.clone(),
-        }
-    }
-}
-
-impl<F, I> hyper::rt::Executor<F> for CorkedTasks<I>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-    I: hyper::rt::Write + Unpin + Send + 'static,
-{
-    fn execute(&self, future: F) {
-        use std::sync::atomic::Ordering;
-        if self.connection_spawned.swap(true, Ordering::Relaxed) {
-            tokio::spawn(Box::pin(future));
-        } else {
-            tokio::spawn(Box::pin(super::corked::drive(future, self.uncork.clone())));
-        }
+        };
+        tokio::spawn(Box::pin(super::corked::drive(connection, uncork)));
+        Ok(link)
     }
 }
 
@@ -435,8 +411,8 @@ where
 /// is UNAVAILABLE, as gRPC clients report it: tonic would say UNKNOWN (HTTP 500) for the
 /// first and CANCELLED (HTTP 499, as if the client had gone away) for the second. Other
 /// resets keep gRPC's mapping of their HTTP/2 error code.
-pub(crate) fn transport_status(error: hyper::Error, cause: String) -> Status {
-    let broken = connection_broke(&error);
+pub(crate) fn transport_status(error: h2::Error, cause: String) -> Status {
+    let broken = error.is_io() || error.is_go_away();
     let code = match Status::from_error(Box::new(error)).code() {
         _ if broken => Code::Unavailable,
         Code::Cancelled | Code::Unknown => Code::Unavailable,
@@ -445,56 +421,20 @@ pub(crate) fn transport_status(error: hyper::Error, cause: String) -> Status {
     local_status(code, cause)
 }
 
-/// Whether the error is the connection's rather than one stream's.
-fn connection_broke(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            return h2.is_io() || h2.is_go_away();
-        }
-        if current.is::<std::io::Error>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
-}
-
-/// A copy of a unary request to resend if the server refuses it unprocessed; `None`
-/// for a streaming body, which cannot be replayed.
-fn replayable(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let Either::Left(body) = request.body() else {
-        return None;
-    };
-    let mut copy = Request::new(Either::Left(body.clone()));
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
-}
-
 /// Whether the server refused the stream before processing it: it was above the last
 /// stream id of a GOAWAY the server sent (h2 reports those, and requests the closing
 /// connection no longer accepted, as a remote GOAWAY), or reset with REFUSED_STREAM.
 /// In-flight streams cut by the connection closing report an I/O error instead.
-fn refused(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            return (h2.is_go_away() && h2.is_remote())
-                || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        }
-        source = current.source();
-    }
-    false
+fn refused(error: &h2::Error) -> bool {
+    (error.is_go_away() && error.is_remote())
+        || (error.is_reset() && error.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// tonic's clients (streaming calls, health, reflection) send through this.
 impl tower::Service<Request<tonic::body::Body>> for Connection {
-    type Response = Response<Incoming>;
+    type Response = Response<ResponseBody>;
     type Error = Status;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, Status>>;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, Status>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         // Readiness is settled per call in `send` (connect, or fail fast while backing off).
@@ -513,7 +453,7 @@ impl tower::Service<Request<tonic::body::Body>> for Connection {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             parts.uri = connection.uri(path)?;
             connection
-                .send(Request::from_parts(parts, Either::Right(body)))
+                .send(Request::from_parts(parts, RequestBody::Stream(body)))
                 .await
         })
     }
@@ -524,6 +464,7 @@ mod tests {
     //! The keep-alive policy seen from the server: a raw HTTP/2 peer records the PING
     //! frames it receives, over hours of paused time.
     use super::*;
+    use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
@@ -543,8 +484,12 @@ mod tests {
     }
 
     /// A server that answers the first request at once (`:status 200`, end of stream)
-    /// when `answer` is set, or never; acknowledges pings and reports when each came.
-    async fn peer(answer: bool) -> (String, mpsc::UnboundedReceiver<tokio::time::Instant>) {
+    /// when `answer` is set, or never; acknowledges pings when `acknowledge` is set, and
+    /// reports when each came.
+    async fn peer(
+        answer: bool,
+        acknowledge: bool,
+    ) -> (String, mpsc::UnboundedReceiver<tokio::time::Instant>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (pings, received) = mpsc::unbounded_channel();
@@ -568,6 +513,9 @@ mod tests {
                     SETTINGS if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
                     PING if flags & ACK == 0 => {
                         let _ = pings.send(tokio::time::Instant::now());
+                        if !acknowledge {
+                            continue;
+                        }
                         frame(PING, ACK, 0, &payload)
                     }
                     // `:status: 200` (static table index 8), END_STREAM | END_HEADERS.
@@ -581,7 +529,7 @@ mod tests {
     }
 
     fn request(connection: &Connection) -> Request<RequestBody> {
-        let mut request = Request::new(Either::Left(Full::new(Bytes::from_static(b"x"))));
+        let mut request = Request::new(RequestBody::Message(Bytes::from_static(b"x")));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = connection
             .uri(http::uri::PathAndQuery::from_static("/test.Echo/Get"))
@@ -631,21 +579,21 @@ mod tests {
 
     /// A transport that counts the writes that reach it.
     struct CountingWrites {
-        io: TokioIo<TcpStream>,
+        io: TcpStream,
         writes: Arc<std::sync::atomic::AtomicUsize>,
     }
 
-    impl hyper::rt::Read for CountingWrites {
+    impl tokio::io::AsyncRead for CountingWrites {
         fn poll_read(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut Context<'_>,
-            buf: hyper::rt::ReadBufCursor<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
             std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
         }
     }
 
-    impl hyper::rt::Write for CountingWrites {
+    impl tokio::io::AsyncWrite for CountingWrites {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -705,16 +653,18 @@ mod tests {
         let connection = Connection::new(&format!("http://{address}"), None).unwrap();
         let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let io = CountingWrites {
-            io: TokioIo::new(TcpStream::connect(address).await.unwrap()),
+            io: TcpStream::connect(address).await.unwrap(),
             writes: writes.clone(),
         };
-        let mut sender = connection.handshake(io).await.unwrap();
+        let link = connection.handshake(io).await.unwrap();
         let count = || writes.load(std::sync::atomic::Ordering::Relaxed);
         for call in 0..5 {
             // Settings and their acknowledgements are exchanged by now.
             tokio::time::sleep(Duration::from_millis(20)).await;
             let before = count();
-            let response = sender.send_request(request(&connection)).await.unwrap();
+            let (parts, body) = request(&connection).into_parts();
+            let pending = link.start(Request::from_parts(parts, ()), body);
+            let response = pending.ok().unwrap().response().await.unwrap();
             response.into_body().collect().await.unwrap();
             if call > 0 {
                 assert_eq!(count() - before, 1, "writes for call {call}");
@@ -726,7 +676,7 @@ mod tests {
     /// connection without calls (they permit one per 2 h): an idle connection is silent.
     #[tokio::test(start_paused = true)]
     async fn no_pings_while_idle() {
-        let (endpoint, mut pings) = peer(true).await;
+        let (endpoint, mut pings) = peer(true, true).await;
         let connection = Connection::new(&endpoint, None).unwrap();
         connection.send(request(&connection)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
@@ -741,7 +691,7 @@ mod tests {
     /// default `MinTime` / `permitKeepAliveTime`), and the connection is kept.
     #[tokio::test(start_paused = true)]
     async fn pings_during_a_call_are_five_minutes_apart() {
-        let (endpoint, mut pings) = peer(false).await;
+        let (endpoint, mut pings) = peer(false, true).await;
         let connection = Connection::new(&endpoint, None).unwrap();
         let call = tokio::spawn({
             let connection = connection.clone();
@@ -768,6 +718,28 @@ mod tests {
         assert!(
             !call.is_finished(),
             "the call is still open: pings were answered"
+        );
+    }
+
+    /// A ping left unanswered past `KEEP_ALIVE_TIMEOUT` ends the connection: the call
+    /// on it fails as UNAVAILABLE, and the next call opens a new connection.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_ping_ends_the_connection() {
+        let (endpoint, mut pings) = peer(false, false).await;
+        let connection = Connection::new(&endpoint, None).unwrap();
+        let call = tokio::spawn({
+            let connection = connection.clone();
+            async move { connection.send(request(&connection)).await.map(|_| ()) }
+        });
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT / 2).await;
+        assert_eq!(drain(&mut pings).len(), 1, "one ping, not answered yet");
+        assert!(!call.is_finished(), "the call waits for the answer");
+        tokio::time::sleep(KEEP_ALIVE_TIMEOUT).await;
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            connection.current().unwrap().is_none(),
+            "the connection is gone; the next call opens another"
         );
     }
 }

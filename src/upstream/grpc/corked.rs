@@ -23,6 +23,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Buffered bytes beyond which h2's writes wait for the socket.
 const HIGH_WATER: usize = 256 * 1024;
@@ -79,7 +80,7 @@ fn lock<I>(shared: &Mutex<Cork<I>>) -> MutexGuard<'_, Cork<I>> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<I: hyper::rt::Write + Unpin> Cork<I> {
+impl<I: AsyncWrite + Unpin> Cork<I> {
     fn check(&self) -> io::Result<()> {
         match &self.failed {
             Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
@@ -137,17 +138,17 @@ impl<I: hyper::rt::Write + Unpin> Cork<I> {
     }
 }
 
-impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Corked<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for Corked<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut lock(&self.shared).io).poll_read(cx, buf)
     }
 }
 
-impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Corked<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Corked<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -203,10 +204,9 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Corked<I> {
 /// When a poll left frames in the buffer, the write waits one more turn of the worker,
 /// and the task is polled again first: h2 opens a stream only when its connection task
 /// writes the stream's HEADERS, and only then gives the stream capacity to send DATA, so
-/// the body of a call sent in this poll reaches h2 from hyper's pipe task after it. Without
-/// that turn every unary call left in two writes (HEADERS, then its one DATA frame) and
-/// the backend read it in two.
-pub(super) async fn drive<F: Future, I: hyper::rt::Write + Unpin>(
+/// a streamed body's chunk sent in this poll reaches h2 from its pipe task (link.rs) after
+/// it. Without that turn each such chunk left in a write after its HEADERS.
+pub(super) async fn drive<F: Future, I: AsyncWrite + Unpin>(
     connection: F,
     uncork: Uncork<I>,
 ) -> F::Output {
@@ -240,12 +240,10 @@ pub(super) async fn drive<F: Future, I: hyper::rt::Write + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Write;
-    use hyper_util::rt::TokioIo;
     use std::future::poll_fn;
     use tokio::io::AsyncReadExt;
 
-    async fn write(corked: &mut Corked<TokioIo<tokio::io::DuplexStream>>, data: &[u8]) {
+    async fn write(corked: &mut Corked<tokio::io::DuplexStream>, data: &[u8]) {
         let written = poll_fn(|cx| Pin::new(&mut *corked).poll_write(cx, data))
             .await
             .unwrap();
@@ -259,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn writes_leave_together_when_drained() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
-        let (mut corked, uncork) = cork(TokioIo::new(near));
+        let (mut corked, uncork) = cork(near);
         write(&mut corked, b"one ").await;
         write(&mut corked, b"two ").await;
         let mut byte = [0u8; 1];
@@ -282,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn large_writes_keep_their_place() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
-        let (mut corked, uncork) = cork(TokioIo::new(near));
+        let (mut corked, uncork) = cork(near);
         let large = vec![b'x'; DIRECT];
         write(&mut corked, &large).await;
         let mut received = vec![0u8; DIRECT];
@@ -299,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_buffer_waits_for_the_socket() {
         let (near, mut far) = tokio::io::duplex(64);
-        let (mut corked, _uncork) = cork(TokioIo::new(near));
+        let (mut corked, _uncork) = cork(near);
         let chunk = vec![b'y'; 1000];
         let fits = HIGH_WATER / chunk.len();
         for _ in 0..fits {
@@ -328,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_sticks() {
         let (near, far) = tokio::io::duplex(64);
-        let (mut corked, uncork) = cork(TokioIo::new(near));
+        let (mut corked, uncork) = cork(near);
         drop(far);
         write(&mut corked, b"lost").await;
         let drained = poll_fn(|cx| lock(&uncork.shared).drain(cx)).await;

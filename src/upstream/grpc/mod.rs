@@ -6,6 +6,7 @@ pub(crate) mod connection;
 mod corked;
 pub(crate) mod discovery;
 pub(crate) mod health;
+pub(crate) mod link;
 pub(crate) mod outlier;
 pub(crate) mod status;
 pub(crate) mod stream;
@@ -19,11 +20,10 @@ use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::retry::RetryPolicy;
 use balancer::{Balancer, Endpoint, Lease};
 use bytes::Bytes;
-use connection::RequestBody;
 use discovery::DnsTarget;
 use http::HeaderMap;
 use http::uri::PathAndQuery;
-use http_body_util::Either;
+use link::RequestBody;
 use outlier::Outcome;
 use smallvec::SmallVec;
 use std::net::SocketAddr;
@@ -415,8 +415,8 @@ impl GrpcUpstream {
         let permit = self.admit()?;
         let started = Instant::now();
         let replayable = match &body {
-            Either::Left(message) => Some(message.clone()),
-            Either::Right(_) => None,
+            RequestBody::Message(message) => Some(message.clone()),
+            RequestBody::Stream(_) => None,
         };
         let mut resends = 0;
         // The outcome, and the endpoint it says something about (none: no connection).
@@ -432,7 +432,7 @@ impl GrpcUpstream {
                     if status::is_unprocessed(&status) && resends < MAX_STREAM_RESENDS =>
                 {
                     resends += 1;
-                    body = Either::Left(message.clone());
+                    body = RequestBody::Message(message.clone());
                 }
                 (result, _) => break (result, Some(lease)),
             }
@@ -452,7 +452,7 @@ impl GrpcUpstream {
         &self,
         call: Call,
     ) -> Result<(HeaderMap, ResponseMessages, Option<Bytes>), Status> {
-        let body = Either::Left(http_body_util::Full::new(call.framed));
+        let body = RequestBody::Message(call.framed);
         let metadata = call.metadata.into_headers();
         let opened = self.open_stream(&call.path, metadata, body, call.client_deadline);
         let (headers, mut messages) = opened.await?;

@@ -169,6 +169,7 @@ pub(crate) fn client_may_set(name: &str) -> bool {
     !(matches!(
         name,
         "connection"
+            | "proxy-connection"
             | "keep-alive"
             | "te"
             | "trailer"

@@ -6,14 +6,14 @@
 //! unless one spans frames. Headers, statuses and trailers follow tonic's client, as
 //! `unary` does.
 
-use super::connection::{Connection, RequestBody, transport_status};
+use super::connection::{Connection, transport_status};
+use super::link::{RequestBody, ResponseBody};
 use super::unary::{self, GRPC_ENCODING, framed_len};
 use crate::queue;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,7 +82,7 @@ pub(crate) async fn open(
 
 /// The response messages of a streaming call, each as its encoded bytes.
 pub(crate) struct ResponseMessages {
-    body: Incoming,
+    body: ResponseBody,
     http: StatusCode,
     messages: Deframer,
     trailers: Option<HeaderMap>,
@@ -228,10 +228,7 @@ impl RequestChunks {
             sender: Some(sender),
             ended,
         };
-        (
-            feed,
-            http_body_util::Either::Right(tonic::body::Body::new(body)),
-        )
+        (feed, RequestBody::Stream(tonic::body::Body::new(body)))
     }
 
     /// Queues `chunk` (framed messages), waiting while `depth` chunks wait. Fails once
@@ -257,7 +254,7 @@ impl RequestChunks {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
-/// The request body hyper sends: the chunks as they come.
+/// The request body piped to the stream: the chunks as they come.
 struct ChunkBody {
     receiver: queue::Receiver<Bytes>,
     ended: Arc<AtomicBool>,
@@ -274,7 +271,7 @@ impl Body for ChunkBody {
         match std::task::ready!(self.receiver.poll_recv(cx)) {
             Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             None if self.ended.load(Ordering::Acquire) => Poll::Ready(None),
-            // hyper resets the stream with the error's reason.
+            // The pipe resets the stream (CANCEL).
             None => Poll::Ready(Some(Err(h2::Error::from(h2::Reason::CANCEL)))),
         }
     }

@@ -6,10 +6,11 @@
 //! callers see the same results.
 
 use super::connection::Connection;
+use super::link::{RequestBody, ResponseBody};
 use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::DynamicMessage;
 use std::time::Duration;
@@ -99,7 +100,7 @@ pub(crate) async fn call(
         HeaderValue::from_static("application/grpc"),
     );
     metadata.insert(GRPC_TIMEOUT, grpc_timeout(timeout));
-    let mut request = Request::new(Either::Left(Full::new(framed)));
+    let mut request = Request::new(RequestBody::Message(framed));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = connection.uri(path)?;
     *request.version_mut() = Version::HTTP_2;
@@ -113,9 +114,7 @@ pub(crate) async fn call(
 }
 
 /// The one message of a unary response, or the status it ended with.
-async fn read_response(
-    response: http::Response<hyper::body::Incoming>,
-) -> Result<Response<Bytes>, Status> {
+async fn read_response(response: http::Response<ResponseBody>) -> Result<Response<Bytes>, Status> {
     let (parts, body) = response.into_parts();
     let headers = parts.headers;
     if let Some(encoding) = headers.get(GRPC_ENCODING)
@@ -183,7 +182,7 @@ async fn read_response(
 pub(crate) struct Trailers(pub HeaderMap);
 
 /// The whole response body (one chunk in the common case: no copy) and its trailers.
-async fn collect(mut body: hyper::body::Incoming) -> Result<(Bytes, Option<HeaderMap>), Status> {
+async fn collect(mut body: ResponseBody) -> Result<(Bytes, Option<HeaderMap>), Status> {
     let mut data = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     let mut trailers: Option<HeaderMap> = None;

@@ -1,0 +1,515 @@
+//! One open HTTP/2 connection to a backend, driven with h2 directly: calls are started
+//! from the caller's own task, and their answers come back to it.
+//!
+//! hyper's client, used before, put three things between a call and h2: a channel to
+//! its connection task, a task per call that waited for the response, and for a body
+//! not sent at once (every unary body: a new stream gets send capacity only when its
+//! HEADERS are written) a task that piped it. Here a unary call hands its headers and its
+//! one framed message to h2 in the caller's task ([`Link::start`]) and awaits h2's
+//! response future there: no channel, no task per call. Only a streamed body (a
+//! WebSocket's messages, tonic's own clients) still gets a task ([`pipe`]), as it must
+//! wait for flow control while the caller reads answers.
+//!
+//! The connection's task ([`run`]) polls h2's connection and sends keep-alive pings by
+//! the rules in connection.rs: only while calls are open, at most every
+//! `KEEP_ALIVE_INTERVAL`; a ping unanswered within `KEEP_ALIVE_TIMEOUT` ends the
+//! connection (its open calls fail as UNAVAILABLE, the next call reconnects).
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// A request body: one framed unary message, or whatever a streaming caller sends.
+pub enum RequestBody {
+    /// Sent with the headers, in the caller's task; cheap to keep for a resend.
+    Message(Bytes),
+    /// Piped by a task of its own as the body yields it, within flow control.
+    Stream(tonic::body::Body),
+}
+
+/// What the calls on a connection and its task know of each other.
+#[derive(Default)]
+struct Liveness {
+    /// Calls started and not yet over (their answer dropped): pings go out only then.
+    open_calls: AtomicUsize,
+    /// The connection's task has ended: no call can start on it any more.
+    closed: AtomicBool,
+}
+
+/// A handle on one open connection; clones share it.
+#[derive(Clone)]
+pub(super) struct Link {
+    sender: SendRequest<Bytes>,
+    liveness: Arc<Liveness>,
+}
+
+/// A call whose request h2 has taken: its response, once the server answers.
+pub(super) struct PendingResponse {
+    response: ResponseFuture,
+    call: OpenCall,
+}
+
+/// Counts a call as open while it lives (its response awaited, then its body read), and
+/// stops its request body's pipe, if any, when the caller lets the call go.
+struct OpenCall {
+    liveness: Arc<Liveness>,
+    pipe: Option<tokio::task::AbortHandle>,
+}
+
+impl OpenCall {
+    fn new(liveness: &Arc<Liveness>) -> Self {
+        liveness.open_calls.fetch_add(1, Ordering::Relaxed);
+        Self {
+            liveness: liveness.clone(),
+            pipe: None,
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.liveness.open_calls.fetch_sub(1, Ordering::Relaxed);
+        // The answer is over or abandoned: what is left of the request is moot. The pipe
+        // lets its stream go, and h2 resets the stream (CANCEL) if it is still open.
+        if let Some(pipe) = &self.pipe {
+            pipe.abort();
+        }
+    }
+}
+
+impl Link {
+    /// Whether the connection is gone (closed by either side, or keep-alive gave up).
+    pub(super) fn is_closed(&self) -> bool {
+        self.liveness.closed.load(Ordering::Acquire)
+    }
+
+    /// Hands a request to h2; fails, with the body given back, when the connection
+    /// takes no new stream (it is closing, broken, or out of stream ids): then nothing
+    /// left and the request can go on another connection.
+    pub(super) fn start(
+        &self,
+        head: Request<()>,
+        body: RequestBody,
+    ) -> Result<PendingResponse, (h2::Error, RequestBody)> {
+        // A fresh clone has no stream of its own waiting to open, which is all h2's
+        // `poll_ready` waits for; `send_request` makes its other checks itself.
+        let mut sender = self.sender.clone();
+        let end_of_stream = matches!(&body, RequestBody::Message(message) if message.is_empty());
+        let (response, mut stream) = match sender.send_request(head, end_of_stream) {
+            Ok(started) => started,
+            Err(error) => return Err((error, body)),
+        };
+        let mut call = OpenCall::new(&self.liveness);
+        match body {
+            RequestBody::Message(message) if end_of_stream => drop(message),
+            // h2 holds it until the stream may send it: when the connection's task writes
+            // the HEADERS, in the same write (corked.rs).
+            RequestBody::Message(message) => {
+                if let Err(error) = stream.send_data(message, true) {
+                    tracing::debug!(%error, "request message not taken by h2");
+                }
+            }
+            RequestBody::Stream(body) => {
+                let task = tokio::spawn(Box::pin(pipe(body, stream)));
+                call.pipe = Some(task.abort_handle());
+            }
+        }
+        Ok(PendingResponse { response, call })
+    }
+}
+
+impl PendingResponse {
+    /// The response head, its body to read as it comes.
+    pub(super) async fn response(self) -> Result<Response<ResponseBody>, h2::Error> {
+        let Self { response, call } = self;
+        let (parts, stream) = response.await?.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody {
+                stream,
+                state: BodyState::Data,
+                _call: call,
+            },
+        ))
+    }
+}
+
+/// A response body as it arrives: DATA frames, then trailers. Each frame read gives its
+/// bytes back to the flow-control windows, so the server may send more.
+pub struct ResponseBody {
+    stream: RecvStream,
+    state: BodyState,
+    _call: OpenCall,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum BodyState {
+    Data,
+    Trailers,
+    Done,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.state == BodyState::Data {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only for a stream already closed, which needs no window.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => self.state = BodyState::Trailers,
+            }
+        }
+        if self.state == BodyState::Done {
+            return Poll::Ready(None);
+        }
+        let trailers = ready!(self.stream.poll_trailers(cx));
+        self.state = BodyState::Done;
+        match trailers {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+}
+
+/// Sends a streamed request body on its stream as the body yields it. Each chunk waits
+/// until the stream has some send capacity, then goes whole (h2 holds what the window
+/// does not allow yet): one chunk per stream waits in h2 at most, and capacity is
+/// claimed only with a chunk in hand, so a quiet stream pins none of the connection's
+/// window. A body that fails resets the stream (CANCEL): the server sees an abandoned
+/// call, not a finished request.
+async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut waiting: Option<(Bytes, bool)> = None;
+    let ended = poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+                return Poll::Ready(Err(match reset {
+                    Ok(reason) => format!("the server reset the stream ({reason})"),
+                    Err(error) => error.to_string(),
+                }));
+            }
+            if let Some((chunk, end)) = waiting.take() {
+                if stream.capacity() == 0 {
+                    waiting = Some((chunk, end));
+                    match ready!(stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => return Poll::Ready(Err(error.to_string())),
+                        None => return Poll::Ready(Err("the stream closed".into())),
+                    }
+                }
+                if let Err(error) = stream.send_data(chunk, end) {
+                    return Poll::Ready(Err(error.to_string()));
+                }
+                if end {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => {
+                        let end = body.is_end_stream();
+                        if chunk.is_empty() && !end {
+                            continue;
+                        }
+                        // Whole chunks go once any capacity is there: claiming all of it
+                        // up front would make every waiting stream a large claimant.
+                        stream.reserve_capacity(1);
+                        waiting = Some((chunk, end));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            stream.reserve_capacity(0);
+                            return Poll::Ready(
+                                stream.send_trailers(trailers).map_err(|e| e.to_string()),
+                            );
+                        }
+                    }
+                },
+                Some(Err(error)) => {
+                    stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(format!("request body: {error}")));
+                }
+                None => {
+                    return Poll::Ready(
+                        stream
+                            .send_data(Bytes::new(), true)
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(error) = ended {
+        tracing::debug!(%error, "request stream ended early");
+    }
+}
+
+/// The HTTP/2 handshake over `io`; the connection's own future (to spawn, see [`run`])
+/// and the link calls start on.
+pub(super) async fn handshake<T>(
+    io: T,
+    stream_window: u32,
+    connection_window: u32,
+) -> Result<
+    (
+        Link,
+        impl Future<Output = Result<(), String>> + Send + 'static,
+    ),
+    h2::Error,
+>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        // What hyper's client set: bounds on what a backend can make us hold (its
+        // header lists; what one stream may have waiting to be sent), no server push,
+        // and a cap on streams a misbehaving peer makes us reset.
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .initial_max_send_streams(100)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<T, Bytes>(io)
+        .await?;
+    let liveness = Arc::new(Liveness::default());
+    let link = Link {
+        sender,
+        liveness: liveness.clone(),
+    };
+    Ok((link, run(connection, liveness)))
+}
+
+/// Drives the connection until it ends, sending keep-alive pings while calls are open;
+/// marks the link closed when it ends.
+async fn run<T>(
+    mut connection: h2::client::Connection<T, Bytes>,
+    liveness: Arc<Liveness>,
+) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut keep_alive = connection.ping_pong().map(KeepAlive::new);
+    let ended = poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
+            return Poll::Ready(result.map_err(|e| e.to_string()));
+        }
+        match &mut keep_alive {
+            Some(keep_alive) => keep_alive.poll(cx, &liveness),
+            None => Poll::Pending,
+        }
+    })
+    .await;
+    liveness.closed.store(true, Ordering::Release);
+    ended
+}
+
+/// The keep-alive pings of one connection.
+struct KeepAlive {
+    pings: PingPong,
+    /// When the next ping is due, or (while `awaiting`) when its answer is overdue.
+    timer: Pin<Box<Sleep>>,
+    awaiting: bool,
+}
+
+impl KeepAlive {
+    fn new(pings: PingPong) -> Self {
+        Self {
+            pings,
+            timer: Box::pin(tokio::time::sleep(super::connection::KEEP_ALIVE_INTERVAL)),
+            awaiting: false,
+        }
+    }
+
+    fn restart(&mut self, after: Duration) {
+        self.timer.as_mut().reset(Instant::now() + after);
+    }
+
+    /// Pending while the connection is well; an error when a ping went unanswered.
+    fn poll(&mut self, cx: &mut Context<'_>, liveness: &Liveness) -> Poll<Result<(), String>> {
+        use super::connection::{KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT};
+        loop {
+            if self.awaiting {
+                match self.pings.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting = false;
+                        self.restart(KEEP_ALIVE_INTERVAL);
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error.to_string())),
+                    Poll::Pending => {}
+                }
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if self.awaiting {
+                return Poll::Ready(Err(format!(
+                    "no answer to a keep-alive ping within {KEEP_ALIVE_TIMEOUT:?}"
+                )));
+            }
+            if liveness.open_calls.load(Ordering::Relaxed) == 0 {
+                self.restart(KEEP_ALIVE_INTERVAL);
+                continue;
+            }
+            if let Err(error) = self.pings.send_ping(Ping::opaque()) {
+                return Poll::Ready(Err(error.to_string()));
+            }
+            self.awaiting = true;
+            self.restart(KEEP_ALIVE_TIMEOUT);
+        }
+    }
+}
+
+/// Copies a request's head (method, URI, version, headers), to resend it.
+pub(super) fn copy_head(head: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An h2 server on a small window: hands each request and its responder to `serve`.
+    async fn server<F, Fut>(serve: F) -> std::net::SocketAddr
+    where
+        F: Fn(Request<RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::Builder::new()
+                .initial_window_size(16 * 1024)
+                .handshake::<_, Bytes>(socket)
+                .await
+                .unwrap();
+            while let Some(Ok((request, respond))) = connection.accept().await {
+                tokio::spawn(serve(request, respond));
+            }
+        });
+        address
+    }
+
+    async fn link_to(address: std::net::SocketAddr) -> Link {
+        let socket = TcpStream::connect(address).await.unwrap();
+        let (link, connection) = handshake(socket, 1 << 20, 1 << 20).await.unwrap();
+        tokio::spawn(connection);
+        link
+    }
+
+    fn head() -> Request<()> {
+        Request::post("http://backend/test.Echo/Stream")
+            .body(())
+            .unwrap()
+    }
+
+    fn streamed<S>(chunks: S) -> RequestBody
+    where
+        S: futures_util::Stream<Item = Bytes> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let frames = chunks.map(|chunk| Ok::<_, tonic::Status>(Frame::data(chunk)));
+        RequestBody::Stream(tonic::body::Body::new(http_body_util::StreamBody::new(
+            frames,
+        )))
+    }
+
+    /// A streamed body larger than the server's window arrives whole and in order, and
+    /// ends the stream; the answer comes back with its trailers.
+    #[tokio::test]
+    async fn a_streamed_body_arrives_whole_within_flow_control() {
+        let address = server(|request, mut respond| async move {
+            let mut body = request.into_body();
+            let mut received = Vec::new();
+            while let Some(Ok(data)) = body.data().await {
+                let _ = body.flow_control().release_capacity(data.len());
+                received.extend_from_slice(&data);
+            }
+            let mut stream = respond.send_response(Response::new(()), false).unwrap();
+            stream.send_data(Bytes::from(received), false).unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            stream.send_trailers(trailers).unwrap();
+        })
+        .await;
+        let link = link_to(address).await;
+        let chunks: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        let pending = link
+            .start(head(), streamed(futures_util::stream::iter(chunks)))
+            .ok()
+            .unwrap();
+        let response = pending.response().await.unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), expected);
+    }
+
+    /// A caller that lets a streaming call go (its answer dropped) while its request
+    /// body is still open: the pipe stops and the server sees the stream reset with
+    /// CANCEL, as when a gRPC client abandons a call.
+    #[tokio::test]
+    async fn an_abandoned_call_is_reset_with_cancel() {
+        let (resets, mut reset) = tokio::sync::mpsc::unbounded_channel();
+        let address = server(move |_request, mut respond| {
+            let resets = resets.clone();
+            async move {
+                let mut stream = respond.send_response(Response::new(()), false).unwrap();
+                let reason = poll_fn(|cx| stream.poll_reset(cx)).await.unwrap();
+                let _ = resets.send(reason);
+            }
+        })
+        .await;
+        let link = link_to(address).await;
+        let pending = link
+            .start(head(), streamed(futures_util::stream::pending()))
+            .ok()
+            .unwrap();
+        let response = pending.response().await.unwrap();
+        assert_eq!(link.liveness.open_calls.load(Ordering::Relaxed), 1);
+        drop(response);
+        assert_eq!(link.liveness.open_calls.load(Ordering::Relaxed), 0);
+        let reason = tokio::time::timeout(Duration::from_secs(10), reset.recv()).await;
+        assert_eq!(reason.unwrap(), Some(Reason::CANCEL));
+    }
+}
