@@ -190,7 +190,7 @@ impl Connection {
         }
         let replay = match &body {
             RequestBody::Message(message) => Some(message.clone()),
-            RequestBody::Stream(_) => None,
+            RequestBody::Chunks(_) | RequestBody::Stream(_) => None,
         };
         let unsent = |head: Request<()>, body| Some(Request::from_parts(head.into_parts().0, body));
         let mut resends = 0;

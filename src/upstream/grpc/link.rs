@@ -6,9 +6,10 @@
 //! not sent at once (every unary body: a new stream gets send capacity only when its
 //! HEADERS are written) a task that piped it. Here a unary call hands its headers and its
 //! one framed message to h2 in the caller's task ([`Link::start`]) and awaits h2's
-//! response future there: no channel, no task per call. Only a streamed body (a
-//! WebSocket's messages, tonic's own clients) still gets a task ([`pipe`]), as it must
-//! wait for flow control while the caller reads answers.
+//! response future there: no channel, no task per call. A WebSocket's messages go the
+//! same way: the socket's task writes each chunk into the stream itself
+//! ([`RequestChunks`]), waiting for flow control there. Only the bodies of tonic's own
+//! clients (health checks, reflection) get a task that pipes them ([`pipe`]).
 //!
 //! The connection's task ([`run`]) polls h2's connection and sends keep-alive pings by
 //! the rules in connection.rs: only while calls are open, at most every
@@ -20,11 +21,12 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::{Body, Frame};
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
@@ -32,6 +34,8 @@ use tokio::time::{Instant, Sleep};
 pub enum RequestBody {
     /// Sent with the headers, in the caller's task; cheap to keep for a resend.
     Message(Bytes),
+    /// Written chunk by chunk by the caller, from its own task ([`RequestChunks`]).
+    Chunks(ChunkFeed),
     /// Piped by a task of its own as the body yields it, within flow control.
     Stream(tonic::body::Body),
 }
@@ -59,10 +63,18 @@ pub(super) struct PendingResponse {
 }
 
 /// Counts a call as open while it lives (its response awaited, then its body read), and
-/// stops its request body's pipe, if any, when the caller lets the call go.
+/// stops what still sends its request body when the caller lets the call go.
 struct OpenCall {
     liveness: Arc<Liveness>,
-    pipe: Option<tokio::task::AbortHandle>,
+    request: Sending,
+}
+
+/// What sends the rest of a call's request body.
+enum Sending {
+    /// Nothing: it went with the headers.
+    Done,
+    Pipe(tokio::task::AbortHandle),
+    Chunks(ChunkFeed),
 }
 
 impl OpenCall {
@@ -70,7 +82,7 @@ impl OpenCall {
         liveness.open_calls.fetch_add(1, Ordering::Relaxed);
         Self {
             liveness: liveness.clone(),
-            pipe: None,
+            request: Sending::Done,
         }
     }
 }
@@ -78,10 +90,12 @@ impl OpenCall {
 impl Drop for OpenCall {
     fn drop(&mut self) {
         self.liveness.open_calls.fetch_sub(1, Ordering::Relaxed);
-        // The answer is over or abandoned: what is left of the request is moot. The pipe
-        // lets its stream go, and h2 resets the stream (CANCEL) if it is still open.
-        if let Some(pipe) = &self.pipe {
-            pipe.abort();
+        // The answer is over or abandoned: what is left of the request is moot. Its
+        // stream is let go, and h2 resets it (CANCEL) if it is still open.
+        match &self.request {
+            Sending::Done => {}
+            Sending::Pipe(pipe) => pipe.abort(),
+            Sending::Chunks(feed) => feed.close(),
         }
     }
 }
@@ -118,9 +132,13 @@ impl Link {
                     tracing::debug!(%error, "request message not taken by h2");
                 }
             }
+            RequestBody::Chunks(feed) => {
+                feed.start(stream);
+                call.request = Sending::Chunks(feed);
+            }
             RequestBody::Stream(body) => {
                 let task = tokio::spawn(Box::pin(pipe(body, stream)));
-                call.pipe = Some(task.abort_handle());
+                call.request = Sending::Pipe(task.abort_handle());
             }
         }
         Ok(PendingResponse { response, call })
@@ -194,6 +212,174 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.state == BodyState::Done
+    }
+}
+
+/// Writes a streaming call's request body from the caller's task: chunks of framed
+/// messages. `end` half-closes the stream (END_STREAM); dropped before that (the client
+/// left), the stream is reset with CANCEL, so the backend sees a cancelled call rather
+/// than a finished request.
+///
+/// Flow control as in [`pipe`]: a chunk waits until the stream has some send capacity,
+/// then goes whole. Before the call has started, `early` chunks may wait for it.
+pub(crate) struct RequestChunks {
+    feed: ChunkFeed,
+    ended: bool,
+}
+
+/// The request body side of [`RequestChunks`], which `Link::start` connects to the stream.
+#[derive(Clone)]
+pub struct ChunkFeed(Arc<Mutex<Feed>>);
+
+struct Feed {
+    /// The call's stream, once it has started (and until it is over).
+    stream: Option<SendStream<Bytes>>,
+    /// Chunks written before the call started, at most `early_limit`.
+    early: VecDeque<Bytes>,
+    early_limit: usize,
+    /// `end` was called.
+    ended: bool,
+    /// The writer left before the end: the stream is reset, now or when it starts.
+    abandoned: bool,
+    /// The call is over (its answer dropped): writes fail.
+    closed: bool,
+    /// The writer, while it waits for the call to start or for capacity.
+    writer: Option<Waker>,
+}
+
+/// The request stream is over: nothing more can be sent on it.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+impl RequestChunks {
+    /// A writer and the body it writes; `early` chunks may wait for the call to start.
+    pub(crate) fn new(early: usize) -> (Self, RequestBody) {
+        let feed = ChunkFeed(Arc::new(Mutex::new(Feed {
+            stream: None,
+            early: VecDeque::new(),
+            early_limit: early.max(1),
+            ended: false,
+            abandoned: false,
+            closed: false,
+            writer: None,
+        })));
+        let chunks = Self {
+            feed: feed.clone(),
+            ended: false,
+        };
+        (chunks, RequestBody::Chunks(feed))
+    }
+
+    /// Sends `chunk` (framed messages) once the stream may take it. Fails once the
+    /// stream is over (ended, reset, or the call finished).
+    pub(crate) async fn send(&self, chunk: Bytes) -> Result<(), Closed> {
+        if self.ended {
+            return Err(Closed);
+        }
+        let mut chunk = Some(chunk);
+        poll_fn(|cx| {
+            let mut feed = self.feed.lock();
+            if feed.closed {
+                return Poll::Ready(Err(Closed));
+            }
+            let Some(stream) = feed.stream.as_mut() else {
+                if feed.early.len() < feed.early_limit {
+                    feed.early.extend(chunk.take());
+                    return Poll::Ready(Ok(()));
+                }
+                feed.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            };
+            while stream.capacity() == 0 {
+                stream.reserve_capacity(1);
+                match stream.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(_)) | None) => {
+                        feed.closed = true;
+                        return Poll::Ready(Err(Closed));
+                    }
+                    Poll::Pending => {
+                        // `close` wakes it too: the call may end while it waits.
+                        feed.writer = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                }
+            }
+            let Some(chunk) = chunk.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            Poll::Ready(stream.send_data(chunk, false).map_err(|_| Closed))
+        })
+        .await
+    }
+
+    /// No more messages: the stream ends once the chunks sent so far have gone.
+    pub(crate) fn end(&mut self) {
+        self.ended = true;
+        let mut feed = self.feed.lock();
+        feed.ended = true;
+        if let Some(stream) = feed.stream.as_mut() {
+            // Fails only for a stream already over.
+            let _ = stream.send_data(Bytes::new(), true);
+        }
+    }
+
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Drop for RequestChunks {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut feed = self.feed.lock();
+        feed.abandoned = true;
+        feed.early.clear();
+        if let Some(stream) = feed.stream.as_mut() {
+            stream.send_reset(Reason::CANCEL);
+        }
+    }
+}
+
+impl ChunkFeed {
+    fn lock(&self) -> MutexGuard<'_, Feed> {
+        // Every change leaves the feed consistent: a panicking holder leaves it usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The call has started on `stream`: the chunks written so far go to h2 (which holds
+    /// them until the stream opens), and the writer writes straight to it from now on.
+    fn start(&self, mut stream: SendStream<Bytes>) {
+        let mut feed = self.lock();
+        if feed.abandoned {
+            stream.send_reset(Reason::CANCEL);
+            feed.closed = true;
+            return;
+        }
+        for chunk in feed.early.drain(..) {
+            // Fails only for a stream already over, which the next write learns.
+            let _ = stream.send_data(chunk, false);
+        }
+        if feed.ended {
+            let _ = stream.send_data(Bytes::new(), true);
+        }
+        feed.stream = Some(stream);
+        if let Some(writer) = feed.writer.take() {
+            writer.wake();
+        }
+    }
+
+    /// The call is over: its stream is let go, a waiting writer learns it.
+    fn close(&self) {
+        let mut feed = self.lock();
+        feed.closed = true;
+        feed.stream = None;
+        feed.early.clear();
+        if let Some(writer) = feed.writer.take() {
+            writer.wake();
+        }
     }
 }
 
@@ -511,5 +697,95 @@ mod tests {
         assert_eq!(link.liveness.open_calls.load(Ordering::Relaxed), 0);
         let reason = tokio::time::timeout(Duration::from_secs(10), reset.recv()).await;
         assert_eq!(reason.unwrap(), Some(Reason::CANCEL));
+    }
+
+    /// The server's side of a streamed request: every byte until the end, then an
+    /// answer of their count.
+    async fn count_bytes(
+        request: Request<RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let mut body = request.into_body();
+        let mut received = Vec::new();
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            received.extend_from_slice(&data);
+        }
+        let mut stream = respond.send_response(Response::new(()), false).unwrap();
+        stream.send_data(Bytes::from(received), true).unwrap();
+    }
+
+    /// Chunks written before the call starts wait for it; with those written after, the
+    /// backend gets them all, in order, through a window smaller than their sum, and the
+    /// end of the stream after them.
+    #[tokio::test]
+    async fn written_chunks_arrive_in_order_then_the_end() {
+        let address = server(count_bytes).await;
+        let link = link_to(address).await;
+        let (mut chunks, body) = RequestChunks::new(2);
+        let all: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+        chunks.send(all[0].clone()).await.unwrap();
+        chunks.send(all[1].clone()).await.unwrap();
+        let pending = link.start(head(), body).ok().unwrap();
+        let writing = tokio::spawn({
+            let rest = all[2..].to_vec();
+            async move {
+                for chunk in rest {
+                    chunks.send(chunk).await.unwrap();
+                }
+                chunks.end();
+                assert!(chunks.send(Bytes::from_static(b"late")).await.is_err());
+            }
+        });
+        let response = pending.response().await.unwrap();
+        let received = response.into_body().collect().await.unwrap().to_bytes();
+        writing.await.unwrap();
+        let expected: Vec<u8> = all.iter().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(received, expected);
+    }
+
+    /// A writer that leaves without ending the stream (the client went away) resets it
+    /// with CANCEL; one that waits for flow control when the call ends learns it.
+    #[tokio::test]
+    async fn a_writer_that_leaves_cancels_and_one_left_waiting_is_told() {
+        let (resets, mut reset) = tokio::sync::mpsc::unbounded_channel();
+        let address = server(move |_request, mut respond| {
+            let resets = resets.clone();
+            async move {
+                // Reads nothing: the request stays within the 16 KiB window.
+                let mut stream = respond.send_response(Response::new(()), false).unwrap();
+                let reason = poll_fn(|cx| stream.poll_reset(cx)).await.unwrap();
+                let _ = resets.send(reason);
+            }
+        })
+        .await;
+        let link = link_to(address).await;
+
+        let (chunks, body) = RequestChunks::new(1);
+        let pending = link.start(head(), body).ok().unwrap();
+        let response = pending.response().await.unwrap();
+        drop(chunks);
+        let reason = tokio::time::timeout(Duration::from_secs(10), reset.recv()).await;
+        assert_eq!(reason.unwrap(), Some(Reason::CANCEL));
+        drop(response);
+
+        let (chunks, body) = RequestChunks::new(1);
+        let pending = link.start(head(), body).ok().unwrap();
+        let response = pending.response().await.unwrap();
+        let writing = tokio::spawn(async move {
+            loop {
+                if chunks.send(Bytes::from(vec![7u8; 8_192])).await.is_err() {
+                    return chunks;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!writing.is_finished(), "the writer waits for the window");
+        drop(response);
+        let chunks = tokio::time::timeout(Duration::from_secs(10), writing).await;
+        assert!(
+            chunks.is_ok(),
+            "the waiting writer was told the call is over"
+        );
     }
 }

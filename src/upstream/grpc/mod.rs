@@ -416,7 +416,7 @@ impl GrpcUpstream {
         let started = Instant::now();
         let replayable = match &body {
             RequestBody::Message(message) => Some(message.clone()),
-            RequestBody::Stream(_) => None,
+            RequestBody::Chunks(_) | RequestBody::Stream(_) => None,
         };
         let mut resends = 0;
         // The outcome, and the endpoint it says something about (none: no connection).

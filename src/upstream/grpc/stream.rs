@@ -7,17 +7,12 @@
 //! `unary` does.
 
 use super::connection::{Connection, transport_status};
+pub(crate) use super::link::RequestChunks;
 use super::link::{RequestBody, ResponseBody};
 use super::unary::{self, GRPC_ENCODING, framed_len};
-use crate::queue;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use tonic::{Code, Status};
 
 /// Request headers tonic keeps for itself: a caller's metadata cannot set them.
@@ -203,76 +198,6 @@ impl Deframer {
                     self.data.advance(take);
                 }
             }
-        }
-    }
-}
-
-/// Feeds a streaming call's request body: chunks of framed messages. `end` half-closes
-/// the stream (END_STREAM); dropped before that (the client left), the stream is reset
-/// with CANCEL, so the backend sees a cancelled call rather than a finished request.
-pub(crate) struct RequestChunks {
-    sender: Option<queue::Sender<Bytes>>,
-    ended: Arc<AtomicBool>,
-}
-
-impl RequestChunks {
-    /// A feed and the body it feeds; `depth` chunks may wait for flow control.
-    pub(crate) fn new(depth: usize) -> (Self, RequestBody) {
-        let (sender, receiver) = queue::bounded(depth);
-        let ended = Arc::new(AtomicBool::new(false));
-        let body = ChunkBody {
-            receiver,
-            ended: ended.clone(),
-        };
-        let feed = Self {
-            sender: Some(sender),
-            ended,
-        };
-        (feed, RequestBody::Stream(tonic::body::Body::new(body)))
-    }
-
-    /// Queues `chunk` (framed messages), waiting while `depth` chunks wait. Fails once
-    /// the stream is over (ended, or the call finished).
-    pub(crate) async fn send(&self, chunk: Bytes) -> Result<(), Closed> {
-        let sender = self.sender.as_ref().ok_or(Closed)?;
-        sender.send(chunk).await.map_err(|_| Closed)
-    }
-
-    /// No more messages: the stream ends normally once the queued chunks are sent.
-    pub(crate) fn end(&mut self) {
-        // Before the sender goes: the body reads the flag once it sees the queue closed.
-        self.ended.store(true, Ordering::Release);
-        self.sender = None;
-    }
-
-    pub(crate) fn has_ended(&self) -> bool {
-        self.sender.is_none()
-    }
-}
-
-/// The request stream is over: nothing more can be sent on it.
-#[derive(Debug)]
-pub(crate) struct Closed;
-
-/// The request body piped to the stream: the chunks as they come.
-struct ChunkBody {
-    receiver: queue::Receiver<Bytes>,
-    ended: Arc<AtomicBool>,
-}
-
-impl Body for ChunkBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        match std::task::ready!(self.receiver.poll_recv(cx)) {
-            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-            None if self.ended.load(Ordering::Acquire) => Poll::Ready(None),
-            // The pipe resets the stream (CANCEL).
-            None => Poll::Ready(Some(Err(h2::Error::from(h2::Reason::CANCEL)))),
         }
     }
 }
