@@ -5,11 +5,14 @@
 //! sockets are the common case) and often has only a few hundred bytes free: a busy
 //! socket made one `recvfrom` per 500 bytes, a sixth of a call per message, each a trip
 //! through the kernel. [`ReadAhead`] answers a small read from a block of up to
-//! [`BLOCK`] bytes that it read from the socket at once. The block exists only while it
-//! holds unread bytes or a read is under way: a connection that is waiting for its
-//! client holds none, so idle sockets cost nothing more.
+//! [`BLOCK`] bytes that it read from the socket at once, into a block each worker thread
+//! keeps for all its sockets; only what the reader leaves of it is copied out and held
+//! by the socket, until read. A connection that is waiting for its client holds nothing,
+//! so idle sockets cost nothing more, and a read that finds nothing (every other read of
+//! a socket that sends one message at a time) allocates nothing.
 
 use bytes::{Buf, BytesMut};
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +38,38 @@ impl<S> ReadAhead<S> {
     }
 }
 
+thread_local! {
+    /// The block reads from sockets go into, one per thread (16 KiB each).
+    static THREAD_BLOCK: RefCell<Box<[u8]>> = RefCell::new(vec![0; BLOCK].into_boxed_slice());
+}
+
+impl<S: AsyncRead + Unpin> ReadAhead<S> {
+    /// Reads into the thread's block, hands the reader what fits and keeps the rest;
+    /// `None` when the block is in use (a socket read from inside another's read).
+    fn read_into_thread_block(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<()>>> {
+        THREAD_BLOCK.with(|block| {
+            let mut block = block.try_borrow_mut().ok()?;
+            let mut read = ReadBuf::new(&mut block[..]);
+            Some(match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let data = read.filled();
+                    let n = data.len().min(buf.remaining());
+                    buf.put_slice(&data[..n]);
+                    if n < data.len() {
+                        self.ahead = BytesMut::from(&data[n..]);
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            })
+        })
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -45,6 +80,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         if this.ahead.is_empty() {
             if buf.remaining() >= SMALL {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            if let Some(read) = this.read_into_thread_block(cx, buf) {
+                return read;
             }
             this.ahead.reserve(BLOCK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.ahead) {
