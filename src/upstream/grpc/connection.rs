@@ -240,32 +240,24 @@ impl Connection {
             }
             // The connection is going away: the next call opens a new one.
             self.retire(generation);
-            if let Some(message) = &replay {
-                body = RequestBody::Message(message.clone());
-                if resends < MAX_UNPROCESSED_RESENDS {
-                    resends += 1;
-                    tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
-                        "request not processed by the server; resending on a new connection");
-                    head = spare;
-                    continue;
-                }
-                let status = unprocessed_status(format!(
-                    "`{}` refused the request unprocessed: {error}",
-                    self.shared.endpoint
-                ));
+            let Some(message) = &replay else {
+                // Not processed, but this body cannot be replayed here: the caller may.
                 return Err(SendError {
-                    status,
-                    unsent: unsent(spare, body),
+                    status: refused_status(&self.shared.endpoint, &error),
+                    unsent: None,
                 });
+            };
+            body = RequestBody::Message(message.clone());
+            if resends < MAX_UNPROCESSED_RESENDS {
+                resends += 1;
+                tracing::debug!(endpoint = %self.shared.endpoint, %error, resends,
+                    "request not processed by the server; resending on a new connection");
+                head = spare;
+                continue;
             }
-            // Not processed, but this body cannot be replayed here: the caller may.
-            let status = unprocessed_status(format!(
-                "`{}` refused the request unprocessed: {error}",
-                self.shared.endpoint
-            ));
             return Err(SendError {
-                status,
-                unsent: None,
+                status: refused_status(&self.shared.endpoint, &error),
+                unsent: unsent(spare, body),
             });
         }
     }
@@ -419,6 +411,13 @@ pub(crate) fn transport_status(error: h2::Error, cause: String) -> Status {
         code => code,
     };
     local_status(code, cause)
+}
+
+/// The status of a request the server refused unprocessed.
+fn refused_status(endpoint: &str, error: &h2::Error) -> Status {
+    unprocessed_status(format!(
+        "`{endpoint}` refused the request unprocessed: {error}"
+    ))
 }
 
 /// Whether the server refused the stream before processing it: it was above the last

@@ -35,7 +35,7 @@ pub enum RequestBody {
     /// Sent with the headers, in the caller's task; cheap to keep for a resend.
     Message(Bytes),
     /// Written chunk by chunk by the caller, from its own task ([`RequestChunks`]).
-    Chunks(ChunkFeed),
+    Chunks(ChunkBody),
     /// Piped by a task of its own as the body yields it, within flow control.
     Stream(tonic::body::Body),
 }
@@ -132,9 +132,11 @@ impl Link {
                     tracing::debug!(%error, "request message not taken by h2");
                 }
             }
-            RequestBody::Chunks(feed) => {
-                feed.start(stream);
-                call.request = Sending::Chunks(feed);
+            RequestBody::Chunks(mut body) => {
+                if let Some(feed) = body.0.take() {
+                    feed.start(stream);
+                    call.request = Sending::Chunks(feed);
+                }
             }
             RequestBody::Stream(body) => {
                 let task = tokio::spawn(Box::pin(pipe(body, stream)));
@@ -227,9 +229,21 @@ pub(crate) struct RequestChunks {
     ended: bool,
 }
 
-/// The request body side of [`RequestChunks`], which `Link::start` connects to the stream.
+/// The request body of [`RequestChunks`], which `Link::start` connects to the stream;
+/// dropped unstarted (the call never left), it tells the writer the call is over.
+pub struct ChunkBody(Option<ChunkFeed>);
+
+impl Drop for ChunkBody {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0.take() {
+            feed.close();
+        }
+    }
+}
+
+/// What a writer and its call's stream share.
 #[derive(Clone)]
-pub struct ChunkFeed(Arc<Mutex<Feed>>);
+struct ChunkFeed(Arc<Mutex<Feed>>);
 
 struct Feed {
     /// The call's stream, once it has started (and until it is over).
@@ -267,7 +281,7 @@ impl RequestChunks {
             feed: feed.clone(),
             ended: false,
         };
-        (chunks, RequestBody::Chunks(feed))
+        (chunks, RequestBody::Chunks(ChunkBody(Some(feed))))
     }
 
     /// Sends `chunk` (framed messages) once the stream may take it. Fails once the
@@ -643,20 +657,7 @@ mod tests {
     /// ends the stream; the answer comes back with its trailers.
     #[tokio::test]
     async fn a_streamed_body_arrives_whole_within_flow_control() {
-        let address = server(|request, mut respond| async move {
-            let mut body = request.into_body();
-            let mut received = Vec::new();
-            while let Some(Ok(data)) = body.data().await {
-                let _ = body.flow_control().release_capacity(data.len());
-                received.extend_from_slice(&data);
-            }
-            let mut stream = respond.send_response(Response::new(()), false).unwrap();
-            stream.send_data(Bytes::from(received), false).unwrap();
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-            stream.send_trailers(trailers).unwrap();
-        })
-        .await;
+        let address = server(count_bytes).await;
         let link = link_to(address).await;
         let chunks: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
@@ -671,12 +672,13 @@ mod tests {
         assert_eq!(collected.to_bytes(), expected);
     }
 
-    /// A caller that lets a streaming call go (its answer dropped) while its request
-    /// body is still open: the pipe stops and the server sees the stream reset with
-    /// CANCEL, as when a gRPC client abandons a call.
-    #[tokio::test]
-    async fn an_abandoned_call_is_reset_with_cancel() {
-        let (resets, mut reset) = tokio::sync::mpsc::unbounded_channel();
+    /// A server that answers each request's headers, reads none of its body, and reports
+    /// how each stream was reset.
+    async fn resetting_server() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Reason>,
+    ) {
+        let (resets, reset) = tokio::sync::mpsc::unbounded_channel();
         let address = server(move |_request, mut respond| {
             let resets = resets.clone();
             async move {
@@ -686,6 +688,15 @@ mod tests {
             }
         })
         .await;
+        (address, reset)
+    }
+
+    /// A caller that lets a streaming call go (its answer dropped) while its request
+    /// body is still open: the pipe stops and the server sees the stream reset with
+    /// CANCEL, as when a gRPC client abandons a call.
+    #[tokio::test]
+    async fn an_abandoned_call_is_reset_with_cancel() {
+        let (address, mut reset) = resetting_server().await;
         let link = link_to(address).await;
         let pending = link
             .start(head(), streamed(futures_util::stream::pending()))
@@ -699,8 +710,8 @@ mod tests {
         assert_eq!(reason.unwrap(), Some(Reason::CANCEL));
     }
 
-    /// The server's side of a streamed request: every byte until the end, then an
-    /// answer of their count.
+    /// The server's side of a streamed request: every byte until the end, sent back,
+    /// then trailers with `grpc-status: 0`.
     async fn count_bytes(
         request: Request<RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
@@ -712,7 +723,10 @@ mod tests {
             received.extend_from_slice(&data);
         }
         let mut stream = respond.send_response(Response::new(()), false).unwrap();
-        stream.send_data(Bytes::from(received), true).unwrap();
+        stream.send_data(Bytes::from(received), false).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        stream.send_trailers(trailers).unwrap();
     }
 
     /// Chunks written before the call starts wait for it; with those written after, the
@@ -748,17 +762,8 @@ mod tests {
     /// with CANCEL; one that waits for flow control when the call ends learns it.
     #[tokio::test]
     async fn a_writer_that_leaves_cancels_and_one_left_waiting_is_told() {
-        let (resets, mut reset) = tokio::sync::mpsc::unbounded_channel();
-        let address = server(move |_request, mut respond| {
-            let resets = resets.clone();
-            async move {
-                // Reads nothing: the request stays within the 16 KiB window.
-                let mut stream = respond.send_response(Response::new(()), false).unwrap();
-                let reason = poll_fn(|cx| stream.poll_reset(cx)).await.unwrap();
-                let _ = resets.send(reason);
-            }
-        })
-        .await;
+        // The server reads nothing: requests stay within its 16 KiB window.
+        let (address, mut reset) = resetting_server().await;
         let link = link_to(address).await;
 
         let (chunks, body) = RequestChunks::new(1);
@@ -787,5 +792,14 @@ mod tests {
             chunks.is_ok(),
             "the waiting writer was told the call is over"
         );
+    }
+
+    /// A call that never starts (no connection) tells its writer at once.
+    #[tokio::test]
+    async fn a_call_that_never_starts_tells_its_writer() {
+        let (chunks, body) = RequestChunks::new(2);
+        chunks.send(Bytes::from_static(b"early")).await.unwrap();
+        drop(body);
+        assert!(chunks.send(Bytes::from_static(b"more")).await.is_err());
     }
 }
