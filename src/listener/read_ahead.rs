@@ -81,22 +81,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             if buf.remaining() >= SMALL {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            if let Some(read) = this.read_into_thread_block(cx, buf) {
-                return read;
-            }
-            this.ahead.reserve(BLOCK);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.ahead) {
-                Poll::Ready(Ok(_)) => {}
-                // Nothing to read (or a broken socket): hold no block while waiting.
-                Poll::Pending => {
-                    this.ahead = BytesMut::new();
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(error)) => {
-                    this.ahead = BytesMut::new();
-                    return Poll::Ready(Err(error));
-                }
-            }
+            return match this.read_into_thread_block(cx, buf) {
+                Some(read) => read,
+                // The thread's block is in use (a socket read from inside another's
+                // read, which no wrapper here does): read without reading ahead.
+                None => Pin::new(&mut this.io).poll_read(cx, buf),
+            };
         }
         let n = this.ahead.len().min(buf.remaining());
         buf.put_slice(&this.ahead[..n]);

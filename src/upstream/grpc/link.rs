@@ -73,8 +73,8 @@ struct OpenCall {
 enum Sending {
     /// Nothing: it went with the headers.
     Done,
-    Pipe(tokio::task::AbortHandle),
-    Chunks(ChunkFeed),
+    /// Its writer, and the task that writes with it, if any ([`pipe`]).
+    Chunks(ChunkFeed, Option<tokio::task::AbortHandle>),
 }
 
 impl OpenCall {
@@ -94,8 +94,12 @@ impl Drop for OpenCall {
         // stream is let go, and h2 resets it (CANCEL) if it is still open.
         match &self.request {
             Sending::Done => {}
-            Sending::Pipe(pipe) => pipe.abort(),
-            Sending::Chunks(feed) => feed.close(),
+            Sending::Chunks(feed, pipe) => {
+                feed.close();
+                if let Some(pipe) = pipe {
+                    pipe.abort();
+                }
+            }
         }
     }
 }
@@ -135,12 +139,13 @@ impl Link {
             RequestBody::Chunks(mut body) => {
                 if let Some(feed) = body.0.take() {
                     feed.start(stream);
-                    call.request = Sending::Chunks(feed);
+                    call.request = Sending::Chunks(feed, None);
                 }
             }
             RequestBody::Stream(body) => {
-                let task = tokio::spawn(Box::pin(pipe(body, stream)));
-                call.request = Sending::Pipe(task.abort_handle());
+                let (chunks, feed) = RequestChunks::with(Some(stream), 1);
+                let task = tokio::spawn(Box::pin(pipe(body, chunks)));
+                call.request = Sending::Chunks(feed, Some(task.abort_handle()));
             }
         }
         Ok(PendingResponse { response, call })
@@ -222,8 +227,10 @@ impl Body for ResponseBody {
 /// left), the stream is reset with CANCEL, so the backend sees a cancelled call rather
 /// than a finished request.
 ///
-/// Flow control as in [`pipe`]: a chunk waits until the stream has some send capacity,
-/// then goes whole. Before the call has started, `early` chunks may wait for it.
+/// Flow control: a chunk waits until the stream has some send capacity, then goes whole
+/// (h2 holds what the window does not allow yet), so one chunk per stream waits in h2 at
+/// most, and capacity is claimed only with a chunk in hand: a quiet stream pins none of
+/// the connection's window. Before the call has started, `early` chunks may wait for it.
 pub(crate) struct RequestChunks {
     feed: ChunkFeed,
     ended: bool,
@@ -268,8 +275,15 @@ pub(crate) struct Closed;
 impl RequestChunks {
     /// A writer and the body it writes; `early` chunks may wait for the call to start.
     pub(crate) fn new(early: usize) -> (Self, RequestBody) {
+        let (chunks, feed) = Self::with(None, early);
+        (chunks, RequestBody::Chunks(ChunkBody(Some(feed))))
+    }
+
+    /// A writer on `stream` (or on the stream its call will start), and what it shares
+    /// with the call.
+    fn with(stream: Option<SendStream<Bytes>>, early: usize) -> (Self, ChunkFeed) {
         let feed = ChunkFeed(Arc::new(Mutex::new(Feed {
-            stream: None,
+            stream,
             early: VecDeque::new(),
             early_limit: early.max(1),
             ended: false,
@@ -281,7 +295,7 @@ impl RequestChunks {
             feed: feed.clone(),
             ended: false,
         };
-        (chunks, RequestBody::Chunks(ChunkBody(Some(feed))))
+        (chunks, feed)
     }
 
     /// Sends `chunk` (framed messages) once the stream may take it. Fails once the
@@ -397,81 +411,32 @@ impl ChunkFeed {
     }
 }
 
-/// Sends a streamed request body on its stream as the body yields it. Each chunk waits
-/// until the stream has some send capacity, then goes whole (h2 holds what the window
-/// does not allow yet): one chunk per stream waits in h2 at most, and capacity is
-/// claimed only with a chunk in hand, so a quiet stream pins none of the connection's
-/// window. A body that fails resets the stream (CANCEL): the server sees an abandoned
-/// call, not a finished request.
-async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>)
+/// Writes a body that yields its chunks itself (tonic's clients) with `chunks`, as the
+/// body yields them. A body that fails resets the stream (CANCEL, when `chunks` goes
+/// unended): the server sees an abandoned call, not a finished request. Trailers are
+/// not sent: a gRPC request has none.
+async fn pipe<B>(mut body: B, mut chunks: RequestChunks)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut waiting: Option<(Bytes, bool)> = None;
-    let ended = poll_fn(|cx| {
-        loop {
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(Err(match reset {
-                    Ok(reason) => format!("the server reset the stream ({reason})"),
-                    Err(error) => error.to_string(),
-                }));
-            }
-            if let Some((chunk, end)) = waiting.take() {
-                if stream.capacity() == 0 {
-                    waiting = Some((chunk, end));
-                    match ready!(stream.poll_capacity(cx)) {
-                        Some(Ok(_)) => continue,
-                        Some(Err(error)) => return Poll::Ready(Err(error.to_string())),
-                        None => return Poll::Ready(Err("the stream closed".into())),
-                    }
-                }
-                if let Err(error) = stream.send_data(chunk, end) {
-                    return Poll::Ready(Err(error.to_string()));
-                }
-                if end {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            match ready!(Pin::new(&mut body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => {
-                        let end = body.is_end_stream();
-                        if chunk.is_empty() && !end {
-                            continue;
-                        }
-                        // Whole chunks go once any capacity is there: claiming all of it
-                        // up front would make every waiting stream a large claimant.
-                        stream.reserve_capacity(1);
-                        waiting = Some((chunk, end));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            stream.reserve_capacity(0);
-                            return Poll::Ready(
-                                stream.send_trailers(trailers).map_err(|e| e.to_string()),
-                            );
-                        }
-                    }
-                },
-                Some(Err(error)) => {
-                    stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(Err(format!("request body: {error}")));
-                }
-                None => {
-                    return Poll::Ready(
-                        stream
-                            .send_data(Bytes::new(), true)
-                            .map_err(|e| e.to_string()),
-                    );
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data()
+                    && !chunk.is_empty()
+                    && chunks.send(chunk).await.is_err()
+                {
+                    return; // The call is over.
                 }
             }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "request body failed; the stream is cancelled");
+                return;
+            }
+            None => return chunks.end(),
         }
-    })
-    .await;
-    if let Err(error) = ended {
-        tracing::debug!(%error, "request stream ended early");
     }
 }
 
