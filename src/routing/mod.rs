@@ -5,6 +5,7 @@ pub mod amqp;
 mod compile;
 pub mod grpc_web;
 pub mod template;
+mod tree;
 pub mod websocket;
 
 pub use compile::compile;
@@ -19,7 +20,6 @@ use crate::upstream::grpc::GrpcUpstream;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use prost_reflect::MethodDescriptor;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use template::{PathTemplate, RequestPath};
@@ -43,9 +43,8 @@ pub struct RouteTable {
     /// The listener's certificate and key (`tls:`), loaded with the table; set by
     /// `gateway::build_table`.
     pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
-    by_first_literal: HashMap<String, Vec<usize>>,
-    /// Routes whose first segment is not a literal: candidates for every path.
-    wildcard_first: Vec<usize>,
+    /// The routes' templates as a tree of segments (`tree`), for `lookup`.
+    tree: tree::RouteTree,
 }
 
 /// One (HTTP method, path template) → action.
@@ -145,17 +144,7 @@ impl RouteTable {
                 .cmp(&b.template.specificity())
                 .then_with(|| a.template.text.cmp(&b.template.text))
         });
-        let mut by_first_literal: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut wildcard_first = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            match route.template.first_literal() {
-                Some(literal) => by_first_literal
-                    .entry(literal.to_string())
-                    .or_default()
-                    .push(i),
-                None => wildcard_first.push(i),
-            }
-        }
+        let tree = tree::RouteTree::new(routes.iter().map(|route| &route.template));
         Self {
             json: JsonCodec::new(&config.json),
             limits: config.limits,
@@ -167,30 +156,16 @@ impl RouteTable {
             cache: None,
             tracing: None,
             tls: None,
-            by_first_literal,
-            wildcard_first,
+            tree,
         }
     }
 
     /// Finds the most specific route for the path, then checks the method. `HEAD` is
     /// served by a `GET` route when no `HEAD` route exists.
     pub fn lookup(&self, method: &Method, path: &RequestPath<'_>) -> Lookup {
-        let bucket = |segment: Option<&str>| {
-            segment
-                .and_then(|s| self.by_first_literal.get(s))
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-        };
-        let literal = bucket(path.first_segment());
-        // `/ping:check`: a template `/ping:check` is bucketed under `ping`.
-        let verb_stripped = bucket(path.first_segment_without_verb());
         let mut allowed: Vec<Method> = Vec::new();
         let mut head_fallback = None;
-        let candidates = merge_sorted(
-            merge_sorted(literal.iter().copied(), verb_stripped.iter().copied()),
-            self.wildcard_first.iter().copied(),
-        );
-        for index in candidates {
+        for index in self.tree.candidates(path) {
             let route = &self.routes[index];
             if !route.template.matches(path) {
                 continue;
@@ -213,31 +188,5 @@ impl RouteTable {
         } else {
             Lookup::MethodNotAllowed(allowed)
         }
-    }
-}
-
-/// Two ascending index sequences as one ascending sequence (all are precedence-ordered).
-fn merge_sorted(
-    a: impl Iterator<Item = usize>,
-    b: impl Iterator<Item = usize>,
-) -> impl Iterator<Item = usize> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(&x), Some(&y)) if x <= y => a.next(),
-        (_, Some(_)) => b.next(),
-        (Some(_), None) => a.next(),
-        (None, None) => None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge_sorted;
-
-    #[test]
-    fn merge_keeps_order() {
-        let merged: Vec<usize> =
-            merge_sorted([1, 4, 6].into_iter(), [0, 2, 5, 9].into_iter()).collect();
-        assert_eq!(merged, vec![0, 1, 2, 4, 5, 6, 9]);
     }
 }

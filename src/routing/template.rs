@@ -102,18 +102,21 @@ impl<'a> RequestPath<'a> {
         }
     }
 
-    /// The first decoded segment, used to pick candidate routes.
-    pub fn first_segment(&self) -> Option<&str> {
-        self.decoded.first().map(|s| s.as_ref())
+    /// How many segments the path has (`/` has none).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
     }
 
-    /// The first segment without its `:verb`, when it is also the last one and has a
-    /// verb (`/ping:check` → `ping`): templates with a verb bucket under that literal.
-    pub fn first_segment_without_verb(&self) -> Option<&str> {
-        match &self.last_without_verb {
-            Some((_, stripped)) if self.segments.len() == 1 => Some(stripped),
-            _ => None,
-        }
+    /// Decoded segment `i`, as it is (a last segment keeps its `:verb`).
+    pub fn decoded(&self, i: usize) -> &str {
+        &self.decoded[i]
+    }
+
+    /// The last segment decoded without its `:verb`, if it has one.
+    pub fn last_without_verb(&self) -> Option<&str> {
+        self.last_without_verb
+            .as_ref()
+            .map(|(_, stripped)| stripped.as_ref())
     }
 }
 
@@ -323,14 +326,6 @@ impl PathTemplate {
             shape.push_str(verb);
         }
         shape
-    }
-
-    /// The first segment's literal, if it is one (routes are bucketed by it).
-    pub fn first_literal(&self) -> Option<&str> {
-        match self.segments.first() {
-            Some(Segment::Literal(l)) => Some(l),
-            _ => None,
-        }
     }
 
     /// OpenAPI form: each variable becomes `{field.path}`.
@@ -697,7 +692,7 @@ mod tests {
             fn a_changed_literal_or_verb_does_not_match(case in cases(), extra in "[A-Z]{1,3}") {
                 let template = PathTemplate::parse(&case.template).unwrap();
                 // Upper case never appears in generated literals or verbs.
-                if let Some(literal) = template.first_literal() {
+                if let Some(Segment::Literal(literal)) = template.segments.first() {
                     let changed = case.path.replacen(&format!("/{literal}"), &format!("/{literal}{extra}"), 1);
                     prop_assert!(!template.matches(&RequestPath::parse(&changed).unwrap()), "{changed}");
                 }
