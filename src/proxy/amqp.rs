@@ -70,9 +70,10 @@ pub(super) async fn call(
         _ => error,
     };
     if !route.reply {
-        let published = route
-            .upstream
-            .publish(message, deadline.instant())
+        // Boxed: a publish waits for the broker's confirm through lapin, whose future is
+        // larger than the whole request-reply path; inline, every RPC's state would be
+        // that large too.
+        let published = Box::pin(route.upstream.publish(message, deadline.instant()))
             .await
             .map_err(|e| in_time(e, "the broker did not confirm in time"));
         span.finish(&published);

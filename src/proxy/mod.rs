@@ -291,7 +291,9 @@ async fn run(
         }
     };
     match cached {
-        Some((policy, cache, lookup)) => cache.serve(policy, lookup, target).await,
+        // Boxed too: the cache's state (and the target it holds) would otherwise make every
+        // request's state as large, cached route or not.
+        Some((policy, cache, lookup)) => Box::pin(cache.serve(policy, lookup, target)).await,
         None => target.await,
     }
 }

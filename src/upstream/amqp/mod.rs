@@ -226,8 +226,13 @@ impl AmqpUpstream {
         deadline: Instant,
         expiration: Duration,
     ) -> Result<Reply, GatewayError> {
-        self.measured(deadline, self.call_within(message, expiration))
-            .await
+        // The call's future is made here, not passed in: an async fn keeps the futures it
+        // is given apart from the ones it awaits, so a wrapper taking it would hold it
+        // twice (and copy both whenever it moves).
+        let started = Instant::now();
+        let _in_flight = self.shared.track();
+        let result = tokio::time::timeout_at(deadline, self.call_within(message, expiration)).await;
+        self.measured(started, deadline, result)
     }
 
     /// Publish without reply: `Ok` once the broker confirmed the message, by `deadline`.
@@ -236,26 +241,27 @@ impl AmqpUpstream {
         message: Message<'_>,
         deadline: Instant,
     ) -> Result<(), GatewayError> {
-        self.measured(deadline, self.publish_within(message)).await
-    }
-
-    /// Runs one call until the deadline (its one timer), counted in flight and in the
-    /// metrics.
-    async fn measured<T>(
-        &self,
-        deadline: Instant,
-        call: impl Future<Output = Result<T, GatewayError>>,
-    ) -> Result<T, GatewayError> {
         let started = Instant::now();
         let _in_flight = self.shared.track();
-        let result = match tokio::time::timeout_at(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => Err(GatewayError::deadline_exceeded(format!(
+        let result = tokio::time::timeout_at(deadline, self.publish_within(message)).await;
+        self.measured(started, deadline, result)
+    }
+
+    /// The outcome of one call run until `deadline` (its one timer), counted in the
+    /// metrics.
+    fn measured<T>(
+        &self,
+        started: Instant,
+        deadline: Instant,
+        result: Result<Result<T, GatewayError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, GatewayError> {
+        let result = result.unwrap_or_else(|_| {
+            Err(GatewayError::deadline_exceeded(format!(
                 "upstream `{}` did not answer within {:?}",
                 self.name,
                 deadline.saturating_duration_since(started)
-            ))),
-        };
+            )))
+        });
         let code = result.as_ref().map_or_else(|e| e.code, |_| tonic::Code::Ok);
         self.shared.metrics.calls.record(code, started.elapsed());
         result
