@@ -35,6 +35,8 @@ pub(super) struct MessagePlan {
     by_number: Box<[u16]>,
     /// How many oneofs (synthetic ones of `optional` fields included).
     pub oneofs: usize,
+    /// Whether a field is repeated.
+    pub has_lists: bool,
 }
 
 /// Field numbers below this are looked up in `MessagePlan::by_number` (most messages
@@ -49,6 +51,9 @@ pub(super) struct FieldPlan {
     /// `"jsonName":` and `"proto_name":`, escaped, ready to write.
     pub json_key: Box<[u8]>,
     pub proto_key: Box<[u8]>,
+    /// A JSON key written exactly as `json_key` names this field: no earlier field has
+    /// the same JSON name (the JSON reader may then match the key's bytes at once).
+    pub json_key_is_own: bool,
     pub scalar: Scalar,
     pub repeated: bool,
     /// Repeated and packed on the wire (proto3's default for numeric kinds).
@@ -308,6 +313,7 @@ impl Builder {
                 number: field.number(),
                 json_key: key(field.json_name()),
                 proto_key: key(field.name()),
+                json_key_is_own: false, // known once all are indexed, below
                 json_name: field.json_name().into(),
                 proto_name: field.name().into(),
                 scalar,
@@ -318,10 +324,15 @@ impl Builder {
             });
         }
         fields.sort_by_key(|f| f.number);
+        let json_names = NameIndex::new(fields.iter().map(|f| &*f.json_name));
+        for (position, field) in fields.iter_mut().enumerate() {
+            field.json_key_is_own = json_names.get(field.json_name.as_bytes()) == Some(position);
+        }
         self.messages[index] = Some(MessagePlan {
-            json_names: NameIndex::new(fields.iter().map(|f| &*f.json_name)),
+            json_names,
             proto_names: NameIndex::new(fields.iter().map(|f| &*f.proto_name)),
             by_number: numbers_below_dense(&fields),
+            has_lists: fields.iter().any(|f| f.repeated),
             fields,
             oneofs: oneofs.len(),
         });

@@ -66,6 +66,13 @@ fn message(
         return Err(Unsupported);
     }
     let message = &plan.messages[index];
+    if !message.has_lists {
+        let mark = out.len();
+        if in_order(plan, message, bytes, options, out, depth)? {
+            return Ok(());
+        }
+        out.truncate(mark);
+    }
     // Filled in place: returned by value, the inline array would be copied out.
     let mut entries = SmallVec::new();
     read_entries(message, bytes, &mut entries)?;
@@ -122,10 +129,14 @@ fn message(
         }
 
         let Some(last) = records.last() else {
-            if !field.presence && options.emit_defaults {
-                write_key(out, field, options, &mut first);
-                write_value(plan, default_value(field.scalar), options, out, depth)?;
-            }
+            defaults(
+                plan,
+                std::slice::from_ref(field),
+                options,
+                out,
+                &mut first,
+                depth,
+            )?;
             continue;
         };
         if let Scalar::Message(_) | Scalar::Timestamp = field.scalar
@@ -145,6 +156,89 @@ fn message(
     Ok(())
 }
 
+/// `message` for a message without repeated fields, in one pass: as protobuf encoders
+/// write them, each field comes once and in the order of field numbers, which is the
+/// order of the JSON keys, so each record is written as it is read (and the defaults of
+/// the fields between, when they are emitted). `Ok(false)` when a record comes out of
+/// that order: the caller starts over, sorting the records first.
+fn in_order(
+    plan: &Plan,
+    message: &MessagePlan,
+    bytes: &[u8],
+    options: &Options,
+    out: &mut Vec<u8>,
+    depth: u32,
+) -> Result<bool, Unsupported> {
+    out.push(b'{');
+    let mut first = true;
+    let mut oneofs_set = 0u128;
+    // Fields below this one are done.
+    let mut next_field = 0;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Some(entry) = next_entry(message, bytes, &mut rest)? else {
+            continue;
+        };
+        if entry.field < next_field {
+            return Ok(false);
+        }
+        let skipped = &message.fields[next_field..entry.field];
+        defaults(plan, skipped, options, out, &mut first, depth)?;
+        next_field = entry.field + 1;
+        let field = &message.fields[entry.field];
+        if let Some(oneof) = field.oneof {
+            let bit = 1u128.checked_shl(oneof as u32).ok_or(Unsupported)?;
+            if oneofs_set & bit != 0 {
+                return Err(Unsupported); // the decoder would keep only the last member
+            }
+            oneofs_set |= bit;
+        }
+        let value = read_whole(field.scalar, &bytes[entry.start..entry.end])?;
+        if !field.presence && !options.emit_defaults && value.is_default() {
+            continue;
+        }
+        write_key(out, field, options, &mut first);
+        write_value(plan, value, options, out, depth)?;
+    }
+    let skipped = &message.fields[next_field..];
+    defaults(plan, skipped, options, out, &mut first, depth)?;
+    out.push(b'}');
+    Ok(true)
+}
+
+/// The default values of `fields` (absent from the input and not lists), when they are
+/// emitted: those of fields without presence.
+#[inline(always)]
+fn defaults(
+    plan: &Plan,
+    fields: &[FieldPlan],
+    options: &Options,
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    depth: u32,
+) -> Result<(), Unsupported> {
+    // Checked here, inline: most records follow the one before, nothing in between.
+    if !options.emit_defaults || fields.is_empty() {
+        return Ok(());
+    }
+    write_defaults(plan, fields, options, out, first, depth)
+}
+
+fn write_defaults(
+    plan: &Plan,
+    fields: &[FieldPlan],
+    options: &Options,
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    depth: u32,
+) -> Result<(), Unsupported> {
+    for field in fields.iter().filter(|field| !field.presence) {
+        write_key(out, field, options, first);
+        write_value(plan, default_value(field.scalar), options, out, depth)?;
+    }
+    Ok(())
+}
+
 /// The records of known fields, sorted by field (stably: the wire order stays within a
 /// field). Unknown fields are skipped, as prost-reflect's JSON leaves them out.
 fn read_entries(
@@ -152,52 +246,65 @@ fn read_entries(
     bytes: &[u8],
     entries: &mut SmallVec<[Entry; 16]>,
 ) -> Result<(), Unsupported> {
-    let fields = &message.fields;
     let mut sorted = true;
     let mut rest = bytes;
     while !rest.is_empty() {
-        let key = decode_varint(&mut rest).map_err(|_| Unsupported)?;
-        let number = u32::try_from(key >> 3).map_err(|_| Unsupported)?;
-        let wire_type = (key & 7) as u8;
-        let mut start = bytes.len() - rest.len();
-        let len = match wire_type {
-            0 => {
-                decode_varint(&mut rest).map_err(|_| Unsupported)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = decode_varint(&mut rest).map_err(|_| Unsupported)?;
-                start = bytes.len() - rest.len();
-                usize::try_from(len).map_err(|_| Unsupported)?
-            }
-            _ => return Err(Unsupported), // groups
-        };
-        rest = rest.get(len..).ok_or(Unsupported)?;
-        let end = bytes.len() - rest.len();
-        let Some(field) = message.field_by_number(number) else {
+        let Some(entry) = next_entry(message, bytes, &mut rest)? else {
             continue;
         };
-        let natural = fields[field].scalar.wire_type();
-        let delimited = wire_type == 2;
-        if wire_type != natural && !(delimited && fields[field].repeated) {
-            return Err(Unsupported);
-        }
-        if entries.last().is_some_and(|e| e.field > field) {
+        if entries.last().is_some_and(|e| e.field > entry.field) {
             sorted = false;
         }
-        entries.push(Entry {
-            field,
-            delimited,
-            start,
-            end,
-        });
+        entries.push(entry);
     }
     if !sorted {
         entries.sort_by_key(|e| e.field);
     }
     Ok(())
+}
+
+/// The record at the front of `rest` (a tail of `bytes`), moved past; `None` for a
+/// field the message does not know.
+#[inline(always)]
+fn next_entry(
+    message: &MessagePlan,
+    bytes: &[u8],
+    rest: &mut &[u8],
+) -> Result<Option<Entry>, Unsupported> {
+    let key = decode_varint(rest).map_err(|_| Unsupported)?;
+    let number = u32::try_from(key >> 3).map_err(|_| Unsupported)?;
+    let wire_type = (key & 7) as u8;
+    let mut start = bytes.len() - rest.len();
+    let len = match wire_type {
+        0 => {
+            decode_varint(rest).map_err(|_| Unsupported)?;
+            0
+        }
+        1 => 8,
+        5 => 4,
+        2 => {
+            let len = decode_varint(rest).map_err(|_| Unsupported)?;
+            start = bytes.len() - rest.len();
+            usize::try_from(len).map_err(|_| Unsupported)?
+        }
+        _ => return Err(Unsupported), // groups
+    };
+    *rest = rest.get(len..).ok_or(Unsupported)?;
+    let end = bytes.len() - rest.len();
+    let Some(field) = message.field_by_number(number) else {
+        return Ok(None);
+    };
+    let plan = &message.fields[field];
+    let delimited = wire_type == 2;
+    if wire_type != plan.scalar.wire_type() && !(delimited && plan.repeated) {
+        return Err(Unsupported);
+    }
+    Ok(Some(Entry {
+        field,
+        delimited,
+        start,
+        end,
+    }))
 }
 
 /// A decoded value, before it is written.

@@ -133,18 +133,35 @@ impl<'a> Reader<'a> {
         }
         // Fields, then oneofs, already given.
         let mut seen = Seen::new(message.fields.len() + message.oneofs);
+        // Clients mostly write fields in the order the message declares them: the key
+        // of the field after the last one is tried first, as bytes (`"name":`), before
+        // a key is read and looked up.
+        let mut next_field = 0;
         loop {
             if self.next_token() != Some(b'"') {
                 return Err(Refused("expected a key"));
             }
-            let key = self.string()?;
-            let index = message
-                .field(key.as_bytes())
-                .ok_or(Refused("unknown field"))?;
+            let index = match message.fields.get(next_field) {
+                Some(field)
+                    if field.json_key_is_own
+                        && self.json[self.at..].starts_with(&field.json_key) =>
+                {
+                    self.at += field.json_key.len(); // the colon included
+                    next_field
+                }
+                _ => {
+                    let key = self.string()?;
+                    let index = message
+                        .field(key.as_bytes())
+                        .ok_or(Refused("unknown field"))?;
+                    self.eat(b':')?;
+                    index
+                }
+            };
             if !seen.insert(index) {
                 return Err(Refused("repeated field"));
             }
-            self.eat(b':')?;
+            next_field = index + 1;
             let field = &message.fields[index];
             if self.field(plan, field, out)?
                 && let Some(oneof) = field.oneof
