@@ -33,8 +33,12 @@ const TOKEN_PARAMETER: &str = "access_token";
 /// tungstenite allocates (and zero-fills) this much per socket and reads at most this
 /// much per read call: small, because idle sockets are the common case. A busy socket's
 /// small reads are answered from the listener's read-ahead block (listener/read_ahead.rs),
-/// not by the kernel. A bigger frame grows the buffer while it is read.
-const READ_BUFFER: usize = 512;
+/// not by the kernel. A bigger frame grows the buffer while it is read. Not smaller: the
+/// frames read share the buffer until they are transcoded, so once it is used up it is
+/// allocated anew, each read through four layers of wrappers; at 512 bytes (every six
+/// chat messages) that was 12% of a busy socket's instructions per message, for 1.5 KiB
+/// less per idle socket (BENCHMARKS.md).
+const READ_BUFFER: usize = 2048;
 /// Outgoing frames are written out once this much is buffered (and at every flush).
 const WRITE_BUFFER: usize = 16 << 10;
 
