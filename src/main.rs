@@ -10,7 +10,8 @@ use switchboard::{Gateway, Server};
 
 /// mimalloc instead of the system allocator: a proxied request allocates and frees a few
 /// dozen small buffers, and glibc's malloc spent ~10% of the gateway's CPU on them
-/// (perf, bench/run); mimalloc's thread-local free lists take less (BENCHMARKS.md).
+/// (perf, bench/run); mimalloc's thread-local free lists take less (BENCHMARKS.md). Built
+/// without transparent huge pages (Cargo.toml): they doubled the resident memory.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
