@@ -158,7 +158,7 @@ async fn relay(
             // sockets on this thread have their turn). Going on would hold every answer
             // of a burst until the last is transcoded, while the client sits idle with
             // nothing to read; given way, the client reads and answers this batch while
-            // the next is transcoded (at window 256, 43% → 50% of a direct stream's
+            // the next is transcoded (at window 256, 45% → 48% of a direct stream's
             // messages per second, BENCHMARKS.md).
             if messages.buffered() > 0 {
                 tokio::task::yield_now().await;
