@@ -11,9 +11,11 @@ die() {
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-${BENCH//\//-}.XXXXXX")
 PIDS=()
+AT_EXIT=() # commands the exit trap runs first (e.g. to undo a change to a running service)
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  for command in "${AT_EXIT[@]}"; do eval "$command" || true; done
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for _ in {1..50}; do
