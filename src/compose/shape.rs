@@ -8,6 +8,7 @@
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Longest `?fields=` value, entries and nesting accepted: the parameter is client input.
 const MAX_FIELDS_LEN: usize = 4096;
@@ -192,20 +193,34 @@ impl Mask {
         Ok(Mask(out))
     }
 
-    /// Keeps only the selected members of `value` (arrays: in every element).
+    /// Keeps only the selected members of `value` (arrays: in every element), in the
+    /// value's own order (a message's fields in field order), not the mask's.
     pub fn apply(&self, value: Value) -> Value {
         match value {
-            Value::Object(mut map) => {
+            Value::Object(map) => {
+                // A long mask is looked up by hash: keys × entries would grow quadratically.
+                let index: Option<HashMap<&str, Option<&Mask>>> = (self.0.len() > 16).then(|| {
+                    self.0
+                        .iter()
+                        .map(|(n, sub)| (n.as_str(), sub.as_ref()))
+                        .collect()
+                });
+                let selected = |name: &str| match &index {
+                    Some(index) => index.get(name).copied(),
+                    None => self
+                        .0
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, sub)| sub.as_ref()),
+                };
                 let mut out = Map::new();
-                for (name, sub) in &self.0 {
-                    if let Some(v) = map.remove(name) {
-                        out.insert(
-                            name.clone(),
-                            match sub {
-                                Some(sub) => sub.apply(v),
-                                None => v,
-                            },
-                        );
+                for (name, v) in map {
+                    if let Some(sub) = selected(&name) {
+                        let v = match sub {
+                            Some(sub) => sub.apply(v),
+                            None => v,
+                        };
+                        out.insert(name, v);
                     }
                 }
                 Value::Object(out)
@@ -354,6 +369,20 @@ mod tests {
                 "reviews": {"reviews": [{"rating": 5}, {"rating": 3}]}
             })
         );
+    }
+
+    /// Members keep the answer's order (a message's field order), whatever the mask's
+    /// order, through the short mask's scan and the long mask's index alike.
+    #[test]
+    fn apply_keeps_the_answers_order() {
+        let value = json!({"units": "1", "nanos": 5, "currency": "EUR", "z": 0});
+        let text = |mask: &Mask| serde_json::to_string(&mask.apply(value.clone())).unwrap();
+        let short = Mask::from_paths(["z", "nanos", "units"]).unwrap();
+        assert_eq!(text(&short), r#"{"units":"1","nanos":5,"z":0}"#);
+        let mut long: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        long.extend(["z", "nanos", "units"].map(String::from));
+        let long = Mask::from_paths(long.iter().map(String::as_str)).unwrap();
+        assert_eq!(text(&long), r#"{"units":"1","nanos":5,"z":0}"#);
     }
 
     #[test]

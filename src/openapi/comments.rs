@@ -9,7 +9,7 @@ pub(super) fn describe(target: &mut Value, paragraphs: impl IntoIterator<Item = 
         return;
     };
     let mut text: Vec<String> = paragraphs.into_iter().flatten().collect();
-    if let Some(Value::String(existing)) = object.remove("description") {
+    if let Some(Value::String(existing)) = object.shift_remove("description") {
         text.push(existing);
     }
     if !text.is_empty() {
