@@ -89,19 +89,7 @@ async fn demo_shop_routes_work_end_to_end() {
     // The trimmed answer is the whole one without the other fields, byte for byte: the
     // same members in the same (field-number) order, nested ones too (compared as text:
     // a parsed object would not show the order).
-    let text = |path: &'static str| {
-        let url = gw.url(path);
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let text = |path: &'static str| gateway::get_text(gw.url(path));
     let kept: Vec<String> = members(&text("/v1/products/1").await)
         .into_iter()
         .filter(|m| {
