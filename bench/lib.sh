@@ -85,6 +85,14 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # field NAME KEY: a value from the `key=value` result line in $WORK/NAME.out.
 field() { tr ' ' '\n' <"$WORK/$1.out" | sed -n "s/^$2=//p"; }
 
+# shop_config CONFIG BASE: prints CONFIG (a switchboard.yaml for the demo shop) with the
+# shop's ports 50051..50055 moved to BASE..BASE+4.
+shop_config() {
+  local i sed_ports=()
+  for ((i = 0; i < 5; i++)); do sed_ports+=(-e "s/:$((50051 + i))\\b/:$(($2 + i))/g"); done
+  sed -E "${sed_ports[@]}" "$1"
+}
+
 # median VALUES...: the middle value (the lower of the two middle ones for an even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
